@@ -1,0 +1,71 @@
+"""Batch closing rules and the offsets a batch commits."""
+
+from __future__ import annotations
+
+import time
+
+from kafka.structs import TopicPartition
+
+from worker.batcher import Batcher
+from worker.commit import next_offsets
+from worker.decode import SourceRecord
+
+
+def make(partition: int, offset: int, size: int = 10) -> SourceRecord:
+    return SourceRecord("t", partition, offset, None, None, b"x" * size)
+
+
+class ScriptedPoll:
+    """Returns the scripted record lists in turn, then nothing; records what was asked."""
+
+    def __init__(self, script: list[list[SourceRecord]]) -> None:
+        self.script = list(script)
+        self.calls: list[tuple[float, int]] = []
+
+    def __call__(self, timeout_s: float, max_records: int) -> list[SourceRecord]:
+        self.calls.append((timeout_s, max_records))
+        return self.script.pop(0)[:max_records] if self.script else []
+
+
+def test_batch_closes_at_max_size_and_asks_only_for_the_remainder() -> None:
+    poll = ScriptedPoll([[make(0, i) for i in range(3)], [make(0, i) for i in range(3, 6)]])
+    batch = Batcher(max_size=5, max_wait_s=60, max_bytes=10**9).collect(poll, lambda: False)
+    assert [r.offset for r in batch] == [0, 1, 2, 3, 4]
+    assert poll.calls[1][1] == 2
+
+
+def test_batch_closes_at_byte_budget() -> None:
+    poll = ScriptedPoll([[make(0, 0, 600)], [make(0, 1, 600)], [make(0, 2, 600)]])
+    batch = Batcher(max_size=100, max_wait_s=60, max_bytes=1000).collect(poll, lambda: False)
+    assert [r.offset for r in batch] == [0, 1]
+
+
+def test_batch_closes_after_max_wait_since_first_record() -> None:
+    poll = ScriptedPoll([[make(0, 0)]])
+    batcher = Batcher(max_size=100, max_wait_s=0.05, max_bytes=10**9)
+    start = time.monotonic()
+    batch = batcher.collect(poll, lambda: False)
+    assert [r.offset for r in batch] == [0]
+    assert time.monotonic() - start >= 0.05
+    # Every poll after the first record was bounded by the remaining wait.
+    assert all(timeout <= 0.05 for timeout, _ in poll.calls[1:])
+
+
+def test_idle_poll_returns_empty_and_keeps_nothing() -> None:
+    batcher = Batcher(max_size=10, max_wait_s=1, max_bytes=10**9, idle_poll_s=0.01)
+    assert batcher.collect(ScriptedPoll([]), lambda: False) == []
+    assert batcher.take() == []
+
+
+def test_stop_hands_back_the_partial_batch() -> None:
+    poll = ScriptedPoll([[make(0, 7)]])
+    polls_before_stop = iter([False, True])
+    batch = Batcher(max_size=10, max_wait_s=60, max_bytes=10**9).collect(
+        poll, lambda: next(polls_before_stop, True)
+    )
+    assert [r.offset for r in batch] == [7]
+
+
+def test_next_offsets_are_one_past_the_highest_per_partition() -> None:
+    records = [make(0, 5), make(1, 9), make(0, 7), make(0, 6), make(1, 8)]
+    assert next_offsets(records) == {TopicPartition("t", 0): 8, TopicPartition("t", 1): 10}

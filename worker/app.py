@@ -1,0 +1,437 @@
+"""The worker: wires Source → Decoder → Batcher → Engine → Sink → Committer.
+
+Processing one batch (`Worker.process_batch`):
+
+1. Decode every record; invalid ones become dead letters, nothing raises.
+2. Score all valid texts with the engine captured at the start of the batch, so one
+   batch is scored by exactly one model version (invariant 4).
+3. Build one output per record, in consumption order: a Result or a DeadLetter.
+4. Publish them all and wait until the broker acknowledged every one; on failure retry
+   with backoff and report not-ready, never moving on (invariant 1).
+5. Commit, per partition, one past the batch's highest offset.
+
+Shutdown (SIGTERM/SIGINT) stops polling, finishes the batch in hand through step 5,
+then closes the clients and exits 0.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import structlog
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.structs import TopicPartition
+
+from model.engine import Engine
+from schemas.dead_letter import DeadLetter, ErrorKind
+from schemas.result import Timings
+from worker.batcher import Batcher
+from worker.commit import CommitError, Committer
+from worker.decode import Decoded, Decoder, Rejected, SourceRecord
+from worker.health import HealthServer, HealthState
+from worker.metrics import WorkerMetrics
+from worker.results import build_result
+from worker.settings import WorkerSettings
+from worker.sink import OutputRecord, PublishError, Sink
+
+log = structlog.get_logger("modstream.worker")
+
+SUMMARY_INTERVAL_S = 30.0
+MAX_PUBLISH_BACKOFF_S = 30.0
+
+
+class BrokerUnavailableError(Exception):
+    """The bootstrap servers could not be reached at start."""
+
+
+class WorkerStoppedError(Exception):
+    """Shutdown was requested while a batch's outputs were still unacknowledged."""
+
+
+def package_version() -> str:
+    try:
+        return version("modstream")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        engine: Engine,
+        metrics: WorkerMetrics | None = None,
+        health: HealthState | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics if metrics is not None else WorkerMetrics()
+        self.health = health if health is not None else HealthState()
+        self.decoder = Decoder(settings.max_text_chars)
+        self.batcher = Batcher(
+            max_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000.0,
+            max_bytes=settings.max_batch_bytes,
+        )
+        self._stop = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._sink: Sink | None = None
+        self._committer: Committer | None = None
+        self._processed_since_summary = 0
+        self._last_summary = time.monotonic()
+        self.metrics.build_info.info({"version": package_version()})
+        self._announce_model(engine)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def connect(self) -> None:
+        """Create the Kafka clients; raises BrokerUnavailableError with the bootstrap named."""
+        s = self.settings
+        timeout_ms = int(s.startup_timeout_s * 1000)
+        common = s.kafka_common()
+        try:
+            consumer = KafkaConsumer(
+                group_id=s.group_id,
+                client_id=f"{s.client_id}-consumer",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=s.max_batch_size,
+                api_version_auto_timeout_ms=timeout_ms,
+                **common,
+            )
+            producer = KafkaProducer(
+                client_id=f"{s.client_id}-producer",
+                acks="all",
+                linger_ms=5,
+                max_block_ms=int(s.publish_timeout_s * 1000),
+                api_version_auto_timeout_ms=timeout_ms,
+                **common,
+            )
+        except NoBrokersAvailable as exc:
+            raise BrokerUnavailableError(
+                f"no Kafka broker reachable at {s.kafka_bootstrap!r} "
+                f"within {s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP)"
+            ) from exc
+        consumer.subscribe(topics=[s.input_topic], listener=_Rebalance(self))
+        self._consumer = consumer
+        self._sink = Sink(producer, s.publish_timeout_s)
+        self._committer = Committer(consumer)
+
+    def run(self) -> int:
+        """Process until stopped; returns the process exit code."""
+        if self._consumer is None:
+            self.connect()
+        log.info(
+            "worker_started",
+            topic=self.settings.input_topic,
+            group_id=self.settings.group_id,
+            model_version=self.engine.version,
+            device=str(self.engine.device),
+        )
+        exit_code = 0
+        try:
+            while not self.stopping:
+                batch = self.batcher.collect(self._poll, lambda: self.stopping)
+                self.health.tick()
+                if batch:
+                    self.process_batch(batch)
+                self._maybe_log_summary()
+            leftover = self.batcher.take()
+            if leftover:
+                self.process_batch(leftover)
+        except WorkerStoppedError as exc:
+            log.error("shutdown_with_unacknowledged_outputs", error=str(exc))
+            exit_code = 1
+        finally:
+            self._close()
+        log.info("worker_stopped", exit_code=exit_code)
+        return exit_code
+
+    def _close(self) -> None:
+        if self._sink is not None:
+            try:
+                self._sink.close()
+            except KafkaError as exc:
+                log.warning("producer_close_failed", error=str(exc))
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+
+    # -- stages --------------------------------------------------------------------
+
+    def _poll(self, timeout_s: float, max_records: int) -> list[SourceRecord]:
+        assert self._consumer is not None
+        polled = self._consumer.poll(
+            timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)
+        )
+        records = [
+            SourceRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
+            for partition_records in polled.values()
+            for r in partition_records
+        ]
+        if records:
+            self.metrics.in_flight.inc(len(records))
+        return records
+
+    def process_batch(self, batch: Sequence[SourceRecord]) -> None:
+        """Steps 1–5 of the module docstring for one closed batch."""
+        engine = self.engine
+        started = time.time()
+        decode_start = time.perf_counter()
+        decoded_or_rejected = [self.decoder.decode(record) for record in batch]
+        self.metrics.stage_seconds.labels(stage="decode").observe(
+            time.perf_counter() - decode_start
+        )
+        self.metrics.batch_size.observe(len(batch))
+
+        decoded = [d for d in decoded_or_rejected if isinstance(d, Decoded)]
+        probabilities, inference_s, failed = self._score(engine, decoded)
+
+        outputs: list[OutputRecord] = []
+        scored = iter(zip(decoded, probabilities, strict=True))
+        outcomes: dict[str, int] = {"ok": 0, "invalid": 0, "error": 0}
+        for item in decoded_or_rejected:
+            if isinstance(item, Rejected):
+                outputs.append(self._dead_letter_output(item.dead_letter, item.record))
+                outcomes["invalid"] += 1
+                self.metrics.dead_letters.labels(reason=item.dead_letter.error_kind).inc()
+                log.warning(
+                    "dead_lettered",
+                    topic=item.record.topic,
+                    partition=item.record.partition,
+                    offset=item.record.offset,
+                    error_kind=item.dead_letter.error_kind.value,
+                    error_message=item.dead_letter.error_message[:200],
+                )
+                continue
+            request_item, row = next(scored)
+            if row is None:
+                rejected = self.decoder.reject(
+                    item.record, ErrorKind.INFERENCE_ERROR, failed.get(id(request_item), "")
+                )
+                outputs.append(self._dead_letter_output(rejected.dead_letter, item.record))
+                outcomes["error"] += 1
+                self.metrics.dead_letters.labels(reason=ErrorKind.INFERENCE_ERROR).inc()
+                continue
+            outputs.append(
+                self._result_output(engine, request_item, row, started, inference_s, len(decoded))
+            )
+            outcomes["ok"] += 1
+
+        publish_start = time.perf_counter()
+        acked_at = self._publish_until_acknowledged(outputs, batch)
+        self.metrics.stage_seconds.labels(stage="publish").observe(
+            time.perf_counter() - publish_start
+        )
+        for record in batch:
+            if record.timestamp_ms is not None and record.timestamp_ms > 0:
+                self.metrics.end_to_end_seconds.observe(
+                    max(acked_at - record.timestamp_ms / 1000.0, 0.0)
+                )
+        for outcome, count in outcomes.items():
+            if count:
+                self.metrics.messages.labels(outcome=outcome).inc(count)
+
+        commit_start = time.perf_counter()
+        self._commit(batch)
+        self.metrics.stage_seconds.labels(stage="commit").observe(
+            time.perf_counter() - commit_start
+        )
+        self.metrics.in_flight.dec(len(batch))
+        self._processed_since_summary += len(batch)
+
+    def _score(
+        self, engine: Engine, decoded: Sequence[Decoded]
+    ) -> tuple[list[Any], float, dict[int, str]]:
+        """Scores per decoded request (None where scoring failed), the batch's time, errors."""
+        if not decoded:
+            return [], 0.0, {}
+        texts = [d.request.text for d in decoded]
+        try:
+            scores = engine.score(texts)
+        except Exception as exc:
+            # One bad text must not dead-letter its whole batch: retry one by one.
+            log.error("batch_inference_failed", error=str(exc), batch_size=len(texts))
+            return self._score_individually(engine, decoded)
+        m = self.metrics
+        m.inference_seconds.observe(scores.tokenize_seconds + scores.inference_seconds)
+        m.stage_seconds.labels(stage="tokenize").observe(scores.tokenize_seconds)
+        m.stage_seconds.labels(stage="inference").observe(scores.inference_seconds)
+        m.batch_tokens.observe(scores.real_tokens)
+        if scores.padded_tokens:
+            m.padding_efficiency.observe(scores.real_tokens / scores.padded_tokens)
+        return (
+            list(scores.probabilities),
+            scores.tokenize_seconds + scores.inference_seconds,
+            {},
+        )
+
+    def _score_individually(
+        self, engine: Engine, decoded: Sequence[Decoded]
+    ) -> tuple[list[Any], float, dict[int, str]]:
+        rows: list[Any] = []
+        failed: dict[int, str] = {}
+        start = time.perf_counter()
+        for item in decoded:
+            try:
+                rows.append(engine.score([item.request.text]).probabilities[0])
+            except Exception as exc:
+                rows.append(None)
+                failed[id(item)] = f"{type(exc).__name__}: {exc}"
+                log.error(
+                    "inference_failed",
+                    topic=item.record.topic,
+                    partition=item.record.partition,
+                    offset=item.record.offset,
+                    error=str(exc),
+                )
+        return rows, time.perf_counter() - start, failed
+
+    def _result_output(
+        self,
+        engine: Engine,
+        item: Decoded,
+        row: Any,
+        started: float,
+        inference_s: float,
+        batch_size: int,
+    ) -> OutputRecord:
+        record = item.record
+        queued_ms = (started - record.timestamp_ms / 1000.0) * 1000.0 if record.timestamp_ms else 0.0
+        timings = Timings(
+            queued_ms=round(queued_ms, 3),
+            inference_ms=round(inference_s * 1000.0, 3),
+            batch_size=batch_size,
+        )
+        result = build_result(engine, item, row, timings)
+        for label, score in result.category_scores.items():
+            self.metrics.scores.labels(category=label).observe(score)
+            if result.categories[label]:
+                self.metrics.flagged.labels(category=label).inc()
+        key = record.key if record.key is not None else item.request.id.encode("utf-8")
+        return OutputRecord(
+            self.settings.output_topic,
+            key,
+            result.model_dump_json().encode("utf-8"),
+            record.timestamp_ms,
+        )
+
+    def _dead_letter_output(self, dead_letter: DeadLetter, record: SourceRecord) -> OutputRecord:
+        return OutputRecord(
+            self.settings.dead_letter_topic,
+            record.key,
+            dead_letter.model_dump_json().encode("utf-8"),
+            record.timestamp_ms,
+        )
+
+    def _publish_until_acknowledged(
+        self, outputs: Sequence[OutputRecord], batch: Sequence[SourceRecord]
+    ) -> float:
+        assert self._sink is not None
+        backoff = 0.5
+        while True:
+            try:
+                acked_at = self._sink.publish(outputs)
+            except PublishError as exc:
+                kind = type(exc.cause).__name__ if exc.cause else "PublishError"
+                self.metrics.kafka_errors.labels(kind=kind).inc()
+                self.metrics.publish_retries.inc()
+                self.health.set(producer_ok=False, problem=f"publishing failed: {exc}")
+                first = batch[0]
+                log.error(
+                    "publish_failed",
+                    error=str(exc),
+                    topic=first.topic,
+                    partition=first.partition,
+                    offset=first.offset,
+                    batch_size=len(batch),
+                    retry_in_s=backoff,
+                )
+                if self._stop.wait(backoff):
+                    raise WorkerStoppedError(
+                        f"stopped with {len(outputs)} outputs unacknowledged: {exc}"
+                    ) from exc
+                backoff = min(backoff * 2, MAX_PUBLISH_BACKOFF_S)
+                self.health.tick()
+                continue
+            self.health.set(producer_ok=True, problem=None)
+            return acked_at
+
+    def _commit(self, batch: Sequence[SourceRecord]) -> None:
+        assert self._committer is not None
+        try:
+            self._committer.commit(batch)
+            self.metrics.commits.labels(result="ok").inc()
+        except CommitError as exc:
+            # The partition moved on; its new owner re-reads from the last commit
+            # (at-least-once: a duplicate, never a loss).
+            self.metrics.commits.labels(result="failed").inc()
+            first = batch[0]
+            log.warning(
+                "commit_failed",
+                error=str(exc),
+                topic=first.topic,
+                partition=first.partition,
+                offset=first.offset,
+            )
+
+    # -- group membership ----------------------------------------------------------
+
+    def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        pending = self.batcher.take()
+        if pending:
+            log.info("finishing_batch_before_revocation", records=len(pending))
+            self.process_batch(pending)
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.metrics.rebalances.inc()
+        self.metrics.assigned_partitions.set(len(assigned))
+        self.health.set(group_joined=True)
+        log.info(
+            "partitions_assigned",
+            partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned),
+        )
+
+    # -- reporting -----------------------------------------------------------------
+
+    def _announce_model(self, engine: Engine) -> None:
+        self.metrics.model_info.info(
+            {"version": engine.version, "labels": ",".join(engine.labels), "device": str(engine.device)}
+        )
+        self.health.set(model_version=engine.version)
+
+    def _maybe_log_summary(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._last_summary
+        if elapsed < SUMMARY_INTERVAL_S:
+            return
+        log.info(
+            "summary",
+            messages_per_s=round(self._processed_since_summary / elapsed, 1),
+            messages=self._processed_since_summary,
+            model_version=self.engine.version,
+        )
+        self._processed_since_summary = 0
+        self._last_summary = now
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._worker.on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker.on_assigned(assigned)

@@ -1,0 +1,58 @@
+"""Groups consumed records into batches for one scoring pass.
+
+A batch closes at `max_size` records, at `max_bytes` of values, or `max_wait_s` after
+its first record arrived, whichever comes first: large batches under load, bounded
+latency when traffic is light.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from worker.decode import SourceRecord
+
+PollFn = Callable[[float, int], list[SourceRecord]]
+"""poll(timeout_s, max_records) → records; may run rebalance callbacks."""
+
+
+class Batcher:
+    def __init__(self, max_size: int, max_wait_s: float, max_bytes: int, idle_poll_s: float = 0.5):
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self.max_bytes = max_bytes
+        self.idle_poll_s = idle_poll_s
+        self._pending: list[SourceRecord] = []
+        self._pending_bytes = 0
+        self._first_at: float | None = None
+
+    def take(self) -> list[SourceRecord]:
+        """Hand over whatever is pending (a closed batch, or a partial one on revocation)."""
+        batch, self._pending = self._pending, []
+        self._pending_bytes = 0
+        self._first_at = None
+        return batch
+
+    def _full(self) -> bool:
+        return len(self._pending) >= self.max_size or self._pending_bytes >= self.max_bytes
+
+    def collect(self, poll: PollFn, should_stop: Callable[[], bool]) -> list[SourceRecord]:
+        """Poll until a batch closes; returns [] after an idle poll so the caller can tick."""
+        while not should_stop():
+            if self._first_at is None:
+                timeout = self.idle_poll_s
+            else:
+                timeout = self._first_at + self.max_wait_s - time.monotonic()
+                if timeout <= 0:
+                    return self.take()
+            records = poll(max(timeout, 0.0), self.max_size - len(self._pending))
+            if records:
+                if self._first_at is None:
+                    self._first_at = time.monotonic()
+                self._pending.extend(records)
+                self._pending_bytes += sum(len(r.value or b"") for r in records)
+            if self._full():
+                return self.take()
+            if self._first_at is None:
+                return []
+        return self.take()

@@ -1,0 +1,129 @@
+"""Prometheus metrics of one worker process.
+
+Metrics live in a registry owned by the worker (not the global one) so that tests and
+benchmarks can run several workers in one process without name clashes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16_384, 65_536, 262_144)
+RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+OUTCOMES = ("ok", "invalid", "error")
+
+
+class WorkerMetrics:
+    """Every metric the worker exports, documented in the README's catalogue."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.end_to_end_seconds = Histogram(
+            "modstream_end_to_end_latency_seconds",
+            "Record timestamp to its output acknowledged by the broker.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "modstream_stage_latency_seconds",
+            "Time per batch spent in one pipeline stage.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "modstream_inference_latency_seconds",
+            "Tokenise + bucketed forward passes for one batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "modstream_batch_size",
+            "Records per closed batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "modstream_batch_tokens",
+            "Real (unpadded) tokens per scored batch.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.padding_efficiency = Histogram(
+            "modstream_padding_efficiency_ratio",
+            "Real tokens / padded tokens per scored batch (1 = no padding).",
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.messages = Counter(
+            "modstream_messages",
+            "Consumed records by outcome: ok (result), invalid (dead letter), error.",
+            ["outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "modstream_dead_letters",
+            "Dead-lettered records by machine-readable reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.flagged = Counter(
+            "modstream_flagged",
+            "Results with a category over its threshold.",
+            ["category"],
+            registry=r,
+        )
+        self.scores = Histogram(
+            "modstream_category_score",
+            "Distribution of scores per category (watch for drift).",
+            ["category"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "modstream_in_flight_messages",
+            "Records consumed but not yet committed.",
+            registry=r,
+        )
+        self.publish_retries = Counter(
+            "modstream_publish_retries",
+            "Batches whose outputs had to be sent again after a failure.",
+            registry=r,
+        )
+        self.kafka_errors = Counter(
+            "modstream_kafka_errors",
+            "Kafka client errors by kind (exception class).",
+            ["kind"],
+            registry=r,
+        )
+        self.commits = Counter(
+            "modstream_commits",
+            "Offset commits by result.",
+            ["result"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "modstream_assigned_partitions",
+            "Input partitions currently assigned to this worker.",
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "modstream_rebalances",
+            "Consumer group rebalances seen (assignments received).",
+            registry=r,
+        )
+        self.model_info = Info(
+            "modstream_model",
+            "The model currently serving: version, labels, device.",
+            registry=r,
+        )
+        self.build_info = Info("modstream_build", "Package version.", registry=r)
+        for outcome in OUTCOMES:
+            self.messages.labels(outcome=outcome)

@@ -1,0 +1,120 @@
+"""Worker configuration: environment (`MODSTREAM_*`), then CLI flags on top.
+
+Every field here is a real knob of the running worker; the deployment manifests and
+the README's configuration table are checked against this class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.checkpoint import default_checkpoint_dir
+from schemas.request import DEFAULT_MAX_TEXT_CHARS
+
+Device = Literal["auto", "cpu", "cuda"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+class WorkerSettings(BaseSettings):
+    """All settings of `modstream worker`; env names are `MODSTREAM_` + the field in capitals."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODSTREAM_", extra="ignore", validate_default=True
+    )
+
+    kafka_bootstrap: Annotated[
+        str, Field(min_length=1, description="Comma-separated Kafka bootstrap servers.")
+    ] = "127.0.0.1:9092"
+    input_topic: Annotated[str, Field(min_length=1, description="Topic of requests.")] = (
+        "moderation.requests"
+    )
+    output_topic: Annotated[str, Field(min_length=1, description="Topic of results.")] = (
+        "moderation.results"
+    )
+    dead_letter_topic: Annotated[
+        str, Field(min_length=1, description="Topic of rejected inputs.")
+    ] = "moderation.dead-letter"
+    group_id: Annotated[str, Field(min_length=1, description="Kafka consumer group.")] = (
+        "modstream"
+    )
+    client_id: Annotated[str, Field(min_length=1, description="Kafka client id prefix.")] = (
+        "modstream-worker"
+    )
+    checkpoint_dir: Annotated[
+        Path, Field(description="Checkpoint directory (model.json + weights.safetensors).")
+    ] = Field(default_factory=default_checkpoint_dir)
+    device: Annotated[Device, Field(description="Inference device: auto, cpu or cuda.")] = "auto"
+    max_batch_size: Annotated[
+        int, Field(ge=1, le=65_536, description="Close a batch at this many records.")
+    ] = 256
+    max_batch_wait_ms: Annotated[
+        int,
+        Field(ge=0, le=60_000, description="Close a batch this long after its first record."),
+    ] = 20
+    max_batch_bytes: Annotated[
+        int, Field(ge=1024, description="Close a batch when its values reach this many bytes.")
+    ] = 4 * 1024 * 1024
+    max_text_chars: Annotated[
+        int, Field(ge=1, le=1_000_000, description="Longer texts are dead-lettered.")
+    ] = DEFAULT_MAX_TEXT_CHARS
+    max_tokens: Annotated[
+        int, Field(ge=1, le=4096, description="Tokens scored per text; the rest is cut.")
+    ] = 256
+    torch_threads: Annotated[
+        int, Field(ge=0, description="torch intra-op threads; 0 keeps torch's default.")
+    ] = 0
+    metrics_host: Annotated[str, Field(description="Bind address of /metrics and health.")] = (
+        "0.0.0.0"
+    )
+    metrics_port: Annotated[
+        int, Field(ge=0, le=65_535, description="Port of /metrics, /livez, /readyz; 0 = any.")
+    ] = 9108
+    log_level: Annotated[LogLevel, Field(description="debug, info, warning or error.")] = "info"
+    publish_timeout_s: Annotated[
+        float, Field(gt=0, description="Wait this long for output acknowledgements per try.")
+    ] = 30.0
+    startup_timeout_s: Annotated[
+        float, Field(gt=0, description="Give up when the broker is unreachable this long.")
+    ] = 30.0
+    security_protocol: Annotated[
+        SecurityProtocol, Field(description="Kafka security protocol.")
+    ] = "PLAINTEXT"
+    sasl_mechanism: Annotated[
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None,
+        Field(description="SASL mechanism when the protocol uses SASL."),
+    ] = None
+    sasl_username: Annotated[str | None, Field(description="SASL user name.")] = None
+    sasl_password: Annotated[
+        SecretStr | None, Field(description="SASL password (env or secret file only).")
+    ] = None
+    ssl_cafile: Annotated[Path | None, Field(description="CA bundle for TLS.")] = None
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    def kafka_common(self) -> dict[str, object]:
+        """Connection settings shared by the consumer, the producer and admin clients."""
+        common: dict[str, object] = {
+            "bootstrap_servers": [s.strip() for s in self.kafka_bootstrap.split(",")],
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism is not None:
+            common["sasl_mechanism"] = self.sasl_mechanism
+            common["sasl_plain_username"] = self.sasl_username
+            common["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.ssl_cafile is not None:
+            common["ssl_cafile"] = str(self.ssl_cafile)
+        return common
