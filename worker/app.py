@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from model.engine import Engine
@@ -33,7 +33,7 @@ from schemas.result import Timings
 from worker.batcher import Batcher
 from worker.commit import CommitError, Committer
 from worker.decode import Decoded, Decoder, Rejected, SourceRecord
-from worker.health import HealthServer, HealthState
+from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.results import build_result
 from worker.settings import WorkerSettings
@@ -108,7 +108,7 @@ class Worker:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=s.max_batch_size,
-                api_version_auto_timeout_ms=timeout_ms,
+                bootstrap_timeout_ms=timeout_ms,
                 **common,
             )
             producer = KafkaProducer(
@@ -116,13 +116,13 @@ class Worker:
                 acks="all",
                 linger_ms=5,
                 max_block_ms=int(s.publish_timeout_s * 1000),
-                api_version_auto_timeout_ms=timeout_ms,
+                bootstrap_timeout_ms=timeout_ms,
                 **common,
             )
-        except NoBrokersAvailable as exc:
+        except KafkaError as exc:
             raise BrokerUnavailableError(
                 f"no Kafka broker reachable at {s.kafka_bootstrap!r} "
-                f"within {s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP)"
+                f"within {s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP): {exc}"
             ) from exc
         consumer.subscribe(topics=[s.input_topic], listener=_Rebalance(self))
         self._consumer = consumer
@@ -185,7 +185,7 @@ class Worker:
         return records
 
     def process_batch(self, batch: Sequence[SourceRecord]) -> None:
-        """Steps 1–5 of the module docstring for one closed batch."""
+        """Steps 1-5 of the module docstring for one closed batch."""
         engine = self.engine
         started = time.time()
         decode_start = time.perf_counter()
@@ -308,7 +308,9 @@ class Worker:
         batch_size: int,
     ) -> OutputRecord:
         record = item.record
-        queued_ms = (started - record.timestamp_ms / 1000.0) * 1000.0 if record.timestamp_ms else 0.0
+        queued_ms = (
+            (started - record.timestamp_ms / 1000.0) * 1000.0 if record.timestamp_ms else 0.0
+        )
         timings = Timings(
             queued_ms=round(queued_ms, 3),
             inference_ms=round(inference_s * 1000.0, 3),
@@ -407,7 +409,11 @@ class Worker:
 
     def _announce_model(self, engine: Engine) -> None:
         self.metrics.model_info.info(
-            {"version": engine.version, "labels": ",".join(engine.labels), "device": str(engine.device)}
+            {
+                "version": engine.version,
+                "labels": ",".join(engine.labels),
+                "device": str(engine.device),
+            }
         )
         self.health.set(model_version=engine.version)
 

@@ -74,12 +74,21 @@ def _settings_fields() -> dict[str, Any]:
     return dict(WorkerSettings.model_fields)
 
 
+# Secrets never go on a command line, where `ps` and shell history would show them.
+ENV_ONLY_SETTINGS = frozenset({"sasl_password"})
+
+
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in _settings_fields().items():
+        if name in ENV_ONLY_SETTINGS:
+            continue
         flag = "--" + name.replace("_", "-")
         env = "MODSTREAM_" + name.upper()
         parser.add_argument(
-            flag, dest=f"setting_{name}", default=None, metavar="VALUE",
+            flag,
+            dest=f"setting_{name}",
+            default=None,
+            metavar="VALUE",
             help=f"{field.description or ''} [env {env}]",
         )
 
@@ -131,7 +140,9 @@ def _run_worker(args: argparse.Namespace) -> int:
             settings.checkpoint_dir, device=settings.device, max_tokens=settings.max_tokens
         )
     except (CheckpointError, EngineError) as exc:
-        log.error("checkpoint_unusable", checkpoint_dir=str(settings.checkpoint_dir), error=str(exc))
+        log.error(
+            "checkpoint_unusable", checkpoint_dir=str(settings.checkpoint_dir), error=str(exc)
+        )
         sys.stderr.write(f"modstream worker: checkpoint {settings.checkpoint_dir}: {exc}\n")
         return EXIT_CHECKPOINT
 
@@ -180,7 +191,9 @@ def _run_score(args: argparse.Namespace) -> int:
     source: TextIO
     if args.input == "-":
         source = sys.stdin
-        invalid = score_stream(engine, source, sys.stdout, "stdin", args.batch_size, args.max_text_chars)
+        invalid = score_stream(
+            engine, source, sys.stdout, "stdin", args.batch_size, args.max_text_chars
+        )
     else:
         path = Path(args.input)
         if not path.is_file():
@@ -228,8 +241,9 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> Non
 
 
 def _run_retrain(args: argparse.Namespace) -> int:
-    from model.checkpoint import default_checkpoint_dir
     from model.train import TrainConfig, retrain
+
+    from model.checkpoint import default_checkpoint_dir
 
     overrides = {
         key.removeprefix("train_"): value

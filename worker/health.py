@@ -82,9 +82,7 @@ class HealthServer:
         self._server.server_close()
 
 
-def _make_handler(
-    registry: CollectorRegistry, state: HealthState
-) -> type[BaseHTTPRequestHandler]:
+def _make_handler(registry: CollectorRegistry, state: HealthState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

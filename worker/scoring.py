@@ -40,7 +40,11 @@ def score_stream(
         items = [
             decoder.decode(
                 SourceRecord(
-                    name, 0, n, None, None,
+                    name,
+                    0,
+                    n,
+                    None,
+                    None,
                     line.rstrip("\n").encode("utf-8", errors="surrogateescape"),
                 )
             )

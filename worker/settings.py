@@ -39,9 +39,7 @@ class WorkerSettings(BaseSettings):
     dead_letter_topic: Annotated[
         str, Field(min_length=1, description="Topic of rejected inputs.")
     ] = "moderation.dead-letter"
-    group_id: Annotated[str, Field(min_length=1, description="Kafka consumer group.")] = (
-        "modstream"
-    )
+    group_id: Annotated[str, Field(min_length=1, description="Kafka consumer group.")] = "modstream"
     client_id: Annotated[str, Field(min_length=1, description="Kafka client id prefix.")] = (
         "modstream-worker"
     )

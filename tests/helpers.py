@@ -1,0 +1,220 @@
+"""Shared helpers for tests that talk to the real broker or run the worker process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.05
+) -> Any:
+    """Polls `condition` until truthy; fails with `what` when the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(step_s)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes | None]],
+    partition_of: Callable[[int], int | None] | None = None,
+) -> int:
+    """Sends (key, value) pairs and waits for every acknowledgement; returns the count."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    try:
+        futures = []
+        for n, (key, value) in enumerate(records):
+            partition = partition_of(n) if partition_of else None
+            futures.append(producer.send(topic, key=key, value=value, partition=partition))
+        producer.flush(timeout=60)
+        for future in futures:
+            future.get(timeout=30)
+        return len(futures)
+    finally:
+        producer.close()
+
+
+def request_bytes(message_id: str, text: str) -> bytes:
+    return json.dumps({"id": message_id, "text": text}).encode()
+
+
+@dataclass
+class Consumed:
+    key: bytes | None
+    value: dict[str, Any]
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+class TopicReader:
+    """Reads a topic from the beginning without a group, accumulating records."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.records: list[Consumed] = []
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+        )
+        partitions = wait_for(
+            lambda: self._consumer.partitions_for_topic(topic), 30, f"partitions of {topic}"
+        )
+        self._tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self._consumer.assign(self._tps)
+        self._consumer.seek_to_beginning(*self._tps)
+
+    def poll(self) -> list[Consumed]:
+        batch = self._consumer.poll(timeout_ms=200)
+        new = [
+            Consumed(r.key, json.loads(r.value), r.partition, r.offset, r.timestamp)
+            for records in batch.values()
+            for r in records
+        ]
+        self.records.extend(new)
+        return new
+
+    def read_to_end(self, timeout_s: float = 60) -> list[Consumed]:
+        """Everything written to the topic so far (up to its current end offsets)."""
+        ends = self._consumer.end_offsets(self._tps)
+
+        def caught_up() -> bool:
+            self.poll()
+            return all(self._consumer.position(tp) >= end for tp, end in ends.items())
+
+        wait_for(caught_up, timeout_s, f"the end of {self.topic}")
+        return self.records
+
+    def read_until(self, count: int, timeout_s: float = 60) -> list[Consumed]:
+        def enough() -> bool:
+            self.poll()
+            return len(self.records) >= count
+
+        wait_for(enough, timeout_s, f"{count} records on {self.topic} (have {len(self.records)})")
+        return self.records
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+class WorkerProcess:
+    """`modstream worker` as a real child process (real signals, real exit codes)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.metrics_port = int(env["MODSTREAM_METRICS_PORT"])
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"],
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2
+            ) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.logs()}")
+            return self.get("/readyz")[0] == 200
+
+        wait_for(ready, timeout_s, "worker readiness", step_s=0.1)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._log.close()
+
+    def logs(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+
+def worker_env(
+    bootstrap: str, topics: dict[str, str], checkpoint: Path, group: str, **extra: str
+) -> dict[str, str]:
+    env = {
+        "MODSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "MODSTREAM_INPUT_TOPIC": topics["input"],
+        "MODSTREAM_OUTPUT_TOPIC": topics["output"],
+        "MODSTREAM_DEAD_LETTER_TOPIC": topics["dead_letter"],
+        "MODSTREAM_GROUP_ID": group,
+        "MODSTREAM_CHECKPOINT_DIR": str(checkpoint),
+        "MODSTREAM_METRICS_HOST": "127.0.0.1",
+        "MODSTREAM_METRICS_PORT": str(free_port()),
+        "MODSTREAM_DEVICE": "cpu",
+        "MODSTREAM_TORCH_THREADS": "1",
+        "MODSTREAM_LOG_LEVEL": "info",
+    }
+    env.update({f"MODSTREAM_{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+def ids_of(records: Sequence[Consumed]) -> list[str]:
+    return [r.value["id"] for r in records]

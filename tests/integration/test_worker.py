@@ -1,0 +1,221 @@
+"""The worker process against the real broker: outputs, dead letters, commits, drain."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    TopicReader,
+    WorkerProcess,
+    committed_offsets,
+    end_offsets,
+    ids_of,
+    produce,
+    request_bytes,
+    wait_for,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [
+    "you are a complete idiot",
+    "Free entry! Text WIN to 87121 to claim your prize now",
+    "see you at lunch tomorrow",
+    "what a pathetic loser",
+    "Thanks, that was really helpful.",
+]
+
+
+def start_worker(
+    bootstrap: str,
+    topics: dict[str, str],
+    checkpoint: Path,
+    group: str,
+    tmp_path: Path,
+    **extra: str,
+) -> WorkerProcess:
+    name = f"worker-{uuid.uuid4().hex[:6]}.log"
+    worker = WorkerProcess(
+        worker_env(bootstrap, topics, checkpoint, group, **extra), tmp_path / name
+    )
+    worker.wait_ready()
+    return worker
+
+
+def valid_messages(prefix: str, count: int) -> list[tuple[bytes, bytes]]:
+    return [
+        (
+            f"key-{prefix}-{n}".encode(),
+            request_bytes(f"{prefix}-{n}", TEXTS[n % len(TEXTS)] + f" #{n}"),
+        )
+        for n in range(count)
+    ]
+
+
+def test_every_message_gets_one_result_keyed_like_its_input(
+    kafka_bootstrap: str,
+    make_topics: Callable[..., dict[str, str]],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    topics = make_topics(partitions=3)
+    messages = valid_messages("m", 300)
+    produce(kafka_bootstrap, topics["input"], messages)
+    worker = start_worker(
+        kafka_bootstrap, topics, tiny_checkpoint, f"g-results-{uuid.uuid4().hex[:8]}", tmp_path
+    )
+    try:
+        results = TopicReader(kafka_bootstrap, topics["output"]).read_until(len(messages))
+    finally:
+        assert worker.stop() == 0, worker.logs()
+    assert sorted(ids_of(results)) == sorted(f"m-{n}" for n in range(300))
+    manifest = json.loads((tiny_checkpoint / "model.json").read_text())
+    for record in results:
+        assert record.key == f"key-{record.value['id']}".encode()
+        assert record.value["model_version"] == manifest["version"]
+        assert set(record.value["category_scores"]) == {"insult", "spam"}
+        assert all(0.0 <= s <= 1.0 for s in record.value["category_scores"].values())
+        assert record.value["flagged"] == any(record.value["categories"].values())
+        assert record.value["topic"] == topics["input"]
+
+
+def test_malformed_messages_go_to_the_dead_letter_topic_with_a_reason(
+    kafka_bootstrap: str,
+    make_topics: Callable[..., dict[str, str]],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    topics = make_topics(partitions=1)
+    bad: list[tuple[bytes | None, bytes | None, str]] = [
+        (b"k1", b"{not json", "invalid_json"),
+        (b"k2", b"\xff\xfe\xfd", "invalid_utf8"),
+        (b"k3", b"[1, 2, 3]", "not_an_object"),
+        (b"k4", b'{"text": "no id"}', "missing_field"),
+        (b"k5", b'{"id": "x5", "text": "hi", "lang": "en"}', "extra_field"),
+        (b"k6", b'{"id": 6, "text": "wrong id type"}', "wrong_type"),
+        (b"k7", b'{"id": "x7", "text": ""}', "empty_text"),
+        (b"k8", json.dumps({"id": "x8", "text": "y" * 200}).encode(), "text_too_long"),
+        (b"k9", None, "null_value"),
+    ]
+    good = [(b"ok-a", request_bytes("ok-a", "hello there")), (b"ok-b", request_bytes("ok-b", "hi"))]
+    interleaved = [
+        good[0],
+        *[(k, v) for k, v, _ in bad[:5]],
+        good[1],
+        *[(k, v) for k, v, _ in bad[5:]],
+    ]
+    produce(kafka_bootstrap, topics["input"], interleaved)
+    group = f"g-dlq-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(
+        kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path, max_text_chars="100"
+    )
+    try:
+        letters = TopicReader(kafka_bootstrap, topics["dead_letter"]).read_until(len(bad))
+        results = TopicReader(kafka_bootstrap, topics["output"]).read_until(len(good))
+        wait_for(
+            lambda: committed_offsets(kafka_bootstrap, group).get(0) == len(interleaved),
+            30,
+            "all offsets committed",
+        )
+        assert worker.proc.poll() is None, "a poison message must not stop the worker"
+    finally:
+        assert worker.stop() == 0, worker.logs()
+    assert sorted(ids_of(results)) == ["ok-a", "ok-b"]
+    by_key = {letter.key: letter.value for letter in letters}
+    for key, _, kind in bad:
+        assert by_key[key]["error_kind"] == kind, by_key[key]
+        assert by_key[key]["error_message"]
+    offsets = sorted(letter.value["offset"] for letter in letters)
+    assert offsets == [1, 2, 3, 4, 5, 7, 8, 9, 10]
+
+
+def test_restarted_worker_never_re_emits_committed_offsets(
+    kafka_bootstrap: str,
+    make_topics: Callable[..., dict[str, str]],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    topics = make_topics(partitions=2)
+    group = f"g-restart-{uuid.uuid4().hex[:8]}"
+    first = valid_messages("first", 120)
+    produce(kafka_bootstrap, topics["input"], first)
+    worker = start_worker(kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path)
+    reader = TopicReader(kafka_bootstrap, topics["output"])
+    try:
+        reader.read_until(len(first))
+        wait_for(
+            lambda: (
+                committed_offsets(kafka_bootstrap, group)
+                == end_offsets(kafka_bootstrap, topics["input"])
+            ),
+            30,
+            "first round committed",
+        )
+    finally:
+        assert worker.stop() == 0, worker.logs()
+
+    second = valid_messages("second", 80)
+    produce(kafka_bootstrap, topics["input"], second)
+    worker = start_worker(kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path)
+    try:
+        reader.read_until(len(first) + len(second))
+        wait_for(
+            lambda: (
+                committed_offsets(kafka_bootstrap, group)
+                == end_offsets(kafka_bootstrap, topics["input"])
+            ),
+            30,
+            "second round committed",
+        )
+    finally:
+        assert worker.stop() == 0, worker.logs()
+    reader.read_to_end()
+    counts = Counter(ids_of(reader.records))
+    assert set(counts) == {f"first-{n}" for n in range(120)} | {f"second-{n}" for n in range(80)}
+    assert max(counts.values()) == 1, [i for i, c in counts.items() if c > 1]
+
+
+def test_sigterm_drains_the_batch_in_hand_and_loses_nothing(
+    kafka_bootstrap: str,
+    make_topics: Callable[..., dict[str, str]],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    topics = make_topics(partitions=3)
+    group = f"g-drain-{uuid.uuid4().hex[:8]}"
+    messages = valid_messages("d", 10000)
+    produce(kafka_bootstrap, topics["input"], messages)
+    worker = start_worker(
+        kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path, max_batch_size="16"
+    )
+    reader = TopicReader(kafka_bootstrap, topics["output"])
+    reader.read_until(1)
+    assert worker.stop() == 0, worker.logs()
+    assert "worker_stopped" in worker.logs()
+
+    committed = committed_offsets(kafka_bootstrap, group)
+    ends = end_offsets(kafka_bootstrap, topics["input"])
+    assert sum(committed.values()) < sum(ends.values()), "stopped before the end: test is moot"
+    reader.read_to_end()
+    emitted = {(r.value["partition"], r.value["offset"]) for r in reader.records}
+    # Nothing at or below a committed offset lacks its output.
+    for partition, offset in committed.items():
+        missing = [o for o in range(offset) if (partition, o) not in emitted]
+        assert not missing, f"partition {partition}: committed past unanswered {missing[:5]}"
+
+    worker = start_worker(kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path)
+    try:
+        wait_for(
+            lambda: committed_offsets(kafka_bootstrap, group) == ends, 120, "the rest committed"
+        )
+    finally:
+        assert worker.stop() == 0, worker.logs()
+    reader.read_to_end()
+    assert set(ids_of(reader.records)) == {f"d-{n}" for n in range(10000)}
