@@ -31,9 +31,7 @@ class ModerationRequest(BaseModel):
             json_schema_extra={"maxLength": DEFAULT_MAX_TEXT_CHARS},
         ),
     ]
-    metadata: Annotated[
-        dict[str, str] | None, Field(max_length=MAX_METADATA_ENTRIES)
-    ] = None
+    metadata: Annotated[dict[str, str] | None, Field(max_length=MAX_METADATA_ENTRIES)] = None
     created_at: Annotated[datetime | None, Field(strict=False)] = None
 
     @field_validator("text")

@@ -14,9 +14,7 @@ class Timings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    queued_ms: Annotated[
-        float, Field(description="Record timestamp → start of scoring its batch.")
-    ]
+    queued_ms: Annotated[float, Field(description="Record timestamp → start of scoring its batch.")]
     inference_ms: Annotated[
         float, Field(ge=0.0, description="Tokenise + forward pass of the whole batch.")
     ]

@@ -241,9 +241,8 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> Non
 
 
 def _run_retrain(args: argparse.Namespace) -> int:
-    from model.train import TrainConfig, retrain
-
     from model.checkpoint import default_checkpoint_dir
+    from model.train import TrainConfig, retrain
 
     overrides = {
         key.removeprefix("train_"): value

@@ -49,8 +49,8 @@ class Sink:
             if not future.is_done:
                 raise PublishError("output not acknowledged before the deadline")
             if future.failed():
-                exc = future.exception
-                raise PublishError(f"{type(exc).__name__}: {exc}", exc)
+                failure = future.exception
+                raise PublishError(f"{type(failure).__name__}: {failure}", failure)
         return time.time()
 
     def close(self, timeout_s: float = 10.0) -> None:

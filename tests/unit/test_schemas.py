@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from schemas import DeadLetter, ErrorKind, ModerationRequest, ModerationResult, decode_bytes, encode_bytes
+from schemas import (
+    DeadLetter,
+    ErrorKind,
+    ModerationRequest,
+    ModerationResult,
+    decode_bytes,
+    encode_bytes,
+)
 from schemas.export import MODELS, SCHEMA_DIR, render
 
 
@@ -64,8 +71,13 @@ def test_text_limit_comes_from_context() -> None:
 
 def test_result_scores_must_be_probabilities() -> None:
     base = {
-        "id": "a", "flagged": True, "categories": {"insult": True},
-        "model_version": "v", "topic": "t", "partition": 0, "offset": 0,
+        "id": "a",
+        "flagged": True,
+        "categories": {"insult": True},
+        "model_version": "v",
+        "topic": "t",
+        "partition": 0,
+        "offset": 0,
         "timings": {"queued_ms": 1.0, "inference_ms": 2.0, "batch_size": 1},
     }
     assert ModerationResult.model_validate({**base, "category_scores": {"insult": 0.9}})
@@ -77,9 +89,17 @@ def test_result_scores_must_be_probabilities() -> None:
 def test_dead_letter_keeps_original_bytes(raw: bytes | None) -> None:
     text, encoding = encode_bytes(raw)
     letter = DeadLetter(
-        error_kind=ErrorKind.INVALID_JSON, error_message="m", key=None, key_encoding=None,
-        value=text, value_encoding=encoding, topic="t", partition=0, offset=3,
-        timestamp=None, dead_lettered_at=datetime.now(UTC),
+        error_kind=ErrorKind.INVALID_JSON,
+        error_message="m",
+        key=None,
+        key_encoding=None,
+        value=text,
+        value_encoding=encoding,
+        topic="t",
+        partition=0,
+        offset=3,
+        timestamp=None,
+        dead_lettered_at=datetime.now(UTC),
     )
     restored = DeadLetter.model_validate_json(letter.model_dump_json())
     assert decode_bytes(restored.value, restored.value_encoding) == raw
