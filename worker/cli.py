@@ -74,11 +74,9 @@ def _settings_fields() -> dict[str, Any]:
     return dict(WorkerSettings.model_fields)
 
 
-# Secrets never go on a command line, where `ps` and shell history would show them.
-ENV_ONLY_SETTINGS = frozenset({"sasl_password"})
-
-
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    from worker.settings import ENV_ONLY_SETTINGS
+
     for name, field in _settings_fields().items():
         if name in ENV_ONLY_SETTINGS:
             continue

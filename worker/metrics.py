@@ -141,3 +141,35 @@ class WorkerMetrics:
         self.build_info = Info("modstream_build", "Package version.", registry=r)
         for outcome in OUTCOMES:
             self.messages.labels(outcome=outcome)
+
+
+def catalogue_markdown() -> str:
+    """The README's metrics catalogue, generated so the docs cannot drift from the code."""
+    metrics = WorkerMetrics()
+    rows = ["| name | type | labels | buckets | meaning |", "|---|---|---|---|---|"]
+    for attribute in vars(metrics).values():
+        if not isinstance(attribute, Counter | Gauge | Histogram | Info):
+            continue
+        name = attribute._name
+        kind = type(attribute).__name__.lower()
+        exposed = {
+            "counter": f"{name}_total",
+            "info": f"{name}_info",
+        }.get(kind, name)
+        labels = ", ".join(attribute._labelnames) or "—"
+        buckets = "—"
+        if isinstance(attribute, Histogram):
+            bounds = getattr(attribute, "_kwargs", {}).get("buckets") or _bucket_bounds(attribute)
+            buckets = " ".join(f"{b:g}" for b in bounds if b != float("inf"))
+        rows.append(f"| `{exposed}` | {kind} | {labels} | {buckets} | {attribute._documentation} |")
+    return "\n".join(rows) + "\n"
+
+
+def _bucket_bounds(histogram: Histogram) -> list[float]:
+    return list(getattr(histogram, "_upper_bounds", []))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(catalogue_markdown())

@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.checkpoint import default_checkpoint_dir
 from schemas.request import DEFAULT_MAX_TEXT_CHARS
 
+# Secrets never go on a command line, where `ps` and shell history would show them.
+ENV_ONLY_SETTINGS = frozenset({"sasl_password"})
+
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -116,3 +119,24 @@ class WorkerSettings(BaseSettings):
         if self.ssl_cafile is not None:
             common["ssl_cafile"] = str(self.ssl_cafile)
         return common
+
+
+def settings_markdown() -> str:
+    """The README's configuration table, generated so the docs cannot drift from the code."""
+    rows = ["| env | flag | default | meaning |", "|---|---|---|---|"]
+    for name, field in WorkerSettings.model_fields.items():
+        if field.default_factory is not None:
+            default = "`checkpoints/current` under the repo root"
+        elif field.default is None:
+            default = "—"
+        else:
+            default = f"`{field.default}`"
+        flag = "(env only)" if name in ENV_ONLY_SETTINGS else f"`--{name.replace('_', '-')}`"
+        rows.append(f"| `MODSTREAM_{name.upper()}` | {flag} | {default} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(settings_markdown())
