@@ -1,0 +1,348 @@
+"""Checkpoints: a directory holding `weights.safetensors` + `model.json`.
+
+Why this shape:
+- safetensors only, never pickle: a checkpoint is data, and loading one must not be
+  able to run code.
+- `version` is a content hash of the weights bytes and the metadata (minus the version
+  field itself), so the version a worker reports identifies exactly what it scores
+  with, and a weights file paired with the wrong `model.json` (e.g. read half-way
+  through a swap) is detected instead of served.
+- Saving writes a complete sibling directory first and then renames it into place, so
+  readers see the old checkpoint or the new one, never a mix. Replacing an existing
+  directory takes two renames (old aside, new in); a reader that hits the instant in
+  between gets `CheckpointMissingError` and may simply retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from model.network import Classifier, ModelConfig
+from model.tokenizer import TOKENIZER_VERSION
+from model.vocab import Vocab
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "model.json"
+MAX_WEIGHTS_BYTES = 1 << 30  # 1 GiB: far above any model this project trains
+MAX_META_BYTES = 64 << 20  # 64 MiB: the vocabulary dominates; 20k tokens is ~300 KB
+VERSION_CHARS = 12
+CHECKPOINT_DIR_ENV = "MODSTREAM_CHECKPOINT_DIR"
+
+
+class CheckpointError(Exception):
+    """Base class: any checkpoint that cannot be served."""
+
+
+class CheckpointMissingError(CheckpointError):
+    """The directory or one of its files does not exist."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """The files exist but are unreadable, inconsistent or fail validation."""
+
+
+class CheckpointVersionError(CheckpointError):
+    """Written by an incompatible format or tokenizer version."""
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    model: Classifier  # on CPU, eval mode
+    config: ModelConfig
+    vocab: Vocab
+    labels: tuple[str, ...]
+    thresholds: dict[str, float]
+    metrics: dict[str, Any]
+    data_fingerprint: str
+    created_at: str
+    version: str
+    path: Path
+
+
+def default_checkpoint_dir() -> Path:
+    """`$MODSTREAM_CHECKPOINT_DIR`, else `checkpoints/current` under the repo root.
+
+    The repo root is used when running from a source checkout (a `pyproject.toml` sits
+    beside this package); an installed package falls back to the working directory.
+    """
+    env = os.environ.get(CHECKPOINT_DIR_ENV)
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parent.parent
+    base = repo if (repo / "pyproject.toml").is_file() else Path.cwd()
+    return base / "checkpoints" / "current"
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: Classifier,
+    vocab: Vocab,
+    labels: Sequence[str],
+    thresholds: Mapping[str, float],
+    metrics: Mapping[str, Any] | None = None,
+    data_fingerprint: str = "",
+    created_at: str | None = None,
+) -> str:
+    """Atomically write (or replace) the checkpoint at `directory`; returns its version."""
+    target = Path(directory)
+    labels = tuple(labels)
+    if len(labels) != model.config.num_labels:
+        raise ValueError(f"{len(labels)} labels for a model with {model.config.num_labels}")
+    if set(thresholds) != set(labels):
+        raise ValueError(f"thresholds must cover exactly the labels {labels}")
+    if len(vocab) != model.config.vocab_size:
+        raise ValueError(f"vocab has {len(vocab)} tokens, model expects {model.config.vocab_size}")
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = save_safetensors(tensors)
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": TOKENIZER_VERSION,
+        "config": model.config.to_dict(),
+        "labels": list(labels),
+        "thresholds": {label: float(thresholds[label]) for label in labels},
+        "metrics": _json_safe(dict(metrics or {})),
+        "data_fingerprint": data_fingerprint,
+        "created_at": created_at or datetime.now(UTC).isoformat(timespec="seconds"),
+        "vocab": vocab.to_dict(),
+    }
+    version = compute_version(weights, meta)
+    meta_bytes = json.dumps({"version": version, **meta}, indent=1, allow_nan=False) + "\n"
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
+        _write_synced(staging / WEIGHTS_FILE, weights)
+        _write_synced(staging / META_FILE, meta_bytes.encode("utf-8"))
+        _fsync_dir(staging)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)
+    return version
+
+
+def compute_version(weights: bytes, meta: Mapping[str, Any]) -> str:
+    """Hash of the exact weights bytes and the canonical JSON of `meta` minus `version`."""
+    body = {k: v for k, v in meta.items() if k != "version"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(weights).digest())
+    digest.update(canonical.encode("utf-8"))
+    return digest.hexdigest()[:VERSION_CHARS]
+
+
+def _json_safe(value: Any) -> Any:
+    """Metrics may hold NaN (e.g. AUC of a one-class split); JSON can't, so use null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _json_safe(value.item())
+    return value
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists() and not target.is_symlink():
+        os.rename(staging, target)
+        return
+    if not target.is_dir():
+        raise CheckpointError(f"{target} exists and is not a directory; refusing to replace")
+    aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
+    """Validate everything before building the model; never unpickles."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise CheckpointMissingError(f"checkpoint directory {path} does not exist")
+    weights = _read_limited(path / WEIGHTS_FILE, MAX_WEIGHTS_BYTES)
+    meta_bytes = _read_limited(path / META_FILE, MAX_META_BYTES)
+
+    try:
+        meta = json.loads(meta_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointCorruptError(f"{path / META_FILE} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise CheckpointCorruptError(f"{path / META_FILE} must hold a JSON object")
+    fields = _MetaReader(meta, path / META_FILE)
+
+    format_version = fields.get("format_version", int)
+    if format_version != FORMAT_VERSION:
+        raise CheckpointVersionError(
+            f"{path}: format_version {format_version} is not supported (expected {FORMAT_VERSION})"
+        )
+    tokenizer = fields.get("tokenizer", str)
+    if tokenizer != TOKENIZER_VERSION:
+        raise CheckpointVersionError(
+            f"{path}: trained with tokenizer {tokenizer!r}, this code has {TOKENIZER_VERSION!r}"
+        )
+    version = fields.get("version", str)
+    config = fields.parse("config", dict, ModelConfig.from_dict)
+    vocab = fields.parse("vocab", dict, Vocab.from_dict)
+    labels = tuple(fields.get("labels", list))
+    thresholds_raw = fields.get("thresholds", dict)
+    metrics = fields.get("metrics", dict)
+    data_fingerprint = fields.get("data_fingerprint", str)
+    created_at = fields.get("created_at", str)
+
+    if not labels or not all(isinstance(x, str) and x for x in labels):
+        fields.fail("labels", "must be a non-empty list of non-empty strings")
+    if len(set(labels)) != len(labels):
+        fields.fail("labels", "must be unique")
+    if len(labels) != config.num_labels:
+        fields.fail(
+            "labels", f"has {len(labels)} entries but config.num_labels={config.num_labels}"
+        )
+    if len(vocab) != config.vocab_size:
+        fields.fail("vocab", f"has {len(vocab)} tokens but config.vocab_size={config.vocab_size}")
+    if set(thresholds_raw) != set(labels):
+        fields.fail("thresholds", f"keys {sorted(thresholds_raw)} must equal labels {list(labels)}")
+    thresholds: dict[str, float] = {}
+    for label in labels:
+        value = thresholds_raw[label]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            fields.fail(f"thresholds.{label}", f"must be a number in [0, 1], got {value!r}")
+        thresholds[label] = float(value)
+
+    try:
+        tensors = load_safetensors(weights)
+    except Exception as e:  # the Rust parser raises its own exception type
+        raise CheckpointCorruptError(
+            f"{path / WEIGHTS_FILE} is not a valid safetensors file: {e}"
+        ) from e
+    model = Classifier(config)
+    _check_tensors(tensors, model.state_dict(), path / WEIGHTS_FILE)
+
+    expected_version = compute_version(weights, meta)
+    if version != expected_version:
+        raise CheckpointCorruptError(
+            f"{path}: version field {version!r} does not match content hash {expected_version!r}"
+            " (files modified or mixed from two checkpoints)"
+        )
+
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return LoadedCheckpoint(
+        model=model,
+        config=config,
+        vocab=vocab,
+        labels=labels,
+        thresholds=thresholds,
+        metrics=metrics,
+        data_fingerprint=data_fingerprint,
+        created_at=created_at,
+        version=version,
+        path=path,
+    )
+
+
+def _read_limited(path: Path, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError as e:
+        raise CheckpointMissingError(f"checkpoint file {path} does not exist") from e
+    except OSError as e:
+        raise CheckpointCorruptError(f"cannot read {path}: {e}") from e
+    if len(data) > limit:
+        raise CheckpointCorruptError(f"{path} is larger than the {limit} byte limit")
+    if not data:
+        raise CheckpointCorruptError(f"{path} is empty")
+    return data
+
+
+def _check_tensors(
+    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], where: Path
+) -> None:
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointCorruptError(
+            f"{where}: tensor names do not match the config (missing {missing}, unexpected "
+            f"{unexpected})"
+        )
+    for name, want in expected.items():
+        got = tensors[name]
+        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+            raise CheckpointCorruptError(
+                f"{where}: tensor {name!r} is {got.dtype}{list(got.shape)} but the config "
+                f"needs {want.dtype}{list(want.shape)}"
+            )
+
+
+class _MetaReader:
+    """Typed field access whose errors name the file and the field."""
+
+    def __init__(self, meta: dict[str, Any], where: Path) -> None:
+        self.meta = meta
+        self.where = where
+
+    def fail(self, name: str, problem: str) -> NoReturn:
+        raise CheckpointCorruptError(f"{self.where}: field {name!r} {problem}")
+
+    def get(self, name: str, kind: type) -> Any:
+        if name not in self.meta:
+            self.fail(name, "is missing")
+        value = self.meta[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.fail(name, f"must be of type {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    def parse(self, name: str, kind: type, parser: Any) -> Any:
+        raw = self.get(name, kind)
+        try:
+            return parser(raw)
+        except (ValueError, TypeError) as e:
+            self.fail(name, f"is invalid: {e}")

@@ -1,0 +1,229 @@
+"""The one inference path: worker, `score` CLI and evaluation all go through `Engine`.
+
+Keeping a single path means the metrics written into a checkpoint were measured with
+exactly the code that serves it.
+
+Batching: texts are sorted by token count and cut into buckets of similar length (at
+most `bucket_width` tokens apart, and at most `max_batch_tokens` padded tokens), so
+padding stays small and memory is bounded whatever the mix of lengths. Packing makes
+each row's score independent of its bucket-mates, so batched scores equal one-by-one
+scores (tested to 1e-5) and results come back in input order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.network import Classifier
+from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
+from model.vocab import PAD_ID, UNK_ID, Vocab
+
+DEFAULT_BUCKET_WIDTH = 8
+DEFAULT_MAX_BATCH_TOKENS = 16_384
+
+
+class EngineError(Exception):
+    """The engine cannot be built as asked (e.g. CUDA requested but unavailable)."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    probabilities: np.ndarray  # float32 [n, num_labels], input order
+    tokenize_seconds: float
+    inference_seconds: float
+    real_tokens: int  # sum of lengths
+    padded_tokens: int  # sum over buckets of bucket_size * bucket_max_len
+    num_buckets: int
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' prefers CUDA; an explicit CUDA request on a CPU-only host is an error,
+    because silently running a GPU deployment on CPU hides a broken setup."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise EngineError(f"invalid device {device!r}: {e}") from e
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError(
+                f"device {device!r} requested but CUDA is not available "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+                "use device 'cpu' or 'auto'"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise EngineError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) are visible"
+            )
+    elif resolved.type != "cpu":
+        raise EngineError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'")
+    return resolved
+
+
+class Engine:
+    labels: tuple[str, ...]
+    thresholds: dict[str, float]
+    version: str
+    device: torch.device
+
+    def __init__(
+        self,
+        model: Classifier,
+        vocab: Vocab,
+        labels: Sequence[str],
+        thresholds: Mapping[str, float],
+        version: str,
+        device: torch.device,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        bucket_width: int = DEFAULT_BUCKET_WIDTH,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> None:
+        labels = tuple(labels)
+        if len(labels) != model.config.num_labels:
+            raise EngineError(f"{len(labels)} labels for a model with {model.config.num_labels}")
+        if set(thresholds) != set(labels):
+            raise EngineError(f"thresholds {sorted(thresholds)} must cover labels {labels}")
+        if max_tokens < 1 or bucket_width < 1 or max_batch_tokens < 1:
+            raise EngineError("max_tokens, bucket_width and max_batch_tokens must be >= 1")
+        self.model = model.to(device).eval()
+        self.vocab = vocab
+        self.labels = labels
+        self.thresholds = {label: float(thresholds[label]) for label in labels}
+        self.version = version
+        self.device = device
+        self.max_tokens = max_tokens
+        self.bucket_width = bucket_width
+        self.max_batch_tokens = max_batch_tokens
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint_dir: str | Path,
+        device: str = "auto",
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        bucket_width: int = DEFAULT_BUCKET_WIDTH,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> Engine:
+        """Raises `CheckpointError` subclasses for bad checkpoints, `EngineError` for devices."""
+        resolved = resolve_device(device)
+        checkpoint = load_checkpoint(checkpoint_dir)
+        return cls(
+            checkpoint.model,
+            checkpoint.vocab,
+            checkpoint.labels,
+            checkpoint.thresholds,
+            checkpoint.version,
+            resolved,
+            max_tokens=max_tokens,
+            bucket_width=bucket_width,
+            max_batch_tokens=max_batch_tokens,
+        )
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Classifier,
+        vocab: Vocab,
+        labels: Sequence[str],
+        thresholds: Mapping[str, float] | None = None,
+        version: str = "unsaved",
+        device: str | torch.device = "auto",
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        bucket_width: int = DEFAULT_BUCKET_WIDTH,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> Engine:
+        """Wraps an in-memory model (training evaluation, tests). Puts it in eval mode;
+        callers that keep training must switch it back with `model.train()`."""
+        labels = tuple(labels)
+        return cls(
+            model,
+            vocab,
+            labels,
+            thresholds if thresholds is not None else dict.fromkeys(labels, 0.5),
+            version,
+            resolve_device(device),
+            max_tokens=max_tokens,
+            bucket_width=bucket_width,
+            max_batch_tokens=max_batch_tokens,
+        )
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids for one text; never empty, so every row has length ≥ 1."""
+        return self.vocab.encode(tokenize(text, self.max_tokens)) or [UNK_ID]
+
+    def buckets(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Input indices grouped by similar length, shortest first."""
+        order = np.argsort(lengths, kind="stable")
+        buckets: list[np.ndarray] = []
+        start = 0
+        n = len(order)
+        while start < n:
+            shortest = int(lengths[order[start]])
+            end = start + 1
+            while end < n:
+                longest = int(lengths[order[end]])
+                if longest - shortest >= self.bucket_width:
+                    break
+                if (end - start + 1) * longest > self.max_batch_tokens:
+                    break
+                end += 1
+            buckets.append(order[start:end])
+            start = end
+        return buckets
+
+    def score(self, texts: Sequence[str]) -> Scores:
+        num_labels = len(self.labels)
+        t0 = time.perf_counter()
+        encoded = [self.encode(text) for text in texts]
+        lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        t1 = time.perf_counter()
+
+        probabilities = np.empty((len(encoded), num_labels), dtype=np.float32)
+        padded_tokens = 0
+        buckets = self.buckets(lengths)
+        with torch.inference_mode():
+            for bucket in buckets:
+                bucket_lengths = lengths[bucket]
+                width = int(bucket_lengths.max())
+                ids = np.full((len(bucket), width), PAD_ID, dtype=np.int64)
+                for row, index in enumerate(bucket):
+                    ids[row, : lengths[index]] = encoded[index]
+                probabilities[bucket] = self._forward(ids, bucket_lengths)
+                padded_tokens += len(bucket) * width
+        t2 = time.perf_counter()
+
+        return Scores(
+            probabilities=probabilities,
+            tokenize_seconds=t1 - t0,
+            inference_seconds=t2 - t1,
+            real_tokens=int(lengths.sum()),
+            padded_tokens=padded_tokens,
+            num_buckets=len(buckets),
+        )
+
+    def score_one_by_one(self, texts: Sequence[str]) -> np.ndarray:
+        """Unbatched reference path: one forward per text, no padding at all."""
+        probabilities = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        with torch.inference_mode():
+            for i, text in enumerate(texts):
+                ids = np.asarray([self.encode(text)], dtype=np.int64)
+                probabilities[i] = self._forward(ids, np.asarray([ids.shape[1]]))[0]
+        return probabilities
+
+    def _forward(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        token_ids = torch.from_numpy(ids)
+        if self.device.type == "cuda":
+            token_ids = token_ids.pin_memory().to(self.device, non_blocking=True)
+        lengths_cpu = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64))
+        logits = self.model(token_ids, lengths_cpu)
+        result: np.ndarray = torch.sigmoid(logits).float().cpu().numpy()
+        return result

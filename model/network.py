@@ -1,0 +1,120 @@
+"""The classifier: embeddings → packed (Bi)LSTM/GRU → pooling → one logit per label.
+
+Sequences are packed so the recurrent layer never runs over padding: a message scores
+the same alone or in a padded batch, which is what lets the engine batch freely.
+Pooling must respect the same rule, so `mean`/`max` mask padded steps out explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, cast
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from model.vocab import PAD_ID
+
+RnnKind = Literal["lstm", "gru"]
+Pooling = Literal["last", "mean", "max"]
+RNN_KINDS: tuple[str, ...] = ("lstm", "gru")
+POOLINGS: tuple[str, ...] = ("last", "mean", "max")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    num_labels: int
+    embed_dim: int = 100
+    hidden_dim: int = 64
+    num_layers: int = 1
+    rnn: RnnKind = "lstm"
+    bidirectional: bool = True
+    dropout: float = 0.3
+    pooling: Pooling = "max"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "num_labels", "embed_dim", "hidden_dim", "num_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.vocab_size < 2:
+            raise ValueError("vocab_size must be at least 2 (PAD and UNK)")
+        if self.rnn not in RNN_KINDS:
+            raise ValueError(f"rnn must be one of {RNN_KINDS}, got {self.rnn!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not isinstance(self.bidirectional, bool):
+            raise ValueError(f"bidirectional must be a bool, got {self.bidirectional!r}")
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+            raise ValueError(f"dropout must be a number, got {dropout!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Strict: unknown or missing keys are errors, so a checkpoint can't half-load."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}")
+        missing = sorted(known - set(data))
+        if missing:
+            raise ValueError(f"missing field(s) {missing}")
+        return cls(**data)
+
+
+class Classifier(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        self.dropout = nn.Dropout(config.dropout)
+        rnn_cls = nn.LSTM if config.rnn == "lstm" else nn.GRU
+        self.rnn = rnn_cls(
+            input_size=config.embed_dim,
+            hidden_size=config.hidden_dim,
+            num_layers=config.num_layers,
+            batch_first=True,
+            bidirectional=config.bidirectional,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.head = nn.Linear(config.hidden_dim * config.num_directions, config.num_labels)
+
+    def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """token_ids: [B, T] long on the model's device; lengths: [B] long on CPU, ≥ 1.
+
+        Returns logits [B, num_labels].
+        """
+        x = self.dropout(self.embedding(token_ids))  # [B, T, E]
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        packed_out, hidden = self.rnn(packed)
+
+        if self.config.pooling == "last":
+            # Final hidden state per direction; for the backward direction that is the
+            # state after reading the first token, i.e. a summary of the whole message.
+            h_n = hidden[0] if isinstance(hidden, tuple) else hidden  # [layers*dirs, B, H]
+            if self.config.bidirectional:
+                features = torch.cat([h_n[-2], h_n[-1]], dim=1)
+            else:
+                features = h_n[-1]
+        else:
+            out, _ = pad_packed_sequence(packed_out, batch_first=True)  # [B, T', D]
+            steps = torch.arange(out.shape[1], device=out.device)
+            valid = (steps[None, :] < lengths.to(out.device)[:, None]).unsqueeze(-1)
+            if self.config.pooling == "mean":
+                summed = out.masked_fill(~valid, 0.0).sum(dim=1)
+                features = summed / lengths.to(out.device, out.dtype)[:, None]
+            else:
+                features = out.masked_fill(~valid, float("-inf")).amax(dim=1)
+
+        return cast(torch.Tensor, self.head(self.dropout(features)))

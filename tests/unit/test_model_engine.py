@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from model.engine import Engine, EngineError, resolve_device
+from model.network import Classifier, ModelConfig
+from model.tokenizer import tokenize
+from model.vocab import Vocab
+
+WORDS = tuple(
+    [
+        "you",
+        "are",
+        "a",
+        "total",
+        "idiot",
+        "free",
+        "prize",
+        "call",
+        "now",
+        "win",
+        "cash",
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "it",
+        "is",
+    ]
+)
+
+
+def random_texts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    texts = ["", "   ", "!!!", "zzzz-unknown-qqq"]
+    for _ in range(count - len(texts)):
+        n = rng.choice([1, 2, 3, 5, 8, 13, 21, 40, 90, 300])
+        texts.append(" ".join(rng.choice(WORDS) for _ in range(n)))
+    rng.shuffle(texts)
+    return texts
+
+
+def make_engine(
+    pooling: str = "max",
+    rnn: str = "lstm",
+    bucket_width: int = 8,
+    max_batch_tokens: int = 16_384,
+    max_tokens: int = 256,
+) -> Engine:
+    torch.manual_seed(1)
+    vocab = Vocab.build([tokenize(" ".join(WORDS))], min_freq=1)
+    config = ModelConfig(
+        vocab_size=len(vocab),
+        num_labels=2,
+        embed_dim=12,
+        hidden_dim=10,
+        num_layers=2,
+        rnn=rnn,  # type: ignore[arg-type]
+        pooling=pooling,  # type: ignore[arg-type]
+    )
+    return Engine.from_model(
+        Classifier(config),
+        vocab,
+        ("insult", "spam"),
+        device="cpu",
+        bucket_width=bucket_width,
+        max_batch_tokens=max_batch_tokens,
+        max_tokens=max_tokens,
+    )
+
+
+@pytest.mark.parametrize(
+    ("pooling", "rnn"), [("max", "lstm"), ("mean", "lstm"), ("last", "lstm"), ("last", "gru")]
+)
+def test_bucketed_batch_equals_one_by_one(pooling: str, rnn: str) -> None:
+    engine = make_engine(pooling, rnn, bucket_width=4, max_batch_tokens=400, max_tokens=128)
+    texts = random_texts(120, seed=7)
+    scores = engine.score(texts)
+    reference = engine.score_one_by_one(texts)
+    assert scores.probabilities.dtype == np.float32
+    assert scores.probabilities.shape == (len(texts), 2)
+    np.testing.assert_allclose(scores.probabilities, reference, atol=1e-5, rtol=0)
+    assert scores.num_buckets > 1
+
+
+def test_scores_come_back_in_input_order() -> None:
+    engine = make_engine()
+    texts = random_texts(60, seed=3)
+    permutation = np.random.default_rng(0).permutation(len(texts))
+    shuffled = engine.score([texts[i] for i in permutation]).probabilities
+    np.testing.assert_allclose(shuffled, engine.score(texts).probabilities[permutation], atol=1e-6)
+
+
+def test_token_accounting_and_bucket_limits() -> None:
+    engine = make_engine(bucket_width=8, max_batch_tokens=256, max_tokens=100)
+    texts = random_texts(80, seed=11)
+    scores = engine.score(texts)
+    lengths = np.asarray([max(1, len(tokenize(t, 100))) for t in texts])
+    assert scores.real_tokens == int(lengths.sum())
+    assert scores.padded_tokens >= scores.real_tokens
+    assert scores.tokenize_seconds >= 0 and scores.inference_seconds >= 0
+
+    buckets = engine.buckets(lengths)
+    assert sorted(np.concatenate(buckets).tolist()) == list(range(len(texts)))
+    assert len(buckets) == scores.num_buckets
+    padded = 0
+    for bucket in buckets:
+        bucket_lengths = lengths[bucket]
+        assert bucket_lengths.max() - bucket_lengths.min() < engine.bucket_width
+        assert len(bucket) == 1 or len(bucket) * bucket_lengths.max() <= engine.max_batch_tokens
+        padded += len(bucket) * int(bucket_lengths.max())
+    assert padded == scores.padded_tokens
+
+
+def test_empty_text_is_scored_as_one_unknown_token() -> None:
+    engine = make_engine()
+    probabilities = engine.score(["", "zzzz"]).probabilities
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-6)
+
+
+def test_empty_input_gives_empty_array() -> None:
+    scores = make_engine().score([])
+    assert scores.probabilities.shape == (0, 2)
+    assert scores.num_buckets == 0 and scores.real_tokens == 0 and scores.padded_tokens == 0
+    assert make_engine().score_one_by_one([]).shape == (0, 2)
+
+
+def test_engine_puts_model_in_eval_mode() -> None:
+    engine = make_engine()
+    assert not engine.model.training
+    assert engine.thresholds == {"insult": 0.5, "spam": 0.5}
+    assert engine.labels == ("insult", "spam")
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    with pytest.raises(EngineError, match="invalid device"):
+        resolve_device("potato")
+    with pytest.raises(EngineError, match="unsupported"):
+        resolve_device("meta")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
+def test_cuda_request_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(EngineError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+def test_thresholds_must_match_labels() -> None:
+    engine = make_engine()
+    with pytest.raises(EngineError, match="thresholds"):
+        Engine.from_model(engine.model, engine.vocab, ("insult", "spam"), {"insult": 0.5})

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import torch
+
+from model.network import Classifier, ModelConfig
+from model.train import masked_bce
+
+VARIANTS = list(itertools.product(("lstm", "gru"), (True, False), ("last", "mean", "max")))
+
+
+def make_model(rnn: str, bidirectional: bool, pooling: str, layers: int = 2) -> Classifier:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=50,
+        num_labels=2,
+        embed_dim=8,
+        hidden_dim=6,
+        num_layers=layers,
+        rnn=rnn,  # type: ignore[arg-type]
+        bidirectional=bidirectional,
+        dropout=0.1,
+        pooling=pooling,  # type: ignore[arg-type]
+    )
+    return Classifier(config).eval()
+
+
+@pytest.mark.parametrize(("rnn", "bidirectional", "pooling"), VARIANTS)
+def test_extra_padding_does_not_change_output(rnn: str, bidirectional: bool, pooling: str) -> None:
+    model = make_model(rnn, bidirectional, pooling)
+    lengths = torch.tensor([5, 1, 3, 7])
+    ids = torch.zeros(4, 7, dtype=torch.long)
+    for row, n in enumerate(lengths.tolist()):
+        ids[row, :n] = torch.randint(2, 50, (n,))
+    wider = torch.cat([ids, torch.zeros(4, 6, dtype=torch.long)], dim=1)
+    # Garbage in the padded area must not matter either: packing skips it.
+    garbage = wider.clone()
+    for row, n in enumerate(lengths.tolist()):
+        garbage[row, n:] = torch.randint(2, 50, (garbage.shape[1] - n,))
+    with torch.no_grad():
+        base = model(ids, lengths)
+        assert torch.allclose(base, model(wider, lengths), atol=1e-6)
+        assert torch.allclose(base, model(garbage, lengths), atol=1e-6)
+        for row, n in enumerate(lengths.tolist()):
+            alone = model(ids[row : row + 1, :n], lengths[row : row + 1])
+            assert torch.allclose(base[row], alone[0], atol=1e-5)
+    assert base.shape == (4, 2)
+
+
+def test_last_pooling_uses_both_directions() -> None:
+    model = make_model("lstm", True, "last", layers=1)
+    assert model.head.in_features == 2 * model.config.hidden_dim
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        # Changing the first token changes the forward direction's final state only
+        # through the whole sequence, but the backward one directly: both must matter.
+        a = model(ids, torch.tensor([3]))
+        b = model(torch.tensor([[6, 4, 5]]), torch.tensor([3]))
+    assert not torch.allclose(a, b)
+
+
+def test_dropout_only_in_training_mode() -> None:
+    model = make_model("lstm", True, "max")
+    ids, lengths = torch.randint(2, 50, (3, 5)), torch.tensor([5, 5, 5])
+    with torch.no_grad():
+        assert torch.equal(model(ids, lengths), model(ids, lengths))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rnn": "transformer"}, "rnn"),
+        ({"pooling": "sum"}, "pooling"),
+        ({"hidden_dim": 0}, "hidden_dim"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"bidirectional": "yes"}, "bidirectional"),
+    ],
+)
+def test_config_validation_names_the_field(changes: dict[str, Any], message: str) -> None:
+    data = ModelConfig(vocab_size=10, num_labels=2).to_dict() | changes
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_dict(data)
+
+
+def test_config_round_trip_and_strict_keys() -> None:
+    config = ModelConfig(vocab_size=10, num_labels=2, rnn="gru", pooling="last")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict(config.to_dict() | {"extra": 1})
+    with pytest.raises(ValueError, match="missing"):
+        ModelConfig.from_dict({"vocab_size": 10})
+
+
+# ------------------------------------------------------------------------ masked loss
+
+
+def test_masked_bce_matches_mean_over_known_labels() -> None:
+    logits = torch.tensor([[0.3, -1.2], [2.0, 0.5]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    mask = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[mask > 0], targets[mask > 0]
+    )
+    assert torch.allclose(masked_bce(logits, targets, mask), expected)
+
+
+@pytest.mark.parametrize("masked_value", [-50.0, 0.0, 7.0, float("inf"), float("-inf")])
+def test_masked_logits_contribute_no_loss_and_no_gradient(masked_value: float) -> None:
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    reference = torch.tensor([[0.4, 0.0], [0.0, -0.3]], requires_grad=True)
+    changed_values = reference.detach().clone()
+    changed_values[0, 1] = masked_value
+    changed_values[1, 0] = masked_value
+    changed = changed_values.requires_grad_(True)
+
+    loss_a = masked_bce(reference, targets, mask)
+    loss_b = masked_bce(changed, targets, mask)
+    torch.autograd.backward(loss_a)
+    torch.autograd.backward(loss_b)
+    assert torch.isfinite(loss_b)
+    assert torch.allclose(loss_a, loss_b)
+    assert reference.grad is not None and changed.grad is not None
+    assert changed.grad[0, 1] == 0 and changed.grad[1, 0] == 0
+    assert torch.allclose(reference.grad, changed.grad)
+
+
+def test_fully_masked_batch_gives_zero_loss() -> None:
+    logits = torch.randn(3, 2, requires_grad=True)
+    loss = masked_bce(logits, torch.ones(3, 2), torch.zeros(3, 2))
+    assert loss.item() == 0.0
