@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,34 +108,10 @@ def workloads(objects: list[Obj]) -> list[Obj]:
 
 @pytest.fixture(scope="session")
 def worker_settings() -> type[Any]:
-    """`worker.settings.WorkerSettings`, imported for real.
+    """`worker.settings.WorkerSettings`, imported for real."""
+    from worker.settings import WorkerSettings
 
-    On a checkout without the `model` package (a branch that predates it), only its
-    `default_checkpoint_dir` is stubbed for the import; the settings class is the real one.
-    """
-    try:
-        from worker.settings import WorkerSettings
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("model", "model.checkpoint"):
-            raise
-        with _stub_model_checkpoint():
-            from worker.settings import WorkerSettings
     return WorkerSettings
-
-
-class _stub_model_checkpoint:
-    def __enter__(self) -> None:
-        pkg = types.ModuleType("model")
-        pkg.__path__ = []
-        checkpoint = types.ModuleType("model.checkpoint")
-        checkpoint.default_checkpoint_dir = lambda: Path("checkpoints") / "current"  # type: ignore[attr-defined]
-        pkg.checkpoint = checkpoint  # type: ignore[attr-defined]
-        sys.modules["model"] = pkg
-        sys.modules["model.checkpoint"] = checkpoint
-
-    def __exit__(self, *exc: object) -> None:
-        sys.modules.pop("model.checkpoint", None)
-        sys.modules.pop("model", None)
 
 
 @pytest.fixture
