@@ -32,7 +32,7 @@ class ModelConfig:
     rnn: RnnKind = "lstm"
     bidirectional: bool = True
     dropout: float = 0.3
-    pooling: Pooling = "max"
+    pooling: Pooling = "mean"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_labels", "embed_dim", "hidden_dim", "num_layers"):

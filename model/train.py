@@ -16,7 +16,8 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,15 +45,15 @@ def _quiet(_: str) -> None:
 class TrainConfig:
     seed: int = 1234
     epochs: int = 8
-    batch_size: int = 32
-    lr: float = 2e-3
+    batch_size: int = 64
+    lr: float = 3e-3
     embed_dim: int = 100
     hidden_dim: int = 64
     layers: int = 1
     rnn: RnnKind = "lstm"
     bidirectional: bool = True
     dropout: float = 0.3
-    pooling: Pooling = "max"
+    pooling: Pooling = "mean"
     min_freq: int = 2
     max_vocab: int = 20_000
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -222,16 +223,22 @@ def evaluate(
 def train(config: TrainConfig, splits: DataSplits, progress: Progress = _quiet) -> TrainResult:
     started = time.perf_counter()
     device = resolve_device(config.device)
-    labels = splits.labels
+    with _torch_settings(config, device):
+        torch.manual_seed(config.seed)
+        return _train(config, splits, splits.labels, device, progress, started)
+
+
+@contextmanager
+def _torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Process-wide torch knobs for the duration of a run, restored afterwards."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(max(1, config.num_threads))
-    torch.manual_seed(config.seed)
     if device.type == "cpu":
         # CUDA would additionally need CUBLAS_WORKSPACE_CONFIG; seeded CPU runs are exact.
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(config, splits, labels, device, progress, started)
+        yield
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         torch.set_num_threads(threads_before)
@@ -289,7 +296,7 @@ def _train(
             total_batches += 1
 
         engine = Engine.from_model(
-            model, vocab, labels, device=device, max_tokens=config.max_tokens
+            model, vocab, labels, device=device, max_tokens=config.max_tokens, cpu_threads=None
         )
         val_probs = engine.score(val_texts).probabilities
         aucs = per_label_auc(val_probs, val_targets, val_mask, labels)
@@ -349,13 +356,25 @@ def retrain(
         f"test {len(splits.test)}, fingerprint {splits.fingerprint[:12]}"
     )
     result = train(config, splits, progress)
+    with _torch_settings(config, resolve_device(config.device)):
+        return _evaluate_and_save(output_dir, config, splits, result, progress, started)
 
+
+def _evaluate_and_save(
+    output_dir: str | Path,
+    config: TrainConfig,
+    splits: DataSplits,
+    result: TrainResult,
+    progress: Progress,
+    started: float,
+) -> RetrainReport:
     engine = Engine.from_model(
         result.model,
         result.vocab,
         result.labels,
         device=config.device,
         max_tokens=config.max_tokens,
+        cpu_threads=None,
     )
     validation = _subset(splits.validation, config.eval_limit, config.seed + 1)
     test = _subset(splits.test, config.eval_limit, config.seed + 2)
@@ -412,7 +431,9 @@ def retrain(
 
 def _verify_written(directory: str | Path, version: str, engine: Engine, texts: list[str]) -> None:
     """Reload what was written and check it scores like the in-memory model did."""
-    loaded = Engine.load(directory, device=str(engine.device), max_tokens=engine.max_tokens)
+    loaded = Engine.load(
+        directory, device=str(engine.device), max_tokens=engine.max_tokens, cpu_threads=None
+    )
     if loaded.version != version:
         raise RuntimeError(f"reloaded checkpoint has version {loaded.version}, wrote {version}")
     if texts:

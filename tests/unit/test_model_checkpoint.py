@@ -4,6 +4,7 @@ import builtins
 import json
 import pickle
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,15 @@ from model.vocab import Vocab
 
 LABELS = ("insult", "spam")
 TEXTS = ["you idiot", "", "free prize, call now!!!", "hello there friend " * 20, "ok"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models score fastest single-threaded, especially on a busy shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def build(seed: int = 0) -> tuple[Classifier, Vocab]:

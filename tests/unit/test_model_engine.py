@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,28 +12,17 @@ from model.network import Classifier, ModelConfig
 from model.tokenizer import tokenize
 from model.vocab import Vocab
 
-WORDS = tuple(
-    [
-        "you",
-        "are",
-        "a",
-        "total",
-        "idiot",
-        "free",
-        "prize",
-        "call",
-        "now",
-        "win",
-        "cash",
-        "the",
-        "of",
-        "and",
-        "to",
-        "in",
-        "it",
-        "is",
-    ]
-)
+SENTENCE = "you are a total idiot free prize call now win cash the of and to in it is"
+WORDS = tuple(SENTENCE.split())
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models score fastest single-threaded, especially on a busy shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def random_texts(count: int, seed: int) -> list[str]:

@@ -74,26 +74,13 @@ def test_batches_cover_every_example_once_and_are_seeded() -> None:
 # ------------------------------------------------------------------------ training
 
 
+FILLER = "the a of to and we you it is was on for with this that"
+
+
 def synthetic_splits(seed: int = 0) -> DataSplits:
     """A learnable toy corpus, so training is tested even without the data packages."""
     rng = random.Random(seed)
-    filler = [
-        "the",
-        "a",
-        "of",
-        "to",
-        "and",
-        "we",
-        "you",
-        "it",
-        "is",
-        "was",
-        "on",
-        "for",
-        "with",
-        "this",
-        "that",
-    ]
+    filler = FILLER.split()
 
     def make(label: str, positive: bool) -> Example:
         words = [rng.choice(filler) for _ in range(rng.randint(0, 12))]
