@@ -67,8 +67,12 @@ class WorkerSettings(BaseSettings):
         int, Field(ge=1, le=4096, description="Tokens scored per text; the rest is cut.")
     ] = 256
     torch_threads: Annotated[
-        int, Field(ge=0, description="torch intra-op threads; 0 keeps torch's default.")
-    ] = 0
+        int,
+        Field(
+            ge=0,
+            description="torch intra-op threads (1 leaves a core for Kafka I/O); 0 = torch's default.",
+        ),
+    ] = 1
     metrics_host: Annotated[str, Field(description="Bind address of /metrics and health.")] = (
         "0.0.0.0"
     )
