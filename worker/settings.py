@@ -70,7 +70,7 @@ class WorkerSettings(BaseSettings):
         int,
         Field(
             ge=0,
-            description="torch intra-op threads (1 leaves a core for Kafka I/O); 0 = torch's default.",
+            description="torch intra-op threads (1 leaves a core for Kafka I/O); 0 = default.",
         ),
     ] = 1
     metrics_host: Annotated[str, Field(description="Bind address of /metrics and health.")] = (
