@@ -128,6 +128,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     from model.engine import Engine, EngineError
     from worker.app import BrokerUnavailableError, Worker
     from worker.health import HealthServer
+    from worker.reload import Reloader
 
     if settings.torch_threads:
         import torch
@@ -155,8 +156,21 @@ def _run_worker(args: argparse.Namespace) -> int:
         log.info("stop_requested", signal=signal.Signals(signum).name)
         worker.request_stop()
 
+    reloader = Reloader(
+        settings.checkpoint_dir,
+        worker,
+        worker.metrics,
+        settings.reload_interval_s,
+        device=settings.device,
+        max_tokens=settings.max_tokens,
+    )
+
+    def _reload(signum: int, _frame: types.FrameType | None) -> None:
+        reloader.request_check()
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     try:
         worker.connect()
     except BrokerUnavailableError as exc:
@@ -164,9 +178,11 @@ def _run_worker(args: argparse.Namespace) -> int:
         sys.stderr.write(f"modstream worker: {exc}\n")
         server.stop()
         return EXIT_BROKER
+    reloader.start()
     try:
         return worker.run()
     finally:
+        reloader.stop()
         server.stop()
 
 
