@@ -220,12 +220,18 @@ def evaluate(
 # -------------------------------------------------------------------------- training
 
 
-def train(config: TrainConfig, splits: DataSplits, progress: Progress = _quiet) -> TrainResult:
+def train(
+    config: TrainConfig,
+    splits: DataSplits,
+    progress: Progress = _quiet,
+    extra_examples: Sequence[Example] = (),
+) -> TrainResult:
+    """`extra_examples` (e.g. moderator feedback) always train, whatever `config.limit`."""
     started = time.perf_counter()
     device = resolve_device(config.device)
     with _torch_settings(config, device):
         torch.manual_seed(config.seed)
-        return _train(config, splits, splits.labels, device, progress, started)
+        return _train(config, splits, splits.labels, device, progress, started, extra_examples)
 
 
 @contextmanager
@@ -251,9 +257,10 @@ def _train(
     device: torch.device,
     progress: Progress,
     started: float,
+    extra_examples: Sequence[Example] = (),
 ) -> TrainResult:
     rng = np.random.default_rng(config.seed)
-    train_examples = _subset(splits.train, config.limit, config.seed)
+    train_examples = _subset(splits.train, config.limit, config.seed) + list(extra_examples)
     validation = _subset(splits.validation, config.eval_limit, config.seed + 1)
     token_lists = [tokenize(ex.text, config.max_tokens) for ex in train_examples]
     vocab = Vocab.build(token_lists, min_freq=config.min_freq, max_size=config.max_vocab)
@@ -346,8 +353,12 @@ def retrain(
     config: TrainConfig | None = None,
     progress: Progress = _quiet,
     splits: DataSplits | None = None,
+    extra_examples: Sequence[Example] = (),
 ) -> RetrainReport:
-    """Load data, train, evaluate through `Engine`, write the checkpoint atomically."""
+    """Load data, train, evaluate through `Engine`, write the checkpoint atomically.
+
+    `extra_examples` join the training set (see `model.data.merge_feedback`).
+    """
     started = time.perf_counter()
     config = config or TrainConfig()
     splits = splits or load_splits()
@@ -355,7 +366,7 @@ def retrain(
         f"data: train {len(splits.train)}, validation {len(splits.validation)}, "
         f"test {len(splits.test)}, fingerprint {splits.fingerprint[:12]}"
     )
-    result = train(config, splits, progress)
+    result = train(config, splits, progress, extra_examples)
     with _torch_settings(config, resolve_device(config.device)):
         return _evaluate_and_save(output_dir, config, splits, result, progress, started)
 
@@ -427,6 +438,12 @@ def _evaluate_and_save(
         total_seconds=time.perf_counter() - started,
         config=asdict(config),
     )
+
+
+def validation_subset(config: TrainConfig, splits: DataSplits) -> list[Example]:
+    """The validation examples `retrain` measures on, so another model can be compared
+    on exactly the same data (the promotion gate)."""
+    return _subset(splits.validation, config.eval_limit, config.seed + 1)
 
 
 def _verify_written(directory: str | Path, version: str, engine: Engine, texts: list[str]) -> None:

@@ -2,6 +2,8 @@
 
 Processing one batch (`Worker.process_batch`):
 
+0. Swap in a reloaded model if one is waiting (`offer_engine`, from worker/reload.py):
+   here, on the processing thread, between two batches.
 1. Decode every record; invalid ones become dead letters, nothing raises.
 2. Score all valid texts with the engine captured at the start of the batch, so one
    batch is scored by exactly one model version (invariant 4).
@@ -79,6 +81,8 @@ class Worker:
             max_bytes=settings.max_batch_bytes,
         )
         self._stop = threading.Event()
+        self._engine_lock = threading.Lock()
+        self._pending_engine: Engine | None = None
         self._consumer: KafkaConsumer | None = None
         self._sink: Sink | None = None
         self._committer: Committer | None = None
@@ -147,6 +151,8 @@ class Worker:
                 self.health.tick()
                 if batch:
                     self.process_batch(batch)
+                else:
+                    self._apply_pending_engine()
                 self._maybe_log_summary()
             leftover = self.batcher.take()
             if leftover:
@@ -185,7 +191,8 @@ class Worker:
         return records
 
     def process_batch(self, batch: Sequence[SourceRecord]) -> None:
-        """Steps 1-5 of the module docstring for one closed batch."""
+        """Steps 0-5 of the module docstring for one closed batch."""
+        self._apply_pending_engine()
         engine = self.engine
         started = time.time()
         decode_start = time.perf_counter()
@@ -387,6 +394,29 @@ class Worker:
                 partition=first.partition,
                 offset=first.offset,
             )
+
+    # -- model reload --------------------------------------------------------------
+
+    def latest_engine(self) -> Engine:
+        """The engine the next batch will use: a pending one, else the serving one."""
+        with self._engine_lock:
+            return self._pending_engine if self._pending_engine is not None else self.engine
+
+    def offer_engine(self, engine: Engine) -> None:
+        """Any thread: queue a validated engine; replaces one offered but not yet swapped."""
+        with self._engine_lock:
+            self._pending_engine = engine
+
+    def _apply_pending_engine(self) -> None:
+        """Processing thread only, between batches: the one place `self.engine` changes."""
+        with self._engine_lock:
+            engine, self._pending_engine = self._pending_engine, None
+        if engine is None:
+            return
+        old, self.engine = self.engine, engine
+        self.metrics.model_reloads.labels(result="ok").inc()
+        self._announce_model(engine)
+        log.info("model_swapped", old_version=old.version, new_version=engine.version)
 
     # -- group membership ----------------------------------------------------------
 

@@ -31,6 +31,7 @@ RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 OUTCOMES = ("ok", "invalid", "error")
+RELOAD_RESULTS = ("ok", "failed")
 
 
 class WorkerMetrics:
@@ -139,8 +140,16 @@ class WorkerMetrics:
             registry=r,
         )
         self.build_info = Info("modstream_build", "Package version.", registry=r)
+        self.model_reloads = Counter(
+            "modstream_model_reloads",
+            "Checkpoint reloads by result: ok (swapped in), failed (old model kept serving).",
+            ["result"],
+            registry=r,
+        )
         for outcome in OUTCOMES:
             self.messages.labels(outcome=outcome)
+        for result in RELOAD_RESULTS:
+            self.model_reloads.labels(result=result)
 
 
 def catalogue_markdown() -> str:

@@ -47,8 +47,19 @@ class WorkerSettings(BaseSettings):
         "modstream-worker"
     )
     checkpoint_dir: Annotated[
-        Path, Field(description="Checkpoint directory (model.json + weights.safetensors).")
+        Path,
+        Field(
+            description="Checkpoint directory (model.json + weights.safetensors), or a "
+            "checkpoint store root, or its `current` link."
+        ),
     ] = Field(default_factory=default_checkpoint_dir)
+    reload_interval_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Check the checkpoint for a new version this often; 0 = only on SIGHUP.",
+        ),
+    ] = 10.0
     device: Annotated[Device, Field(description="Inference device: auto, cpu or cuda.")] = "auto"
     max_batch_size: Annotated[
         int, Field(ge=1, le=65_536, description="Close a batch at this many records.")
