@@ -43,8 +43,8 @@ from worker.sink import OutputRecord, PublishError, Sink
 
 log = structlog.get_logger("modstream.worker")
 
-SUMMARY_INTERVAL_S = 30.0
 MAX_PUBLISH_BACKOFF_S = 30.0
+LAG_LOOKUP_TIMEOUT_MS = 2_000
 
 
 class BrokerUnavailableError(Exception):
@@ -73,7 +73,11 @@ class Worker:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics if metrics is not None else WorkerMetrics()
-        self.health = health if health is not None else HealthState()
+        self.health = (
+            health
+            if health is not None
+            else HealthState(liveness_deadline_s=settings.liveness_deadline_s)
+        )
         self.decoder = Decoder(settings.max_text_chars)
         self.batcher = Batcher(
             max_size=settings.max_batch_size,
@@ -86,9 +90,12 @@ class Worker:
         self._consumer: KafkaConsumer | None = None
         self._sink: Sink | None = None
         self._committer: Committer | None = None
-        self._processed_since_summary = 0
+        self._summary = _SummaryWindow()
         self._last_summary = time.monotonic()
+        self._lag: dict[TopicPartition, int] = {}
+        self._next_lag_refresh = 0.0
         self.metrics.build_info.info({"version": package_version()})
+        self.health.set(producer_ok=False, problem="producer not connected")
         self._announce_model(engine)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -132,6 +139,7 @@ class Worker:
         self._consumer = consumer
         self._sink = Sink(producer, s.publish_timeout_s)
         self._committer = Committer(consumer)
+        self.health.set(producer_ok=True, problem=None)
 
     def run(self) -> int:
         """Process until stopped; returns the process exit code."""
@@ -151,8 +159,10 @@ class Worker:
                 self.health.tick()
                 if batch:
                     self.process_batch(batch)
+                    self.health.tick()
                 else:
                     self._apply_pending_engine()
+                self._maybe_refresh_lag()
                 self._maybe_log_summary()
             leftover = self.batcher.take()
             if leftover:
@@ -178,11 +188,17 @@ class Worker:
 
     def _poll(self, timeout_s: float, max_records: int) -> list[SourceRecord]:
         assert self._consumer is not None
-        polled = self._consumer.poll(
-            timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)
-        )
+        try:
+            polled = self._consumer.poll(
+                timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)
+            )
+        except KafkaError as exc:
+            self.metrics.kafka_errors.labels(kind=type(exc).__name__).inc()
+            log.error("poll_failed", error=str(exc), topic=self.settings.input_topic)
+            raise
+        polled_at = time.time()
         records = [
-            SourceRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
+            SourceRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, polled_at)
             for partition_records in polled.values()
             for r in partition_records
         ]
@@ -195,6 +211,9 @@ class Worker:
         self._apply_pending_engine()
         engine = self.engine
         started = time.time()
+        queue_seconds = self.metrics.stage_seconds.labels(stage="queue")
+        for record in batch:
+            queue_seconds.observe(max(started - _arrival(record, started), 0.0))
         decode_start = time.perf_counter()
         decoded_or_rejected = [self.decoder.decode(record) for record in batch]
         self.metrics.stage_seconds.labels(stage="decode").observe(
@@ -256,7 +275,15 @@ class Worker:
             time.perf_counter() - commit_start
         )
         self.metrics.in_flight.dec(len(batch))
-        self._processed_since_summary += len(batch)
+        self._summary.add(outcomes)
+        log.debug(
+            "batch_processed",
+            batch_size=len(batch),
+            outcomes=outcomes,
+            partitions=_offset_ranges(batch),
+            inference_ms=round(inference_s * 1000.0, 3),
+            seconds=round(time.time() - started, 4),
+        )
 
     def _score(
         self, engine: Engine, decoded: Sequence[Decoded]
@@ -386,6 +413,8 @@ class Worker:
             # The partition moved on; its new owner re-reads from the last commit
             # (at-least-once: a duplicate, never a loss).
             self.metrics.commits.labels(result="failed").inc()
+            kind = type(exc.__cause__).__name__ if exc.__cause__ else "CommitError"
+            self.metrics.kafka_errors.labels(kind=kind).inc()
             first = batch[0]
             log.warning(
                 "commit_failed",
@@ -425,11 +454,16 @@ class Worker:
         if pending:
             log.info("finishing_batch_before_revocation", records=len(pending))
             self.process_batch(pending)
+        self._forget_lag(revoked)
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.metrics.rebalances.inc()
         self.metrics.assigned_partitions.set(len(assigned))
-        self.health.set(group_joined=True)
+        # A member with no partitions (more workers than partitions) is ready too: it
+        # takes over as soon as a rebalance hands it some.
+        self.health.set(group_joined=True, assigned_partitions=len(assigned))
+        self._forget_lag(set(self._lag) - set(assigned))
+        self._next_lag_refresh = 0.0  # measure the new assignment on the next turn
         log.info(
             "partitions_assigned",
             partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned),
@@ -445,21 +479,113 @@ class Worker:
                 "device": str(engine.device),
             }
         )
+        self.metrics.init_categories(engine.labels)
         self.health.set(model_version=engine.version)
+        # Every later log line of this thread names the model serving.
+        structlog.contextvars.bind_contextvars(model_version=engine.version)
+
+    def _maybe_refresh_lag(self) -> None:
+        now = time.monotonic()
+        if now < self._next_lag_refresh or self._consumer is None:
+            return
+        self._next_lag_refresh = now + self.settings.lag_interval_s
+        self.refresh_lag()
+
+    def refresh_lag(self) -> dict[TopicPartition, int]:
+        """Per assigned partition: end offset - position, into `modstream_consumer_lag_records`.
+
+        The end offset is the high watermark the consumer's own fetch responses carry, so
+        this costs no request; only partitions not fetched yet need one ListOffsets call.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        assigned = set(consumer.assignment())
+        self._forget_lag(set(self._lag) - assigned)
+        ends: dict[TopicPartition, int] = {}
+        unknown: list[TopicPartition] = []
+        for tp in assigned:
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                unknown.append(tp)
+            else:
+                ends[tp] = highwater
+        try:
+            if unknown:
+                ends.update(consumer.end_offsets(unknown, timeout_ms=LAG_LOOKUP_TIMEOUT_MS))
+            positions = {tp: consumer.position(tp, timeout_ms=LAG_LOOKUP_TIMEOUT_MS) for tp in ends}
+        except KafkaError as exc:
+            self.metrics.kafka_errors.labels(kind=type(exc).__name__).inc()
+            log.warning("lag_refresh_failed", error=str(exc), topic=self.settings.input_topic)
+            return dict(self._lag)
+        for tp, end in ends.items():
+            position = positions.get(tp)
+            if position is None:
+                continue
+            lag = max(end - position, 0)
+            self._lag[tp] = lag
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+        return dict(self._lag)
+
+    def _forget_lag(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            if self._lag.pop(tp, None) is not None:
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
     def _maybe_log_summary(self) -> None:
         now = time.monotonic()
         elapsed = now - self._last_summary
-        if elapsed < SUMMARY_INTERVAL_S:
+        if elapsed < self.settings.log_summary_interval_s:
             return
+        window, m = self._summary, self.metrics
         log.info(
             "summary",
-            messages_per_s=round(self._processed_since_summary / elapsed, 1),
-            messages=self._processed_since_summary,
-            model_version=self.engine.version,
+            topic=self.settings.input_topic,
+            seconds=round(elapsed, 1),
+            messages=window.messages,
+            messages_per_s=round(window.messages / elapsed, 2),
+            batches=window.batches,
+            ok=window.outcomes["ok"],
+            invalid=window.outcomes["invalid"],
+            error=window.outcomes["error"],
+            lag=sum(self._lag.values()),
+            lag_by_partition={f"{tp.topic}-{tp.partition}": n for tp, n in self._lag.items()},
+            in_flight=int(m.registry.get_sample_value("modstream_in_flight_messages") or 0),
         )
-        self._processed_since_summary = 0
+        self._summary = _SummaryWindow()
         self._last_summary = now
+
+
+class _SummaryWindow:
+    """What the worker did since the last summary log line."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.messages = 0
+        self.outcomes: dict[str, int] = {"ok": 0, "invalid": 0, "error": 0}
+
+    def add(self, outcomes: dict[str, int]) -> None:
+        self.batches += 1
+        for outcome, count in outcomes.items():
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + count
+            self.messages += count
+
+
+def _arrival(record: SourceRecord, default: float) -> float:
+    """When a record entered the system: its Kafka timestamp, else when it was polled."""
+    if record.timestamp_ms is not None and record.timestamp_ms > 0:
+        return record.timestamp_ms / 1000.0
+    return record.polled_at if record.polled_at is not None else default
+
+
+def _offset_ranges(batch: Sequence[SourceRecord]) -> dict[str, list[int]]:
+    """`{"topic-partition": [first offset, last offset]}` of a batch, for debug logs."""
+    ranges: dict[str, list[int]] = {}
+    for record in batch:
+        key = f"{record.topic}-{record.partition}"
+        span = ranges.setdefault(key, [record.offset, record.offset])
+        span[0] = min(span[0], record.offset)
+        span[1] = max(span[1], record.offset)
+    return ranges
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -28,6 +28,8 @@ class SourceRecord:
     timestamp_ms: int | None
     key: bytes | None
     value: bytes | None
+    polled_at: float | None = None
+    """Wall-clock time (epoch seconds) the worker polled the record, if known."""
 
 
 @dataclass(frozen=True, slots=True)

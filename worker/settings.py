@@ -91,6 +91,16 @@ class WorkerSettings(BaseSettings):
         int, Field(ge=0, le=65_535, description="Port of /metrics, /livez, /readyz; 0 = any.")
     ] = 9108
     log_level: Annotated[LogLevel, Field(description="debug, info, warning or error.")] = "info"
+    log_summary_interval_s: Annotated[
+        float, Field(gt=0, description="Seconds between info-level summary log lines.")
+    ] = 30.0
+    lag_interval_s: Annotated[
+        float, Field(gt=0, description="Seconds between consumer lag refreshes.")
+    ] = 5.0
+    liveness_deadline_s: Annotated[
+        float,
+        Field(gt=0, description="/livez fails when the processing loop is stuck this long."),
+    ] = 60.0
     publish_timeout_s: Annotated[
         float, Field(gt=0, description="Wait this long for output acknowledgements per try.")
     ] = 30.0
