@@ -10,6 +10,13 @@ Processing one batch (`Worker.process_batch`):
    with backoff and report not-ready, never moving on (invariant 1).
 5. Commit, per partition, one past the batch's highest offset.
 
+With `delivery=exactly_once`, steps 4 and 5 are one Kafka transaction: begin, send the
+outputs, add the batch's offsets with the consumer's group metadata (KIP-447 fencing),
+commit. On any failure the transaction is aborted (its outputs stay invisible to
+`read_committed` readers), the consumer is rewound to the batch's first offsets (which
+are the last committed positions: batches run one at a time, in order) and the records
+come back in a later poll; not-ready until a transaction commits again.
+
 Shutdown (SIGTERM/SIGINT) stops polling, finishes the batch in hand through step 5,
 then closes the clients and exits 0.
 """
@@ -24,25 +31,47 @@ from typing import Any
 
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
-from kafka.structs import TopicPartition
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyPartitionAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.errors import (
+    FencedInstanceIdError,
+    KafkaError,
+    ProducerFencedError,
+    TransactionalIdAuthorizationFailedError,
+)
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from model.engine import Engine
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.result import Timings
 from worker.batcher import Batcher
-from worker.commit import CommitError, Committer
+from worker.commit import CommitError, Committer, first_offsets, next_offsets
 from worker.decode import Decoded, Decoder, Rejected, SourceRecord
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.results import build_result
 from worker.settings import WorkerSettings
-from worker.sink import OutputRecord, PublishError, Sink
+from worker.sink import Delivery, OutputRecord, PublishError, Sink
 
 log = structlog.get_logger("modstream.worker")
 
 SUMMARY_INTERVAL_S = 30.0
 MAX_PUBLISH_BACKOFF_S = 30.0
+FIRST_PUBLISH_BACKOFF_S = 0.5
+
+ASSIGNORS: dict[str, tuple[type[Any], ...]] = {
+    "range": (RangePartitionAssignor,),
+    "roundrobin": (RoundRobinPartitionAssignor,),
+    "cooperative-sticky": (CooperativeStickyPartitionAssignor,),
+}
+# Errors after which this process must not go on: another live worker holds the same
+# transactional id or group instance id (a configuration error), or this one is a zombie.
+FATAL_ERRORS: tuple[type[BaseException], ...] = (
+    ProducerFencedError,
+    FencedInstanceIdError,
+    TransactionalIdAuthorizationFailedError,
+)
 
 
 class BrokerUnavailableError(Exception):
@@ -51,6 +80,10 @@ class BrokerUnavailableError(Exception):
 
 class WorkerStoppedError(Exception):
     """Shutdown was requested while a batch's outputs were still unacknowledged."""
+
+
+class FatalWorkerError(Exception):
+    """The worker cannot go on safely (fenced by another worker with the same identity)."""
 
 
 def package_version() -> str:
@@ -82,6 +115,8 @@ class Worker:
         self._consumer: KafkaConsumer | None = None
         self._sink: Sink | None = None
         self._committer: Committer | None = None
+        self._transactional = settings.delivery == "exactly_once"
+        self._txn_backoff = FIRST_PUBLISH_BACKOFF_S
         self._processed_since_summary = 0
         self._last_summary = time.monotonic()
         self.metrics.build_info.info({"version": package_version()})
@@ -101,33 +136,63 @@ class Worker:
         s = self.settings
         timeout_ms = int(s.startup_timeout_s * 1000)
         common = s.kafka_common()
+        consumer: KafkaConsumer | None = None
         try:
             consumer = KafkaConsumer(
                 group_id=s.group_id,
+                group_instance_id=s.group_instance_id,
                 client_id=f"{s.client_id}-consumer",
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=s.max_batch_size,
+                session_timeout_ms=s.session_timeout_ms,
+                max_poll_interval_ms=s.max_poll_interval_ms,
+                partition_assignment_strategy=ASSIGNORS[s.assignment_strategy],
+                isolation_level="read_committed" if self._transactional else "read_uncommitted",
                 bootstrap_timeout_ms=timeout_ms,
                 **common,
             )
-            producer = KafkaProducer(
-                client_id=f"{s.client_id}-producer",
-                acks="all",
-                linger_ms=5,
-                max_block_ms=int(s.publish_timeout_s * 1000),
-                bootstrap_timeout_ms=timeout_ms,
-                **common,
-            )
+            producer = self._new_producer()
         except KafkaError as exc:
+            if consumer is not None:
+                consumer.close(autocommit=False)
             raise BrokerUnavailableError(
-                f"no Kafka broker reachable at {s.kafka_bootstrap!r} "
-                f"within {s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP): {exc}"
+                f"no usable Kafka broker at {s.kafka_bootstrap!r} within "
+                f"{s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security protocol "
+                f"{s.security_protocol}): {type(exc).__name__}: {exc}"
             ) from exc
         consumer.subscribe(topics=[s.input_topic], listener=_Rebalance(self))
         self._consumer = consumer
         self._sink = Sink(producer, s.publish_timeout_s)
         self._committer = Committer(consumer)
+
+    def _new_producer(self) -> KafkaProducer:
+        """An idempotent producer; in exactly-once mode a transactional one, initialised.
+
+        `init_transactions` with this worker's stable transactional id fences any earlier
+        producer with the same id (e.g. the process before a kill -9) and aborts the
+        transaction it left open, so none of its outputs ever become visible.
+        """
+        s = self.settings
+        options: dict[str, Any] = {
+            "client_id": f"{s.client_id}-producer",
+            "acks": "all",
+            "linger_ms": 5,
+            "max_block_ms": int(s.publish_timeout_s * 1000),
+            "bootstrap_timeout_ms": int(s.startup_timeout_s * 1000),
+            **s.kafka_common(),
+        }
+        if self._transactional:
+            options["transactional_id"] = s.resolved_transactional_id()
+        producer = KafkaProducer(**options)
+        if self._transactional:
+            try:
+                producer.init_transactions()
+            except BaseException:
+                producer.close(timeout=1.0)
+                raise
+            log.info("transactions_initialised", transactional_id=options["transactional_id"])
+        return producer
 
     def run(self) -> int:
         """Process until stopped; returns the process exit code."""
@@ -153,6 +218,9 @@ class Worker:
                 self.process_batch(leftover)
         except WorkerStoppedError as exc:
             log.error("shutdown_with_unacknowledged_outputs", error=str(exc))
+            exit_code = 1
+        except FatalWorkerError as exc:
+            log.error("worker_fenced", error=str(exc))
             exit_code = 1
         finally:
             self._close()
@@ -230,10 +298,17 @@ class Worker:
             outcomes["ok"] += 1
 
         publish_start = time.perf_counter()
-        acked_at = self._publish_until_acknowledged(outputs, batch)
+        if self._transactional:
+            acked_at = self._publish_in_transaction(outputs, batch)
+        else:
+            acked_at = self._publish_until_acknowledged(outputs, batch)
         self.metrics.stage_seconds.labels(stage="publish").observe(
             time.perf_counter() - publish_start
         )
+        if acked_at is None:
+            # Aborted and rewound: these records come back in a later poll.
+            self.metrics.in_flight.dec(len(batch))
+            return
         for record in batch:
             if record.timestamp_ms is not None and record.timestamp_ms > 0:
                 self.metrics.end_to_end_seconds.observe(
@@ -243,11 +318,12 @@ class Worker:
             if count:
                 self.metrics.messages.labels(outcome=outcome).inc(count)
 
-        commit_start = time.perf_counter()
-        self._commit(batch)
-        self.metrics.stage_seconds.labels(stage="commit").observe(
-            time.perf_counter() - commit_start
-        )
+        if not self._transactional:  # a transaction committed the offsets with the outputs
+            commit_start = time.perf_counter()
+            self._commit(batch)
+            self.metrics.stage_seconds.labels(stage="commit").observe(
+                time.perf_counter() - commit_start
+            )
         self.metrics.in_flight.dec(len(batch))
         self._processed_since_summary += len(batch)
 
@@ -341,10 +417,13 @@ class Worker:
         self, outputs: Sequence[OutputRecord], batch: Sequence[SourceRecord]
     ) -> float:
         assert self._sink is not None
-        backoff = 0.5
+        backoff = FIRST_PUBLISH_BACKOFF_S
+        # One delivery across tries: acknowledged outputs are not sent again, pending
+        # ones are waited for, failed ones are re-sent.
+        delivery = Delivery(outputs)
         while True:
             try:
-                acked_at = self._sink.publish(outputs)
+                acked_at = self._sink.complete(delivery)
             except PublishError as exc:
                 kind = type(exc.cause).__name__ if exc.cause else "PublishError"
                 self.metrics.kafka_errors.labels(kind=kind).inc()
@@ -358,7 +437,9 @@ class Worker:
                     partition=first.partition,
                     offset=first.offset,
                     batch_size=len(batch),
+                    acknowledged=delivery.acknowledged(),
                     retry_in_s=backoff,
+                    committed=False,
                 )
                 if self._stop.wait(backoff):
                     raise WorkerStoppedError(
@@ -369,6 +450,97 @@ class Worker:
                 continue
             self.health.set(producer_ok=True, problem=None)
             return acked_at
+
+    def _publish_in_transaction(
+        self, outputs: Sequence[OutputRecord], batch: Sequence[SourceRecord]
+    ) -> float | None:
+        """Outputs and offsets in one transaction; None when it was aborted and rewound."""
+        assert self._sink is not None and self._consumer is not None
+        producer = self._sink.producer
+        offsets = {
+            tp: OffsetAndMetadata(offset, "", -1) for tp, offset in next_offsets(batch).items()
+        }
+        try:
+            producer.begin_transaction()
+            acked_at = self._sink.publish(outputs)
+            producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
+            producer.commit_transaction()
+        except FATAL_ERRORS as exc:
+            raise FatalWorkerError(self._fenced_message(exc)) from exc
+        except (PublishError, KafkaError) as exc:
+            self._abort_and_rewind(batch, exc)
+            return None
+        self._txn_backoff = FIRST_PUBLISH_BACKOFF_S
+        self.metrics.commits.labels(result="ok").inc()
+        self.health.set(producer_ok=True, problem=None)
+        return acked_at
+
+    def _abort_and_rewind(self, batch: Sequence[SourceRecord], exc: Exception) -> None:
+        assert self._sink is not None
+        cause = exc.cause if isinstance(exc, PublishError) else exc
+        self.metrics.kafka_errors.labels(kind=type(cause or exc).__name__).inc()
+        self.metrics.publish_retries.inc()
+        self.metrics.commits.labels(result="aborted").inc()
+        self.health.set(producer_ok=False, problem=f"transaction aborted: {exc}")
+        first = batch[0]
+        log.error(
+            "transaction_aborted",
+            error=f"{type(exc).__name__}: {exc}",
+            topic=first.topic,
+            partition=first.partition,
+            offset=first.offset,
+            batch_size=len(batch),
+            retry_in_s=self._txn_backoff,
+            committed=False,
+        )
+        try:
+            self._sink.producer.abort_transaction()
+        except FATAL_ERRORS as abort_exc:
+            raise FatalWorkerError(self._fenced_message(abort_exc)) from abort_exc
+        except KafkaError as abort_exc:
+            # The producer is in a state it cannot abort from: replace it. Initialising
+            # the new one with the same transactional id aborts what the old one left.
+            log.warning("abort_failed_replacing_producer", error=str(abort_exc))
+            self._replace_producer()
+        self._rewind(batch)
+        self.health.tick()
+        self._stop.wait(self._txn_backoff)
+        self._txn_backoff = min(self._txn_backoff * 2, MAX_PUBLISH_BACKOFF_S)
+
+    def _replace_producer(self) -> None:
+        assert self._sink is not None
+        try:
+            self._sink.close(timeout_s=1.0)
+        except KafkaError as exc:
+            log.warning("producer_close_failed", error=str(exc))
+        while True:
+            try:
+                self._sink = Sink(self._new_producer(), self.settings.publish_timeout_s)
+                return
+            except FATAL_ERRORS as exc:
+                raise FatalWorkerError(self._fenced_message(exc)) from exc
+            except KafkaError as exc:
+                log.error("producer_init_failed", error=str(exc), retry_in_s=self._txn_backoff)
+                if self._stop.wait(self._txn_backoff):
+                    raise WorkerStoppedError("stopped while re-creating the producer") from exc
+                self._txn_backoff = min(self._txn_backoff * 2, MAX_PUBLISH_BACKOFF_S)
+
+    def _rewind(self, batch: Sequence[SourceRecord]) -> None:
+        """Seek back to the batch's first offsets: the last committed positions."""
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        for tp, offset in first_offsets(batch).items():
+            if tp in assigned:  # a revoked partition resumes at its commit elsewhere
+                self._consumer.seek(tp, offset)
+
+    def _fenced_message(self, exc: BaseException) -> str:
+        s = self.settings
+        return (
+            f"{type(exc).__name__}: {exc}: another live worker uses transactional id "
+            f"{s.resolved_transactional_id()!r} or group instance id {s.group_instance_id!r}"
+            " (MODSTREAM_TRANSACTIONAL_ID / MODSTREAM_GROUP_INSTANCE_ID must be unique per "
+            "worker); stopping without committing"
+        )
 
     def _commit(self, batch: Sequence[SourceRecord]) -> None:
         assert self._committer is not None
@@ -396,9 +568,23 @@ class Worker:
             log.info("finishing_batch_before_revocation", records=len(pending))
             self.process_batch(pending)
 
+    def on_lost(self, lost: set[TopicPartition]) -> None:
+        """Evicted from the group: the partitions' new owners re-read from the last
+        commit, so the records in hand are dropped rather than answered twice."""
+        pending = self.batcher.take()
+        if pending:
+            self.metrics.in_flight.dec(len(pending))
+        log.warning(
+            "partitions_lost",
+            partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in lost),
+            dropped_records=len(pending),
+        )
+
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.metrics.rebalances.inc()
-        self.metrics.assigned_partitions.set(len(assigned))
+        # With the cooperative assignor `assigned` holds only the partitions added.
+        current = self._consumer.assignment() if self._consumer is not None else assigned
+        self.metrics.assigned_partitions.set(len(current))
         self.health.set(group_joined=True)
         log.info(
             "partitions_assigned",
@@ -441,3 +627,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._worker.on_assigned(assigned)
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self._worker.on_lost(lost)
