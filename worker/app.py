@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyPartitionAssignor
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import (
@@ -63,7 +63,7 @@ FIRST_PUBLISH_BACKOFF_S = 0.5
 ASSIGNORS: dict[str, tuple[type[Any], ...]] = {
     "range": (RangePartitionAssignor,),
     "roundrobin": (RoundRobinPartitionAssignor,),
-    "cooperative-sticky": (CooperativeStickyPartitionAssignor,),
+    "cooperative-sticky": (CooperativeStickyAssignor,),
 }
 # Errors after which this process must not go on: another live worker holds the same
 # transactional id or group instance id (a configuration error), or this one is a zombie.
@@ -567,6 +567,8 @@ class Worker:
         if pending:
             log.info("finishing_batch_before_revocation", records=len(pending))
             self.process_batch(pending)
+        if self._consumer is not None:  # cooperative: only `revoked` goes, no assign follows
+            self.metrics.assigned_partitions.set(len(self._consumer.assignment() - revoked))
 
     def on_lost(self, lost: set[TopicPartition]) -> None:
         """Evicted from the group: the partitions' new owners re-read from the last
