@@ -52,7 +52,7 @@ from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.results import build_result
 from worker.settings import WorkerSettings
-from worker.sink import Delivery, OutputRecord, PublishError, Sink
+from worker.sink import Delivery, OutputRecord, PublishError, Sink, describe
 
 log = structlog.get_logger("modstream.worker")
 
@@ -485,7 +485,7 @@ class Worker:
         first = batch[0]
         log.error(
             "transaction_aborted",
-            error=f"{type(exc).__name__}: {exc}",
+            error=str(exc) if isinstance(exc, PublishError) else describe(exc),
             topic=first.topic,
             partition=first.partition,
             offset=first.offset,

@@ -35,6 +35,13 @@ class PublishError(Exception):
         self.cause = cause
 
 
+def describe(exc: BaseException) -> str:
+    """`Class: message`, once (kafka-python's messages often start with the class name)."""
+    name = type(exc).__name__
+    text = str(exc)
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
 class Delivery:
     """The outputs of one batch and, per output, the future of its latest send."""
 
@@ -87,20 +94,20 @@ class Sink:
                 # send() blocks on topic metadata up to max_block_ms: the topic is
                 # missing, or this client may not see it.
                 raise PublishError(
-                    f"cannot send to topic {out.topic!r}: {type(exc).__name__}: {exc} "
+                    f"cannot send to topic {out.topic!r}: {describe(exc)} "
                     "(does the topic exist, and may this worker write to it?)",
                     exc,
                 ) from exc
             except KafkaError as exc:
                 raise PublishError(
-                    f"cannot send to topic {out.topic!r}: {type(exc).__name__}: {exc}", exc
+                    f"cannot send to topic {out.topic!r}: {describe(exc)}", exc
                 ) from exc
         try:
             self._producer.flush(timeout=max(deadline - time.monotonic(), 0.001))
         except KafkaTimeoutError:
             pass  # judged below, output by output
         except KafkaError as exc:
-            raise PublishError(f"{type(exc).__name__}: {exc}", exc) from exc
+            raise PublishError(describe(exc), exc) from exc
         waiting = 0
         for i, future in enumerate(delivery.futures):
             assert future is not None
@@ -109,8 +116,7 @@ class Sink:
             elif future.failed():
                 failure = future.exception
                 raise PublishError(
-                    f"output to {delivery.outputs[i].topic!r} failed: "
-                    f"{type(failure).__name__}: {failure}",
+                    f"output to {delivery.outputs[i].topic!r} failed: {describe(failure)}",
                     failure,
                 )
         if waiting:
