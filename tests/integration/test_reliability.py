@@ -7,12 +7,14 @@ seen by a `read_committed` reader.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -258,3 +260,69 @@ def test_scaling_one_to_three_to_one_loses_nothing(
     print(f"\n{assignment}: {len(sent)} inputs, 1 -> 3 -> 1 workers: lost {len(lost)}, dups {dups}")
     assert not lost, f"{len(lost)} ids lost, e.g. {sorted(lost)[:5]}"
     assert set(ids) == sent
+
+
+def log_events(worker: WorkerProcess, event: str) -> list[dict[str, Any]]:
+    found = []
+    for line in worker.log_path.read_text(errors="replace").splitlines():
+        if f'"event": "{event}"' in line:
+            found.append(json.loads(line))
+    return found
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_missing_output_topic_blocks_commits_until_it_exists(
+    delivery: str,
+    kafka_bootstrap: str,
+    kafka_local: ModuleType,
+    make_topics: Callable[..., dict[str, str]],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    topics = make_topics(partitions=2, roles=("input", "dead_letter"))
+    topics["output"] = topics["input"].replace("-input", "-output")
+    group = f"g-noout-{uuid.uuid4().hex[:8]}"
+    sent = messages("o", 200)
+    produce(kafka_bootstrap, topics["input"], sent)
+    env = worker_env(
+        kafka_bootstrap,
+        topics,
+        tiny_checkpoint,
+        group,
+        delivery=delivery,
+        publish_timeout_s="1",
+        transactional_id=f"{group}-w",
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    failure_event = "transaction_aborted" if delivery == "exactly_once" else "publish_failed"
+    try:
+        wait_for(lambda: len(log_events(worker, failure_event)) >= 3, 90, "three failed tries")
+        status, body = worker.get("/readyz")
+        assert status == 503, body
+        assert topics["output"] in body, body  # readiness says why
+        failures = log_events(worker, failure_event)
+        assert all(topics["output"] in f["error"] for f in failures[:3]), failures[0]
+        assert "does the topic exist" in failures[0]["error"]
+        waits = [f["retry_in_s"] for f in failures[:3]]
+        assert waits == sorted(waits) and waits[-1] > waits[0], waits  # backing off
+        assert committed_offsets(kafka_bootstrap, group) == {}, "committed without outputs"
+        assert worker.proc.poll() is None
+
+        kafka_local.create_topics(kafka_bootstrap, [topics["output"]], 2)
+        try:
+            reader = TopicReader(kafka_bootstrap, topics["output"], "read_committed")
+            results = reader.read_until(len(sent), timeout_s=120)
+            wait_for(
+                lambda: all_committed(kafka_bootstrap, group, topics["input"]),
+                60,
+                "commits advancing after the topic appeared",
+                step_s=0.5,
+            )
+            wait_for(lambda: worker.get("/readyz")[0] == 200, 60, "ready again", step_s=0.2)
+            reader.close()
+        finally:
+            kafka_local.delete_topics(kafka_bootstrap, [topics["output"]])
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.logs()
+    assert set(ids_of(results)) == {f"o-{n}" for n in range(len(sent))}
