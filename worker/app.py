@@ -23,6 +23,7 @@ then closes the clients and exits 0.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -159,12 +160,34 @@ class Worker:
             raise BrokerUnavailableError(
                 f"no usable Kafka broker at {s.kafka_bootstrap!r} within "
                 f"{s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security protocol "
-                f"{s.security_protocol}): {type(exc).__name__}: {exc}"
+                f"{s.security_protocol}): {describe(exc)}{self._refusal_hint()}"
             ) from exc
         consumer.subscribe(topics=[s.input_topic], listener=_Rebalance(self))
         self._consumer = consumer
         self._sink = Sink(producer, s.publish_timeout_s)
         self._committer = Committer(consumer)
+
+    def _refusal_hint(self) -> str:
+        """When the servers accept TCP but the Kafka handshake never completes, say why."""
+        s = self.settings
+        reachable = [server for server in s.bootstrap_servers() if _tcp_reachable(server)]
+        if not reachable:
+            return "; nothing accepts TCP connections there"
+        if s.security_protocol.startswith("SASL_"):
+            return (
+                f"; {reachable[0]} accepts connections but closed them during SASL "
+                f"{s.sasl_mechanism} authentication: check MODSTREAM_SASL_USERNAME "
+                f"({s.sasl_username!r}), MODSTREAM_SASL_PASSWORD and MODSTREAM_SASL_MECHANISM"
+            )
+        if s.security_protocol.endswith("SSL"):
+            return (
+                f"; {reachable[0]} accepts connections but the TLS handshake failed: check "
+                "MODSTREAM_SSL_CAFILE and that the listener speaks TLS"
+            )
+        return (
+            f"; {reachable[0]} accepts connections but no Kafka handshake completed: is it a "
+            "Kafka PLAINTEXT listener (MODSTREAM_SECURITY_PROTOCOL)?"
+        )
 
     def _new_producer(self) -> KafkaProducer:
         """An idempotent producer; in exactly-once mode a transactional one, initialised.
@@ -618,6 +641,15 @@ class Worker:
         )
         self._processed_since_summary = 0
         self._last_summary = now
+
+
+def _tcp_reachable(server: str, timeout_s: float = 2.0) -> bool:
+    host, _, port = server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

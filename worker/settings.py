@@ -176,10 +176,13 @@ class WorkerSettings(BaseSettings):
         member = self.group_instance_id or socket.gethostname()
         return f"{self.group_id}.{member}"
 
+    def bootstrap_servers(self) -> list[str]:
+        return [server.strip() for server in self.kafka_bootstrap.split(",")]
+
     def kafka_common(self) -> dict[str, object]:
         """Connection settings shared by the consumer, the producer and admin clients."""
         common: dict[str, object] = {
-            "bootstrap_servers": [s.strip() for s in self.kafka_bootstrap.split(",")],
+            "bootstrap_servers": self.bootstrap_servers(),
             "security_protocol": self.security_protocol,
         }
         if self.sasl_mechanism is not None:
