@@ -60,6 +60,7 @@ log = structlog.get_logger("modstream.worker")
 SUMMARY_INTERVAL_S = 30.0
 MAX_PUBLISH_BACKOFF_S = 30.0
 FIRST_PUBLISH_BACKOFF_S = 0.5
+POLL_ERROR_PAUSE_S = 1.0
 
 ASSIGNORS: dict[str, tuple[type[Any], ...]] = {
     "range": (RangePartitionAssignor,),
@@ -118,6 +119,7 @@ class Worker:
         self._committer: Committer | None = None
         self._transactional = settings.delivery == "exactly_once"
         self._txn_backoff = FIRST_PUBLISH_BACKOFF_S
+        self._poll_failing = False
         self._processed_since_summary = 0
         self._last_summary = time.monotonic()
         self.metrics.build_info.info({"version": package_version()})
@@ -263,9 +265,20 @@ class Worker:
 
     def _poll(self, timeout_s: float, max_records: int) -> list[SourceRecord]:
         assert self._consumer is not None
-        polled = self._consumer.poll(
-            timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)
-        )
+        try:
+            polled = self._consumer.poll(
+                timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)
+            )
+        except KafkaError as exc:
+            # A rebalance callback's own stop signal comes back wrapped: let it through.
+            if isinstance(exc.__cause__, FatalWorkerError | WorkerStoppedError):
+                raise exc.__cause__ from None
+            self._on_poll_error(exc)
+            return []
+        if self._poll_failing:
+            self._poll_failing = False
+            self.health.set(producer_ok=True, problem=None)
+            log.info("poll_recovered")
         records = [
             SourceRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
             for partition_records in polled.values()
@@ -274,6 +287,19 @@ class Worker:
         if records:
             self.metrics.in_flight.inc(len(records))
         return records
+
+    def _on_poll_error(self, exc: KafkaError) -> None:
+        """The broker is unreachable (or the group coordinator is): not ready, try again.
+
+        kafka-python reconnects by itself; polling again after a pause is all it takes.
+        """
+        self.metrics.kafka_errors.labels(kind=type(exc).__name__).inc()
+        self.health.set(producer_ok=False, problem=f"polling Kafka failed: {describe(exc)}")
+        if not self._poll_failing:
+            log.error("poll_failed", error=describe(exc), retry_in_s=POLL_ERROR_PAUSE_S)
+        self._poll_failing = True
+        self.health.tick()
+        self._stop.wait(POLL_ERROR_PAUSE_S)
 
     def process_batch(self, batch: Sequence[SourceRecord]) -> None:
         """Steps 1-5 of the module docstring for one closed batch."""
