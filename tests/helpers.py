@@ -77,11 +77,16 @@ class Consumed:
 class TopicReader:
     """Reads a topic from the beginning without a group, accumulating records."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, isolation_level: str = "read_uncommitted"
+    ) -> None:
         self.topic = topic
         self.records: list[Consumed] = []
         self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            isolation_level=isolation_level,
         )
         partitions = wait_for(
             lambda: self._consumer.partitions_for_topic(topic), 30, f"partitions of {topic}"

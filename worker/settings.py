@@ -6,10 +6,11 @@ the README's configuration table are checked against this class.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.checkpoint import default_checkpoint_dir
@@ -21,6 +22,8 @@ ENV_ONLY_SETTINGS = frozenset({"sasl_password"})
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+Delivery = Literal["at_least_once", "exactly_once"]
+AssignmentStrategy = Literal["range", "roundrobin", "cooperative-sticky"]
 
 
 class WorkerSettings(BaseSettings):
@@ -119,6 +122,50 @@ class WorkerSettings(BaseSettings):
         SecretStr | None, Field(description="SASL password (env or secret file only).")
     ] = None
     ssl_cafile: Annotated[Path | None, Field(description="CA bundle for TLS.")] = None
+    delivery: Annotated[
+        Delivery,
+        Field(
+            description="at_least_once (commit after acks) or exactly_once (outputs and "
+            "offsets in one transaction)."
+        ),
+    ] = "at_least_once"
+    transactional_id: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            description="Stable transactional id (exactly_once); default: group id + "
+            "group instance id, else + host name. Unique per live worker.",
+        ),
+    ] = None
+    group_instance_id: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            description="Static group membership: a restart with the same id rejoins "
+            "without a rebalance. Unique per live worker.",
+        ),
+    ] = None
+    assignment_strategy: Annotated[
+        AssignmentStrategy,
+        Field(description="Partition assignor: range, roundrobin or cooperative-sticky."),
+    ] = "range"
+    session_timeout_ms: Annotated[
+        int,
+        Field(
+            ge=6_000,
+            le=1_800_000,
+            description="A worker silent this long leaves the group (and a static member "
+            "is replaced only after it).",
+        ),
+    ] = 45_000
+    max_poll_interval_ms: Annotated[
+        int,
+        Field(
+            ge=10_000,
+            description="Most time between polls; one batch (max_batch_size records) must "
+            "be scored and published well within it.",
+        ),
+    ] = 300_000
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -129,10 +176,38 @@ class WorkerSettings(BaseSettings):
                 raise ValueError(f"{server!r} is not host:port")
         return value
 
+    @field_validator("sasl_mechanism")
+    @classmethod
+    def _sasl_needs_a_mechanism(cls, value: str | None, info: ValidationInfo) -> str | None:
+        protocol = info.data.get("security_protocol", "PLAINTEXT")
+        if value is None and str(protocol).startswith("SASL_"):
+            raise ValueError(f"required when security_protocol is {protocol}")
+        return value
+
+    @field_validator("sasl_username", "sasl_password")
+    @classmethod
+    def _sasl_needs_credentials(
+        cls, value: str | SecretStr | None, info: ValidationInfo
+    ) -> str | SecretStr | None:
+        if value is None and info.data.get("sasl_mechanism") is not None:
+            raise ValueError(f"required with sasl_mechanism {info.data['sasl_mechanism']}")
+        return value
+
+    def resolved_transactional_id(self) -> str:
+        """The transactional id of this worker: stable across its restarts, unique among
+        live workers (a second producer with the same id fences the first)."""
+        if self.transactional_id is not None:
+            return self.transactional_id
+        member = self.group_instance_id or socket.gethostname()
+        return f"{self.group_id}.{member}"
+
+    def bootstrap_servers(self) -> list[str]:
+        return [server.strip() for server in self.kafka_bootstrap.split(",")]
+
     def kafka_common(self) -> dict[str, object]:
         """Connection settings shared by the consumer, the producer and admin clients."""
         common: dict[str, object] = {
-            "bootstrap_servers": [s.strip() for s in self.kafka_bootstrap.split(",")],
+            "bootstrap_servers": self.bootstrap_servers(),
             "security_protocol": self.security_protocol,
         }
         if self.sasl_mechanism is not None:

@@ -16,7 +16,7 @@ from tests.unit.test_model_engine import make_engine
 from worker.app import Worker
 from worker.decode import SourceRecord
 from worker.settings import WorkerSettings
-from worker.sink import OutputRecord
+from worker.sink import Delivery, OutputRecord
 
 TOPIC = "moderation.requests"
 
@@ -28,6 +28,9 @@ class FakeSink:
     def publish(self, outputs: Sequence[OutputRecord]) -> float:
         self.published.extend(outputs)
         return time.time()
+
+    def complete(self, delivery: Delivery) -> float:
+        return self.publish(delivery.outputs)
 
 
 class FakeCommitter:
@@ -225,6 +228,7 @@ def test_rebalances_update_assignment_health_and_lag_series() -> None:
     assert worker.health.readiness()[1]["assigned_partitions"] == 2
 
     worker.on_revoked({tp0, tp1})
+    consumer.assigned = set()  # as the consumer reports after the revocation
     worker.on_assigned(set())  # idle member: more workers than partitions
     assert sample(worker, "modstream_assigned_partitions") == 0
     assert (
