@@ -310,7 +310,11 @@ def main() -> int:
         results["passthrough_msg_per_s"] = passthrough(
             bootstrap, names["input"], args.messages, 500
         )
-        log("end-to-end worker")
+        log("end-to-end worker, one batch at a time")
+        results["end_to_end_synchronous"] = end_to_end(
+            bootstrap, names, args.messages, {**worker_settings, "pipeline_depth": "0"}
+        )
+        log("end-to-end worker, pipelined")
         results["end_to_end"] = end_to_end(bootstrap, names, args.messages, worker_settings)
         log("naive worker")
         results["naive_msg_per_s"] = naive(
@@ -341,7 +345,9 @@ def print_table(r: dict[str, Any]) -> None:
     out(f"| passthrough ceiling (Kafka client only) | {r['passthrough_msg_per_s']:,.0f} |\n")
     best = max(r["model_only"], key=lambda row: row["msg_per_s"])
     out(f"| model-only ceiling (best batch, {best['batch']}) | {best['msg_per_s']:,.0f} |\n")
-    out(f"| end-to-end worker | {r['end_to_end']['msg_per_s']:,.0f} |\n")
+    sync = r["end_to_end_synchronous"]["msg_per_s"]
+    out(f"| end-to-end worker, one batch at a time (pipeline depth 0) | {sync:,.0f} |\n")
+    out(f"| end-to-end worker, pipelined (default) | {r['end_to_end']['msg_per_s']:,.0f} |\n")
     out(f"| naive per-message worker | {r['naive_msg_per_s']:,.0f} |\n")
     ratios = r["ratios"]
     out(f"\nend-to-end / min(ceilings) = {ratios['end_to_end_over_ceiling']:.2f}; ")

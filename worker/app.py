@@ -53,6 +53,7 @@ from worker.commit import CommitError, Committer, first_offsets, next_offsets
 from worker.decode import Decoded, Decoder, Rejected, SourceRecord
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
+from worker.pipeline import Pipeline, PreparedBatch, ScoringFailedError
 from worker.results import build_result
 from worker.settings import WorkerSettings
 from worker.sink import Delivery, OutputRecord, PublishError, Sink, describe
@@ -127,6 +128,7 @@ class Worker:
         self._committer: Committer | None = None
         self._summary = _SummaryWindow()
         self._transactional = settings.delivery == "exactly_once"
+        self._pipeline: Pipeline | None = None
         self._txn_backoff = FIRST_PUBLISH_BACKOFF_S
         self._poll_failing = False
         self._last_summary = time.monotonic()
@@ -244,19 +246,27 @@ class Worker:
         )
         exit_code = 0
         try:
+            if not self._transactional and self.settings.pipeline_depth > 0:
+                # Transactions stay synchronous: one open transaction at a time.
+                self._pipeline = Pipeline(self._prepare, self._send, self.settings.pipeline_depth)
             while not self.stopping:
                 batch = self.batcher.collect(self._poll, lambda: self.stopping)
                 self.health.tick()
                 if batch:
-                    self.process_batch(batch)
+                    self._handle(batch)
                     self.health.tick()
-                else:
-                    self._apply_pending_engine()
+                elif self._pipeline is None or not len(self._pipeline):
+                    self._apply_pending_engine()  # idle: nothing is being scored
+                self._complete_acknowledged()
                 self._maybe_refresh_lag()
                 self._maybe_log_summary()
             leftover = self.batcher.take()
             if leftover:
-                self.process_batch(leftover)
+                self._handle(leftover)
+            self._drain()
+        except ScoringFailedError as exc:
+            log.error("scoring_failed", error=str(exc))
+            exit_code = 1
         except WorkerStoppedError as exc:
             log.error("shutdown_with_unacknowledged_outputs", error=str(exc))
             exit_code = 1
@@ -269,6 +279,8 @@ class Worker:
         return exit_code
 
     def _close(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.close()
         if self._sink is not None:
             try:
                 self._sink.close()
@@ -319,7 +331,65 @@ class Worker:
         self._stop.wait(POLL_ERROR_PAUSE_S)
 
     def process_batch(self, batch: Sequence[SourceRecord]) -> None:
-        """Steps 0-5 of the module docstring for one closed batch."""
+        """Steps 0-5 of the module docstring for one closed batch, synchronously."""
+        prepared = self._prepare(batch)
+        publish_start = time.perf_counter()
+        if self._transactional:
+            acked_at = self._publish_in_transaction(prepared.outputs, batch)
+        else:
+            acked_at = self._publish_until_acknowledged(Delivery(prepared.outputs), batch)
+        self.metrics.stage_seconds.labels(stage="publish").observe(
+            time.perf_counter() - publish_start
+        )
+        if acked_at is None:
+            # Aborted and rewound: these records come back in a later poll.
+            self.metrics.in_flight.dec(len(batch))
+            return
+        self._finish(prepared, acked_at)
+
+    # -- pipelined path (at-least-once) ------------------------------------------------
+
+    def _handle(self, batch: Sequence[SourceRecord]) -> None:
+        """Score and publish a closed batch: pipelined when enabled, else right here."""
+        if self._pipeline is None:
+            self.process_batch(batch)
+            return
+        while self._pipeline.full:
+            self._complete_oldest(block=True)
+        self._pipeline.submit(batch)
+
+    def _send(self, delivery: Delivery) -> None:
+        assert self._sink is not None
+        self._sink.send(delivery)
+
+    def _complete_oldest(self, block: bool) -> bool:
+        """Wait for (or, not blocking, check) the oldest batch's acks; then commit it."""
+        assert self._pipeline is not None
+        item = self._pipeline.oldest(None if block else 0)
+        if item is None or (not block and not item.acknowledged()):
+            return False
+        assert item.prepared is not None and item.delivery is not None
+        publish_start = time.perf_counter()
+        acked_at = self._publish_until_acknowledged(item.delivery, item.batch)
+        self.metrics.stage_seconds.labels(stage="publish").observe(
+            time.perf_counter() - publish_start
+        )
+        self._pipeline.pop_oldest()
+        self._finish(item.prepared, acked_at)
+        return True
+
+    def _complete_acknowledged(self) -> None:
+        if self._pipeline is not None:
+            while self._complete_oldest(block=False):
+                pass
+
+    def _drain(self) -> None:
+        """Every batch handed over is acknowledged and committed (shutdown, revocation)."""
+        while self._pipeline is not None and len(self._pipeline):
+            self._complete_oldest(block=True)
+
+    def _prepare(self, batch: Sequence[SourceRecord]) -> PreparedBatch:
+        """Steps 0-3: swap in a waiting model, decode, score, build one output per record."""
         self._apply_pending_engine()
         engine = self.engine
         started = time.time()
@@ -366,25 +436,17 @@ class Worker:
                 self._result_output(engine, request_item, row, started, inference_s, len(decoded))
             )
             outcomes["ok"] += 1
+        return PreparedBatch(list(batch), outputs, outcomes, started, inference_s)
 
-        publish_start = time.perf_counter()
-        if self._transactional:
-            acked_at = self._publish_in_transaction(outputs, batch)
-        else:
-            acked_at = self._publish_until_acknowledged(outputs, batch)
-        self.metrics.stage_seconds.labels(stage="publish").observe(
-            time.perf_counter() - publish_start
-        )
-        if acked_at is None:
-            # Aborted and rewound: these records come back in a later poll.
-            self.metrics.in_flight.dec(len(batch))
-            return
+    def _finish(self, prepared: PreparedBatch, acked_at: float) -> None:
+        """Step 5 and the books: every output of the batch is acknowledged."""
+        batch = prepared.batch
         for record in batch:
             if record.timestamp_ms is not None and record.timestamp_ms > 0:
                 self.metrics.end_to_end_seconds.observe(
                     max(acked_at - record.timestamp_ms / 1000.0, 0.0)
                 )
-        for outcome, count in outcomes.items():
+        for outcome, count in prepared.outcomes.items():
             if count:
                 self.metrics.messages.labels(outcome=outcome).inc(count)
 
@@ -395,14 +457,14 @@ class Worker:
                 time.perf_counter() - commit_start
             )
         self.metrics.in_flight.dec(len(batch))
-        self._summary.add(outcomes)
+        self._summary.add(prepared.outcomes)
         log.debug(
             "batch_processed",
             batch_size=len(batch),
-            outcomes=outcomes,
+            outcomes=prepared.outcomes,
             partitions=_offset_ranges(batch),
-            inference_ms=round(inference_s * 1000.0, 3),
-            seconds=round(time.time() - started, 4),
+            inference_ms=round(prepared.inference_s * 1000.0, 3),
+            seconds=round(time.time() - prepared.started, 4),
         )
 
     def _score(
@@ -492,13 +554,13 @@ class Worker:
         )
 
     def _publish_until_acknowledged(
-        self, outputs: Sequence[OutputRecord], batch: Sequence[SourceRecord]
+        self, delivery: Delivery, batch: Sequence[SourceRecord]
     ) -> float:
         assert self._sink is not None
         backoff = FIRST_PUBLISH_BACKOFF_S
         # One delivery across tries: acknowledged outputs are not sent again, pending
         # ones are waited for, failed ones are re-sent.
-        delivery = Delivery(outputs)
+        outputs = delivery.outputs
         while True:
             try:
                 acked_at = self._sink.complete(delivery)
@@ -653,7 +715,8 @@ class Worker:
             self._pending_engine = engine
 
     def _apply_pending_engine(self) -> None:
-        """Processing thread only, between batches: the one place `self.engine` changes."""
+        """Between batches, on the thread that scores them (the scoring thread when
+        pipelined, else the processing thread): the one place `self.engine` changes."""
         with self._engine_lock:
             engine, self._pending_engine = self._pending_engine, None
         if engine is None:
@@ -669,7 +732,8 @@ class Worker:
         pending = self.batcher.take()
         if pending:
             log.info("finishing_batch_before_revocation", records=len(pending))
-            self.process_batch(pending)
+            self._handle(pending)
+        self._drain()  # commit everything in flight while the partitions are still ours
         if self._consumer is not None:  # cooperative: only `revoked` goes, no assign follows
             self.metrics.assigned_partitions.set(len(self._consumer.assignment() - revoked))
         self._forget_lag(revoked)

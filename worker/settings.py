@@ -74,6 +74,14 @@ class WorkerSettings(BaseSettings):
     max_batch_bytes: Annotated[
         int, Field(ge=1024, description="Close a batch when its values reach this many bytes.")
     ] = 4 * 1024 * 1024
+    pipeline_depth: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=64,
+            description="Batches in flight while the next is scored; 0 = one at a time.",
+        ),
+    ] = 2
     max_text_chars: Annotated[
         int, Field(ge=1, le=1_000_000, description="Longer texts are dead-lettered.")
     ] = DEFAULT_MAX_TEXT_CHARS

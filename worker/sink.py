@@ -86,28 +86,15 @@ class Sink:
         the first failure when the deadline passes or a send fails.
         """
         deadline = time.monotonic() + self._timeout_s
-        for i in delivery.unsent():
-            out = delivery.outputs[i]
+        self.send(delivery)
+        if any(future is None or not future.is_done for future in delivery.futures):
+            # flush() also waits for later batches' records: only when this one needs it.
             try:
-                delivery.futures[i] = self._producer.send(out.topic, value=out.value, key=out.key)
-            except KafkaTimeoutError as exc:
-                # send() blocks on topic metadata up to max_block_ms: the topic is
-                # missing, or this client may not see it.
-                raise PublishError(
-                    f"cannot send to topic {out.topic!r}: {describe(exc)} "
-                    "(does the topic exist, and may this worker write to it?)",
-                    exc,
-                ) from exc
+                self._producer.flush(timeout=max(deadline - time.monotonic(), 0.001))
+            except KafkaTimeoutError:
+                pass  # judged below, output by output
             except KafkaError as exc:
-                raise PublishError(
-                    f"cannot send to topic {out.topic!r}: {describe(exc)}", exc
-                ) from exc
-        try:
-            self._producer.flush(timeout=max(deadline - time.monotonic(), 0.001))
-        except KafkaTimeoutError:
-            pass  # judged below, output by output
-        except KafkaError as exc:
-            raise PublishError(describe(exc), exc) from exc
+                raise PublishError(describe(exc), exc) from exc
         waiting = 0
         for i, future in enumerate(delivery.futures):
             assert future is not None
@@ -125,6 +112,25 @@ class Sink:
                 f"{self._timeout_s:g}s (broker unreachable or topic not writable?)"
             )
         return time.time()
+
+    def send(self, delivery: Delivery) -> None:
+        """Send what is unsent or failed, without waiting for acknowledgements."""
+        for i in delivery.unsent():
+            out = delivery.outputs[i]
+            try:
+                delivery.futures[i] = self._producer.send(out.topic, value=out.value, key=out.key)
+            except KafkaTimeoutError as exc:
+                # send() blocks on topic metadata up to max_block_ms: the topic is
+                # missing, or this client may not see it.
+                raise PublishError(
+                    f"cannot send to topic {out.topic!r}: {describe(exc)} "
+                    "(does the topic exist, and may this worker write to it?)",
+                    exc,
+                ) from exc
+            except KafkaError as exc:
+                raise PublishError(
+                    f"cannot send to topic {out.topic!r}: {describe(exc)}", exc
+                ) from exc
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.close(timeout=timeout_s)

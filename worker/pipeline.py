@@ -1,0 +1,128 @@
+"""Overlaps Kafka I/O with inference: a scoring thread between the consumer and the acks.
+
+The processing thread owns the KafkaConsumer (kafka-python's consumer is not
+thread-safe): it polls, hands closed batches to the scoring thread, and completes
+batches strictly in the order it handed them over. The scoring thread decodes, scores
+(torch releases the GIL, so polling goes on meanwhile), builds the outputs and sends
+them without waiting. Completing a batch means waiting for its acknowledgements
+(re-sending what failed) and committing its offsets, so invariant 1 holds exactly as in
+the synchronous path: a batch commits only after every earlier batch has.
+
+At most `depth` batches are in flight; the processing thread waits for the oldest to
+complete before handing over another (backpressure instead of unbounded memory).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from worker.decode import SourceRecord
+from worker.sink import Delivery, OutputRecord, PublishError
+
+log = structlog.get_logger("modstream.pipeline")
+
+
+@dataclass
+class PreparedBatch:
+    """A batch with one output per record, ready to publish."""
+
+    batch: list[SourceRecord]
+    outputs: list[OutputRecord]
+    outcomes: dict[str, int]
+    started: float
+    inference_s: float
+
+
+@dataclass
+class InFlight:
+    """One handed-over batch; `ready` is set once the scoring thread sent its outputs."""
+
+    batch: list[SourceRecord]
+    ready: threading.Event = field(default_factory=threading.Event)
+    prepared: PreparedBatch | None = None
+    delivery: Delivery | None = None
+    error: BaseException | None = None
+
+    def acknowledged(self) -> bool:
+        """Every output sent and acknowledged (no waiting)."""
+        if not self.ready.is_set() or self.delivery is None:
+            return False
+        return all(f is not None and f.is_done and f.succeeded() for f in self.delivery.futures)
+
+
+class ScoringFailedError(Exception):
+    """The scoring thread raised: the worker cannot answer this batch."""
+
+
+class Pipeline:
+    """The scoring thread and the ordered window of batches in flight."""
+
+    def __init__(
+        self,
+        prepare: Callable[[Sequence[SourceRecord]], PreparedBatch],
+        send: Callable[[Delivery], None],
+        depth: int,
+    ) -> None:
+        self._prepare = prepare
+        self._send = send
+        self.depth = depth
+        self._inbox: queue.Queue[InFlight | None] = queue.Queue()
+        self._window: deque[InFlight] = deque()
+        self._thread = threading.Thread(target=self._run, name="scoring", daemon=True)
+        self._thread.start()
+
+    def __len__(self) -> int:
+        return len(self._window)
+
+    @property
+    def full(self) -> bool:
+        return len(self._window) >= self.depth
+
+    def submit(self, batch: Sequence[SourceRecord]) -> None:
+        """Processing thread: hand over a closed batch (caller keeps the window bounded)."""
+        item = InFlight(list(batch))
+        self._window.append(item)
+        self._inbox.put(item)
+
+    def oldest(self, wait_s: float | None) -> InFlight | None:
+        """The oldest batch once its outputs were sent; None if it is not ready in time."""
+        if not self._window:
+            return None
+        head = self._window[0]
+        if not head.ready.wait(wait_s):
+            return None
+        if head.error is not None:
+            raise ScoringFailedError(f"scoring thread failed: {head.error!r}") from head.error
+        return head
+
+    def pop_oldest(self) -> InFlight:
+        return self._window.popleft()
+
+    def close(self) -> None:
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            try:
+                prepared = self._prepare(item.batch)
+                delivery = Delivery(prepared.outputs)
+                try:
+                    self._send(delivery)
+                except PublishError as exc:
+                    # Completing the batch re-sends what was not sent, with backoff.
+                    log.warning("send_failed", error=str(exc), batch_size=len(item.batch))
+                item.prepared, item.delivery = prepared, delivery
+            except BaseException as exc:  # handed to the processing thread, never lost
+                item.error = exc
+            finally:
+                item.ready.set()
