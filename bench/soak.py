@@ -2,8 +2,10 @@
 """Reliability soak: the fault sequence on a real broker, lost and duplicated ids per mode.
 
 For each delivery mode it starts a broker of its own (log kept on disk), produces
-`--messages` numbered requests to a 6-partition topic, runs `modstream worker`
-processes and, as the outputs pass given fractions of the stream, injects:
+`--messages` numbered requests at `--rate` per second to a 6-partition topic (so the
+faults land while messages flow), runs `modstream worker`
+processes and, as the committed input offsets pass given fractions of the stream,
+injects:
 
     10%  kill -9 worker a, restart it
     25%  start workers b and c             (rebalance 1 -> 3)
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -37,13 +41,15 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from kafka import KafkaProducer  # noqa: E402
+from kafka.errors import KafkaError  # noqa: E402
+
 from tests.conftest import load_kafka_local  # noqa: E402
 from tests.helpers import (  # noqa: E402
     TopicReader,
     WorkerProcess,
     committed_offsets,
     end_offsets,
-    produce,
     request_bytes,
     worker_env,
 )
@@ -66,6 +72,7 @@ class Outcome:
     duplicates: int
     outputs: int
     seconds: float
+    unacknowledged_sends: int
     faults: list[str] = field(default_factory=list)
 
 
@@ -83,6 +90,57 @@ def wait_until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any
         if time.monotonic() > deadline:
             raise SystemExit(f"soak: timed out after {timeout_s:g}s waiting for {what}")
         time.sleep(0.25)  # polling interval of a bounded wait, not synchronisation
+
+
+class PacedProducer:
+    """Sends `count` numbered requests at about `rate` per second from a thread.
+
+    Only requests the broker acknowledged are expected in the output; the idempotent
+    producer rides out the broker restart by itself.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, count: int, rate: float) -> None:
+        self._producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        self._topic = topic
+        self._count = count
+        self._rate = rate
+        self._stop = threading.Event()
+        self.acknowledged: set[str] = set()
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        tick = max(1, int(self._rate / 10))
+        next_at = time.monotonic()
+        for first in range(0, self._count, tick):
+            if self._stop.is_set():
+                return
+            sent = []
+            for n in range(first, min(first + tick, self._count)):
+                value = request_bytes(f"m-{n}", f"{TEXTS[n % 5]} #{n}")
+                future = self._producer.send(self._topic, key=f"k{n}".encode(), value=value)
+                sent.append((f"m-{n}", future))
+            for message_id, future in sent:
+                try:
+                    future.get(timeout=180)
+                    self.acknowledged.add(message_id)
+                except KafkaError:
+                    self.failed += 1
+            next_at += len(sent) / self._rate
+            self._stop.wait(max(0.0, next_at - time.monotonic()))  # pacing, bounded
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise SystemExit(f"soak: the producer did not finish within {timeout_s:g}s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=200)
+        self._producer.close(timeout=10)
 
 
 class Soak:
@@ -112,22 +170,20 @@ class Soak:
         broker.create_topics(list(topics.values()), PARTITIONS)
         group = f"soak-{tag}"
         count = args.messages
-        say(f"{mode}: producing {count} requests to {PARTITIONS} partitions")
-        for start in range(0, count, 10_000):
-            produce(
-                bootstrap,
-                topics["input"],
-                [
-                    (f"k{n}".encode(), request_bytes(f"m-{n}", f"{TEXTS[n % 5]} #{n}"))
-                    for n in range(start, min(start + 10_000, count))
-                ],
-            )
+        say(f"{mode}: producing {count} requests at {args.rate}/s to {PARTITIONS} partitions")
+        producer = PacedProducer(bootstrap, topics["input"], count, args.rate)
         isolation = "read_committed" if mode == "exactly_once" else "read_uncommitted"
         reader = TopicReader(bootstrap, topics["output"], isolation)
         workers: dict[str, WorkerProcess] = {}
         faults: list[str] = []
 
-        def start(name: str) -> None:
+        def start(*names: str) -> None:
+            for name in names:
+                launch(name)
+            for name in names:
+                workers[name].wait_ready(args.phase_timeout)
+
+        def launch(name: str) -> None:
             env = worker_env(
                 bootstrap,
                 topics,
@@ -143,54 +199,80 @@ class Soak:
                 max_batch_size=str(args.max_batch_size),
             )
             log = self.workdir / f"{mode}-{name}-{len(faults)}.log"
-            worker = WorkerProcess(env, log)
-            workers[name] = worker
-            worker.wait_ready(args.phase_timeout)
+            workers[name] = WorkerProcess(env, log)
+
+        def committed() -> int:
+            try:
+                return sum(committed_offsets(bootstrap, group).values())
+            except KafkaError:  # e.g. while the broker restarts
+                return 0
 
         def progress_to(fraction: float) -> None:
+            """Wait until this fraction of the inputs is committed: the stream's position."""
             target = int(count * fraction)
 
             def reached() -> bool:
-                reader.poll()
                 for name, worker in workers.items():
                     if worker.proc.poll() is not None:
                         raise SystemExit(f"soak: worker {name} exited:\n{worker.logs()}")
-                return len(reader.records) >= target
+                return committed() >= target
 
-            wait_until(reached, args.phase_timeout, f"{target} outputs")
+            wait_until(reached, args.phase_timeout, f"{target} inputs committed")
+
+        def where() -> str:
+            return f"at {committed()} inputs committed"
 
         def kill(name: str) -> None:
             workers[name].kill()
-            faults.append(f"kill -9 {name} at {len(reader.records)} outputs")
+            faults.append(f"kill -9 {name} {where()}")
             say(f"{mode}: {faults[-1]}")
             start(name)
 
         started = time.monotonic()
         start("a")
+        producer.start()
         try:
             progress_to(0.10)
             kill("a")
             progress_to(0.25)
-            for name in ("b", "c"):
-                start(name)
-            faults.append(f"scale 1 -> 3 at {len(reader.records)} outputs")
+            start("b", "c")
+            faults.append(f"scale 1 -> 3 {where()}")
             say(f"{mode}: {faults[-1]}")
             progress_to(0.40)
             kill("b")
             progress_to(0.55)
+            faults.append(f"broker restart {where()}")
             broker.stop(keep_data=True)
-            faults.append(f"broker restart at {len(reader.records)} outputs")
             say(f"{mode}: {faults[-1]}")
+            down = time.monotonic()
+            # The workers must notice the outage (not ready) before the broker returns.
+            wait_until(
+                lambda: (
+                    all(w.get("/readyz")[0] == 503 for w in workers.values())
+                    or time.monotonic() - down > 20
+                ),
+                args.phase_timeout,
+                "the outage",
+            )
+            not_ready = [n for n, w in workers.items() if w.get("/readyz")[0] == 503]
+            say(f"{mode}: not ready during the outage: {not_ready}")
             broker.start()
+            wait_until(
+                lambda: all(w.get("/readyz")[0] == 200 for w in workers.values()),
+                args.phase_timeout,
+                "every worker ready again after the broker restart",
+            )
+            say(f"{mode}: all ready again {time.monotonic() - down:.0f}s after the restart began")
             progress_to(0.70)
             for name in ("b", "c"):
                 code = workers.pop(name).stop()
                 if code != 0:
                     raise SystemExit(f"soak: worker {name} exited {code} on SIGTERM")
-            faults.append(f"scale 3 -> 1 at {len(reader.records)} outputs")
+            faults.append(f"scale 3 -> 1 {where()}")
             say(f"{mode}: {faults[-1]}")
             progress_to(0.85)
             kill("a")
+            producer.join(args.phase_timeout)
             wait_until(
                 lambda: (
                     committed_offsets(bootstrap, group) == end_offsets(bootstrap, topics["input"])
@@ -199,6 +281,7 @@ class Soak:
                 "every input offset committed",
             )
         finally:
+            producer.stop()
             codes = {name: worker.stop() for name, worker in workers.items()}
         elapsed = time.monotonic() - started
         if any(codes.values()):
@@ -206,14 +289,15 @@ class Soak:
         ids = [r.value["id"] for r in reader.read_to_end(args.phase_timeout)]
         reader.close()
         counts = Counter(ids)
-        expected = {f"m-{n}" for n in range(count)}
+        expected = producer.acknowledged
         outcome = Outcome(
             mode=mode,
-            inputs=count,
+            inputs=len(expected),
             lost=len(expected - set(counts)),
             duplicates=sum(c - 1 for c in counts.values()),
             outputs=len(ids),
             seconds=round(elapsed, 1),
+            unacknowledged_sends=producer.failed,
             faults=faults,
         )
         say(f"{mode}: lost {outcome.lost}, duplicates {outcome.duplicates}, {elapsed:.0f}s")
@@ -244,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         help="delivery mode(s) to soak",
     )
     parser.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint")
+    parser.add_argument(
+        "--rate", type=float, default=500.0, help="requests produced per second (paced)"
+    )
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--phase-timeout", type=float, default=900.0, metavar="SECONDS")
     parser.add_argument("--json", action="store_true", help="print the outcomes as JSON")
@@ -251,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.messages < 100:
         parser.error("--messages must be at least 100")
     modes = ["at_least_once", "exactly_once"] if args.mode == "both" else [args.mode]
-    with tempfile.TemporaryDirectory(prefix="modstream-soak-") as tmp:
-        workdir = Path(tmp)
-        soak = Soak(args, checkpoint_dir(args.checkpoint, workdir), workdir)
-        outcomes = [soak.run(mode) for mode in modes]
+    workdir = Path(tempfile.mkdtemp(prefix="modstream-soak-"))
+    say(f"broker data and worker logs in {workdir} (removed after a clean run)")
+    soak = Soak(args, checkpoint_dir(args.checkpoint, workdir), workdir)
+    outcomes = [soak.run(mode) for mode in modes]
     if args.json:
         print(json.dumps([asdict(o) for o in outcomes], indent=2))
     else:
@@ -267,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = any(o.lost for o in outcomes) or any(
         o.duplicates for o in outcomes if o.mode == "exactly_once"
     )
+    if not failed:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
 
 

@@ -561,6 +561,7 @@ class Worker:
         # One delivery across tries: acknowledged outputs are not sent again, pending
         # ones are waited for, failed ones are re-sent.
         outputs = delivery.outputs
+        last_try = False
         while True:
             try:
                 acked_at = self._sink.complete(delivery)
@@ -581,10 +582,15 @@ class Worker:
                     retry_in_s=backoff,
                     committed=False,
                 )
-                if self._stop.wait(backoff):
+                if last_try:
                     raise WorkerStoppedError(
-                        f"stopped with {len(outputs)} outputs unacknowledged: {exc}"
+                        f"stopped with {len(outputs) - delivery.acknowledged()} outputs "
+                        f"unacknowledged: {exc}"
                     ) from exc
+                if self._stop.wait(backoff):
+                    # Asked to stop: one more try (the broker may just be back), then give up.
+                    last_try = True
+                    continue
                 backoff = min(backoff * 2, MAX_PUBLISH_BACKOFF_S)
                 self.health.tick()
                 continue

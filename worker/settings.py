@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.checkpoint import default_checkpoint_dir
 from schemas.request import DEFAULT_MAX_TEXT_CHARS
 
+RECONNECT_BACKOFF_MAX_MS = 1_000
+
 # Secrets never go on a command line, where `ps` and shell history would show them.
 ENV_ONLY_SETTINGS = frozenset({"sasl_password"})
 
@@ -217,6 +219,9 @@ class WorkerSettings(BaseSettings):
         common: dict[str, object] = {
             "bootstrap_servers": self.bootstrap_servers(),
             "security_protocol": self.security_protocol,
+            # kafka-python backs off up to 30 s between reconnects; after a broker restart
+            # that is up to 30 s of idling. The Java client's 1 s cap suits a worker better.
+            "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
         }
         if self.sasl_mechanism is not None:
             common["sasl_mechanism"] = self.sasl_mechanism

@@ -38,6 +38,7 @@ def test_sasl_and_tls_settings_reach_the_clients(tmp_path: Path) -> None:
         "sasl_plain_username": "worker",
         "sasl_plain_password": "hunter2",
         "ssl_cafile": str(ca),
+        "reconnect_backoff_max_ms": 1_000,
     }
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
 
