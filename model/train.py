@@ -44,13 +44,13 @@ from model.baseline import BaselineUnavailableError, fit_baseline
 from model.checkpoint import default_checkpoint_dir, save_checkpoint
 from model.data import SOURCE_INSULTS, SOURCE_SMS, DataSplits, Example, label_counts, load_splits
 from model.engine import Engine, encode_text, forward_batch, resolve_device
-from model.glove import embedding_matrix, load_glove
+from model.glove import GloveVectors, embedding_matrix, load_glove
 from model.metrics import best_f1_threshold, binary_metrics, precision_threshold, roc_auc
 from model.network import Classifier, ModelConfig, Pooling, RnnKind
 from model.report import REPORT_DIR, Scored, SplitData, build_report, cross_domain, report_files
 from model.subword import lookup_forms
 from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
-from model.vocab import SPECIAL_TOKENS, Vocab
+from model.vocab import SPECIAL_TOKENS, UNK_ID, Vocab
 
 Progress = Callable[[str], None]
 LABEL_SOURCES = {"insult": SOURCE_INSULTS, "spam": SOURCE_SMS}  # the corpus labelling each
@@ -77,13 +77,15 @@ class TrainConfig:
     rnn: RnnKind = "lstm"
     bidirectional: bool = True
     dropout: float = 0.3
-    pooling: Pooling = "mean"
-    subword_buckets: int = 0  # hashed char n-gram rows; 0 = word embeddings only
+    pooling: Pooling = "meanmax"
+    subword_buckets: int = 20_000  # hashed char n-gram rows; 0 = word embeddings only
     subword_dim: int = 32
     glove: bool = True  # initialise embeddings from the GloVe cache when present
     glove_dir: str | None = None  # default: $MODSTREAM_GLOVE_DIR or ~/.cache/modstream/glove
     glove_min_freq: int = 0  # >0: also keep tokens this frequent if GloVe knows them
-    comments_spam_negative: bool = False  # insult-corpus comments are spam negatives
+    glove_vocab: int = 20_000  # add GloVe's N most frequent words to the vocabulary (<= 20000)
+    freeze_glove: bool = True  # keep GloVe-initialised rows fixed while training
+    comments_spam_negative: bool = True  # insult-corpus comments are spam negatives
     pos_weight: PosWeight = "none"  # positive-class loss weight per label
     # Threshold rule per label: "" = max F1 on validation; "0.95" = lowest cut reaching
     # that precision on validation (max F1 if none does); "spam=0.98,insult=0.8" per label.
@@ -91,7 +93,7 @@ class TrainConfig:
     baseline: bool = True  # fit the TF-IDF baseline too (needs scikit-learn)
     report: bool = True  # write report/ into the checkpoint
     min_freq: int = 2
-    max_vocab: int = 20_000
+    max_vocab: int = 40_000
     max_tokens: int = DEFAULT_MAX_TOKENS
     patience: int = 2
     grad_clip: float = 1.0
@@ -112,8 +114,12 @@ class TrainConfig:
             embed_dim=16,
             hidden_dim=16,
             max_vocab=2000,
+            subword_buckets=1000,
+            subword_dim=8,
             device="cpu",
             glove=False,
+            glove_vocab=0,
+            freeze_glove=False,
             baseline=False,
             report=False,
         )
@@ -365,11 +371,28 @@ def spam_negative(example: Example, labels: Sequence[str]) -> Example:
 
 
 def build_vocab(
+    config: TrainConfig, token_lists: Sequence[Sequence[str]], glove: GloveVectors | None
+) -> Vocab:
+    """`Vocab.build` rules, plus (with `glove_min_freq` > 0) rarer tokens GloVe knows,
+    plus (with `glove_vocab` = N) GloVe's N most frequent words, which the training
+    data need not contain: with `freeze_glove` they keep their pre-trained meaning, so
+    words first seen at serving time are not all UNK. Those N come from GloVe's own
+    frequency order, never from validation or test text."""
+    glove_words = set(glove.words) if glove is not None else set()
+    if config.glove_min_freq <= 0 or not glove_words:
+        vocab = Vocab.build(token_lists, min_freq=config.min_freq, max_size=config.max_vocab)
+    else:
+        vocab = _glove_aware_vocab(config, token_lists, glove_words)
+    if glove is None or config.glove_vocab <= 0:
+        return vocab
+    extra = [w for w in glove.words[: config.glove_vocab] if vocab.id_of(w) == UNK_ID]
+    room = max(config.max_vocab - len(vocab), 0)
+    return Vocab([*vocab.tokens, *[w for w in extra if w not in SPECIAL_TOKENS][:room]])
+
+
+def _glove_aware_vocab(
     config: TrainConfig, token_lists: Sequence[Sequence[str]], glove_words: set[str]
 ) -> Vocab:
-    """`Vocab.build` rules, plus (with `glove_min_freq` > 0) rarer tokens GloVe knows."""
-    if config.glove_min_freq <= 0 or not glove_words:
-        return Vocab.build(token_lists, min_freq=config.min_freq, max_size=config.max_vocab)
     counts: Counter[str] = Counter()
     for tokens in token_lists:
         counts.update(tokens)
@@ -387,6 +410,21 @@ def build_vocab(
     )
     kept = [token for token, _ in ranked[: config.max_vocab - len(SPECIAL_TOKENS)]]
     return Vocab([*SPECIAL_TOKENS, *kept])
+
+
+def glove_rows(vocab: Vocab, glove: GloveVectors) -> torch.Tensor:
+    """Bool [len(vocab)]: rows whose embedding came from GloVe (see `embedding_matrix`)."""
+    known = set(glove.words)
+    return torch.tensor(
+        [any(form in known for form in lookup_forms(token)) for token in vocab.tokens]
+    )
+
+
+def _freeze_rows(weight: torch.Tensor, rows: torch.Tensor) -> None:
+    """Zero the gradient of `rows` on every backward pass: Adam then never moves them
+    (its moments stay zero), while the other rows train."""
+    keep = (~rows).to(weight.dtype).unsqueeze(1)
+    weight.register_hook(lambda grad: grad * keep.to(grad.device))  # type: ignore[no-untyped-call]
 
 
 def _pos_weight(config: TrainConfig, targets: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
@@ -448,7 +486,7 @@ def _train(
             progress(f"GloVe: {glove.dimensions}d vectors but embed_dim {config.embed_dim}; unused")
             glove = None
     token_lists = [tokenize(ex.text, config.max_tokens) for ex in train_examples]
-    vocab = build_vocab(config, token_lists, set(glove.words) if glove else set())
+    vocab = build_vocab(config, token_lists, glove)
     model_config = config.model_config(len(vocab), len(labels))
     encoded = [
         encode_text(vocab, model_config, ex.text, config.max_tokens) for ex in train_examples
@@ -468,6 +506,8 @@ def _train(
         with torch.no_grad():
             model.embedding.weight.copy_(torch.from_numpy(matrix))
         embeddings = {"glove": True, "source": glove.source, "covered": found, "vocab": len(vocab)}
+        if config.freeze_glove:
+            _freeze_rows(model.embedding.weight, glove_rows(vocab, glove))
         progress(f"GloVe: {found}/{len(vocab)} vocabulary tokens initialised ({glove.source})")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps = config.epochs * math.ceil(len(train_examples) / config.batch_size)

@@ -99,3 +99,33 @@ def test_wrong_dimensions_are_not_used(tmp_path: Path, dims: int) -> None:
     config = TrainConfig.tiny(glove=True, glove_dir=str(tmp_path), embed_dim=dims, limit=60)
     assert train(config, synthetic_splits(), lines.append).embeddings == {"glove": False}
     assert any("unused" in line for line in lines)
+
+
+def test_frozen_glove_rows_stay_put_and_glove_words_join_the_vocabulary(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    names = ["the", "you", "idiot", "prize", "imbecile", "jackpot"]  # last two never trained
+    words = {w: [float(x) for x in rng.normal(size=16)] for w in names}
+    convert(io.BytesIO(wink_json(words)), tmp_path, keep=None)
+    config = TrainConfig.tiny(
+        glove=True,
+        glove_dir=str(tmp_path),
+        embed_dim=16,
+        min_freq=1,
+        limit=80,
+        epochs=2,
+        freeze_glove=True,
+        glove_vocab=6,
+    )
+    result = train(config, synthetic_splits(), lambda _: None)
+    vocab, weight = result.vocab, result.model.embedding.weight.detach().numpy()
+    for word in names:
+        assert vocab.id_of(word) != UNK_ID
+        np.testing.assert_allclose(weight[vocab.id_of(word)], words[word], rtol=1e-6)
+    trained = [t for t in ("a", "of", "and") if vocab.id_of(t) != UNK_ID]
+    glove_free = TrainConfig.tiny(
+        glove=True, glove_dir=str(tmp_path), embed_dim=16, min_freq=1, limit=80, epochs=2
+    )
+    moved = train(glove_free, synthetic_splits(), lambda _: None)
+    assert trained and not np.allclose(
+        moved.model.embedding.weight.detach().numpy()[moved.vocab.id_of("you")], words["you"]
+    )
