@@ -39,14 +39,37 @@ class Encoded:
     subwords: tuple[tuple[int, ...], ...]
 
 
-def encode_text(vocab: Vocab, config: ModelConfig, text: str, max_tokens: int) -> Encoded:
-    """The one text → input function, shared by training and serving."""
+TOKEN_CACHE_SIZE = 200_000
+
+
+def encode_text(
+    vocab: Vocab,
+    config: ModelConfig,
+    text: str,
+    max_tokens: int,
+    cache: dict[str, tuple[int, tuple[int, ...]]] | None = None,
+) -> Encoded:
+    """The one text → input function, shared by training and serving.
+
+    `cache` (token → (id, n-gram ids)) must belong to this vocab and config; it saves
+    the fallback lookups and hashing for tokens seen before (most of them).
+    """
     tokens = tokenize(text, max_tokens) or [UNK_TOKEN]
-    ids = [token_id(vocab, token) for token in tokens]
-    if not config.subword_buckets:
-        return Encoded(ids, ())
+    if cache is None:
+        cache = {}
+    elif len(cache) > TOKEN_CACHE_SIZE:
+        cache.clear()
     buckets, low, high = config.subword_buckets, config.subword_min_n, config.subword_max_n
-    return Encoded(ids, tuple(ngram_ids(token, buckets, low, high) for token in tokens))
+    ids: list[int] = []
+    grams: list[tuple[int, ...]] = []
+    for token in tokens:
+        known = cache.get(token)
+        if known is None:
+            subwords = ngram_ids(token, buckets, low, high) if buckets else ()
+            known = cache[token] = (token_id(vocab, token), subwords)
+        ids.append(known[0])
+        grams.append(known[1])
+    return Encoded(ids, tuple(grams) if buckets else ())
 
 
 def forward_batch(model: Classifier, rows: Sequence[Encoded], device: torch.device) -> torch.Tensor:
@@ -146,6 +169,7 @@ class Engine:
         self.max_tokens = max_tokens
         self.bucket_width = bucket_width
         self.max_batch_tokens = max_batch_tokens
+        self._token_cache: dict[str, tuple[int, tuple[int, ...]]] = {}
         if device.type == "cpu" and cpu_threads is not None:
             torch.set_num_threads(max(1, cpu_threads))
 
@@ -210,7 +234,7 @@ class Engine:
         return self.encode_full(text).ids
 
     def encode_full(self, text: str) -> Encoded:
-        return encode_text(self.vocab, self.model.config, text, self.max_tokens)
+        return encode_text(self.vocab, self.model.config, text, self.max_tokens, self._token_cache)
 
     def buckets(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Input indices grouped by similar length, shortest first."""

@@ -198,6 +198,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "n/a" if value is None else str(value)
 
 
+def _rules(rules: Mapping[str, str]) -> str:
+    return ", ".join(f"{label}: {rule}" for label, rule in rules.items()) or "max_f1"
+
+
 def render_markdown(report: Mapping[str, Any], images: Sequence[str]) -> str:
     labels: list[str] = report["labels"]
     models: dict[str, Any] = report["models"]
@@ -207,7 +211,7 @@ def render_markdown(report: Mapping[str, Any], images: Sequence[str]) -> str:
         "",
         f"Created {report.get('created_at', '?')}; data fingerprint "
         f"`{report.get('data_fingerprint', '?')}`. Thresholds were chosen on validation "
-        f"({report.get('threshold_rules', {})}); test numbers use them unchanged.",
+        f"({_rules(report.get('threshold_rules', {}))}); test numbers use them unchanged.",
         "",
         "## Per-label metrics",
         "",

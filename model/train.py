@@ -86,7 +86,7 @@ class TrainConfig:
     glove_vocab: int = 20_000  # add GloVe's N most frequent words to the vocabulary (<= 20000)
     freeze_glove: bool = True  # keep GloVe-initialised rows fixed while training
     comments_spam_negative: bool = True  # insult-corpus comments are spam negatives
-    pos_weight: PosWeight = "none"  # positive-class loss weight per label
+    pos_weight: PosWeight = "sqrt"  # positive-class loss weight per label
     # Threshold rule per label: "" = max F1 on validation; "0.95" = lowest cut reaching
     # that precision on validation (max F1 if none does); "spam=0.98,insult=0.8" per label.
     target_precision: str = ""
@@ -488,8 +488,9 @@ def _train(
     token_lists = [tokenize(ex.text, config.max_tokens) for ex in train_examples]
     vocab = build_vocab(config, token_lists, glove)
     model_config = config.model_config(len(vocab), len(labels))
+    cache: dict[str, tuple[int, tuple[int, ...]]] = {}
     encoded = [
-        encode_text(vocab, model_config, ex.text, config.max_tokens) for ex in train_examples
+        encode_text(vocab, model_config, ex.text, config.max_tokens, cache) for ex in train_examples
     ]
     lengths = np.asarray([len(e.ids) for e in encoded], dtype=np.int64)
     targets, mask = _label_arrays(train_examples)
