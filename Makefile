@@ -91,6 +91,27 @@ $(CRDCHECK_STAMP): $(CRDCHECK_SRC)
 deploy-check: install deploy-tools
 	$(PY) -m pytest tests/deploy
 
+# Prometheus server + promtool (Debian package) for tests/monitoring and the scrape test.
+# Skipped when both already run; the package's own service is never started.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+.PHONY: monitoring-tools
+test: monitoring-tools
+monitoring-tools:
+	@if prometheus --version >/dev/null 2>&1 && promtool --version >/dev/null 2>&1; then \
+		echo "prometheus and promtool already installed"; \
+	else \
+		policy=/usr/sbin/policy-rc.d; created=; \
+		if [ ! -e $$policy ]; then \
+			printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee $$policy >/dev/null && \
+			$(SUDO) chmod +x $$policy && created=1; \
+		fi; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			prometheus; status=$$?; \
+		if [ -n "$$created" ]; then $(SUDO) rm -f $$policy; fi; \
+		exit $$status; \
+	fi
+
 schemas: install
 	$(PY) -m schemas.export
 

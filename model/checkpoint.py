@@ -46,6 +46,11 @@ MAX_WEIGHTS_BYTES = 1 << 30  # 1 GiB: far above any model this project trains
 MAX_META_BYTES = 64 << 20  # 64 MiB: the vocabulary dominates; 20k tokens is ~300 KB
 VERSION_CHARS = 12
 CHECKPOINT_DIR_ENV = "MODSTREAM_CHECKPOINT_DIR"
+# A checkpoint store (model/store.py) is a root holding `versions/<version>/` and a
+# `current` symlink to the serving one; loaders accept the root wherever a checkpoint
+# directory is expected.
+STORE_VERSIONS_DIR = "versions"
+STORE_POINTER = "current"
 
 
 class CheckpointError(Exception):
@@ -83,6 +88,8 @@ def default_checkpoint_dir() -> Path:
 
     The repo root is used when running from a source checkout (a `pyproject.toml` sits
     beside this package); an installed package falls back to the working directory.
+    `checkpoints/` is the default checkpoint store and `current` its pointer, so this
+    path always names the serving checkpoint (a plain directory works too).
     """
     env = os.environ.get(CHECKPOINT_DIR_ENV)
     if env:
@@ -223,9 +230,29 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 # ---------------------------------------------------------------------------- loading
 
 
-def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
-    """Validate everything before building the model; never unpickles."""
+def resolve_checkpoint_dir(directory: str | Path) -> Path:
+    """The concrete checkpoint directory that `directory` designates.
+
+    A store root resolves through its `current` pointer; a symlink (such as the pointer
+    itself) resolves to its target, once, so that both files are then read from the
+    same immutable version directory even if the pointer moves meanwhile. A plain
+    checkpoint directory is returned unchanged.
+    """
     path = Path(directory)
+    if (path / STORE_VERSIONS_DIR).is_dir() and (path / STORE_POINTER).exists():
+        path = path / STORE_POINTER
+    if path.is_symlink():
+        return Path(os.path.realpath(path))
+    return path
+
+
+def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
+    """Validate everything before building the model; never unpickles.
+
+    `directory` may also be a checkpoint store root or its `current` pointer
+    (see `resolve_checkpoint_dir`); `LoadedCheckpoint.path` is the resolved directory.
+    """
+    path = resolve_checkpoint_dir(directory)
     if not path.is_dir():
         raise CheckpointMissingError(f"checkpoint directory {path} does not exist")
     weights = _read_limited(path / WEIGHTS_FILE, MAX_WEIGHTS_BYTES)

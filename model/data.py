@@ -23,8 +23,8 @@ import csv
 import hashlib
 import importlib.util
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from model.tokenizer import normalize
@@ -40,6 +40,7 @@ SPAM_FILE = Path("data/spam_collection.csv")
 
 SOURCE_INSULTS = "insults"
 SOURCE_SMS = "sms_spam"
+SOURCE_FEEDBACK = "feedback"
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -231,3 +232,97 @@ def label_counts(examples: Sequence[Example]) -> dict[str, tuple[int, int]]:
         known = [ex for ex in examples if ex.mask[i] > 0]
         counts[label] = (len(known), sum(1 for ex in known if ex.targets[i] > 0))
     return counts
+
+
+# ------------------------------------------------------------------ moderator feedback
+
+
+@dataclass(frozen=True)
+class FeedbackMerge:
+    """Base data with moderator feedback folded in (see `merge_feedback`)."""
+
+    splits: DataSplits  # base splits minus superseded examples; fingerprint covers feedback
+    extra_train: list[Example]  # merged feedback examples, each repeated `weight` times
+    texts: int  # distinct feedback texts
+    duplicates: int  # feedback records folded into another record with the same text
+    superseded: dict[str, int]  # split name → base examples replaced by feedback
+
+
+def text_key(text: str) -> str:
+    """Identity of a text for deduplication: hash of its normalised, space-collapsed form."""
+    canonical = " ".join(normalize(text).split())
+    return hashlib.sha1(canonical.encode("utf-8")).hexdigest()
+
+
+def merge_feedback(
+    splits: DataSplits,
+    feedback: Sequence[tuple[str, Mapping[str, bool]]],
+    weight: int = 1,
+) -> FeedbackMerge:
+    """Fold moderator decisions `(text, {label: bool})`, oldest first, into the data.
+
+    - Texts are identified by `text_key`, so case and spacing variants are one text.
+    - Per label, feedback wins: later feedback over earlier, feedback over base data.
+      Labels no one gave stay masked; labels only the base data knows are kept.
+    - Every base example sharing a text with feedback is removed from whichever split
+      held it (no copy left in validation or test), and the merged example trains.
+    - `weight` repeats each merged example, so a few corrections can outweigh thousands
+      of base examples. The fingerprint changes with the feedback and the weight.
+    """
+    if weight < 1:
+        raise ValueError(f"weight must be >= 1, got {weight}")
+    labels = splits.labels
+    known: dict[str, dict[str, float]] = {}
+    texts: dict[str, str] = {}
+    duplicates = 0
+    for text, decision in feedback:
+        unknown = sorted(set(decision) - set(labels))
+        if unknown:
+            raise ValueError(f"feedback labels {unknown} are not among {list(labels)}")
+        key = text_key(text)
+        if key in known:
+            duplicates += 1
+        else:
+            known[key] = {}
+        known[key].update({label: float(value) for label, value in decision.items()})
+        texts[key] = text
+
+    kept: dict[str, list[Example]] = {}
+    superseded: dict[str, int] = {}
+    base_labels: dict[str, dict[str, float]] = {}
+    for name in ("train", "validation", "test"):
+        kept[name] = []
+        superseded[name] = 0
+        for example in getattr(splits, name):
+            key = text_key(example.text) if known else ""
+            if key in known:
+                superseded[name] += 1
+                base = base_labels.setdefault(key, {})
+                for i, label in enumerate(labels):
+                    if example.mask[i] > 0:
+                        base[label] = example.targets[i]
+            else:
+                kept[name].append(example)
+
+    extra: list[Example] = []
+    for key, decided in known.items():
+        merged = {**base_labels.get(key, {}), **decided}
+        example = Example(
+            text=texts[key],
+            targets=tuple(merged.get(label, 0.0) for label in labels),
+            mask=tuple(1.0 if label in merged else 0.0 for label in labels),
+            source=SOURCE_FEEDBACK,
+        )
+        extra.extend([example] * weight)
+
+    digest = hashlib.sha256(f"{splits.fingerprint}\0feedback\0{weight}".encode())
+    for key, decided in known.items():
+        digest.update(f"\0{key}:{sorted(decided.items())}".encode())
+    merged_splits = replace(
+        splits,
+        train=kept["train"],
+        validation=kept["validation"],
+        test=kept["test"],
+        fingerprint=digest.hexdigest() if known else splits.fingerprint,
+    )
+    return FeedbackMerge(merged_splits, extra, len(known), duplicates, superseded)

@@ -328,12 +328,18 @@ def metrics_from_scores(
 # -------------------------------------------------------------------------- training
 
 
-def train(config: TrainConfig, splits: DataSplits, progress: Progress = _quiet) -> TrainResult:
+def train(
+    config: TrainConfig,
+    splits: DataSplits,
+    progress: Progress = _quiet,
+    extra_examples: Sequence[Example] = (),
+) -> TrainResult:
+    """`extra_examples` (e.g. moderator feedback) always train, whatever `config.limit`."""
     started = time.perf_counter()
     device = resolve_device(config.device)
     with _torch_settings(config, device):
         torch.manual_seed(config.seed)
-        return _train(config, splits, splits.labels, device, progress, started)
+        return _train(config, splits, splits.labels, device, progress, started, extra_examples)
 
 
 @contextmanager
@@ -470,9 +476,10 @@ def _train(
     device: torch.device,
     progress: Progress,
     started: float,
+    extra_examples: Sequence[Example] = (),
 ) -> TrainResult:
     rng = np.random.default_rng(config.seed)
-    train_examples = training_examples(config, splits)
+    train_examples = training_examples(config, splits) + list(extra_examples)
     validation = _subset(splits.validation, config.eval_limit, config.seed + 1)
     glove = None
     embeddings: dict[str, Any] = {"glove": False}
@@ -611,8 +618,12 @@ def retrain(
     config: TrainConfig | None = None,
     progress: Progress = _quiet,
     splits: DataSplits | None = None,
+    extra_examples: Sequence[Example] = (),
 ) -> RetrainReport:
-    """Load data, train, evaluate through `Engine`, write the checkpoint atomically."""
+    """Load data, train, evaluate through `Engine`, write the checkpoint atomically.
+
+    `extra_examples` join the training set (see `model.data.merge_feedback`).
+    """
     started = time.perf_counter()
     config = config or TrainConfig()
     splits = splits or load_splits()
@@ -620,9 +631,11 @@ def retrain(
         f"data: train {len(splits.train)}, validation {len(splits.validation)}, "
         f"test {len(splits.test)}, fingerprint {splits.fingerprint[:12]}"
     )
-    result = train(config, splits, progress)
+    result = train(config, splits, progress, extra_examples)
     with _torch_settings(config, resolve_device(config.device)):
-        return _evaluate_and_save(output_dir, config, splits, result, progress, started)
+        return _evaluate_and_save(
+            output_dir, config, splits, result, progress, started, extra_examples
+        )
 
 
 def _evaluate_and_save(
@@ -632,6 +645,7 @@ def _evaluate_and_save(
     result: TrainResult,
     progress: Progress,
     started: float,
+    extra_examples: Sequence[Example] = (),
 ) -> RetrainReport:
     labels = result.labels
     engine = Engine.from_model(
@@ -667,7 +681,9 @@ def _evaluate_and_save(
     baseline_seconds = 0.0
     if config.baseline:
         try:
-            baseline = fit_baseline(training_examples(config, splits), labels, config.seed)
+            baseline = fit_baseline(
+                training_examples(config, splits) + list(extra_examples), labels, config.seed
+            )
         except BaselineUnavailableError as e:
             progress(f"baseline: skipped ({e})")
         else:
@@ -789,6 +805,12 @@ def _evaluate_and_save(
         cross_domain=crossed,
         report_dir=report_dir,
     )
+
+
+def validation_subset(config: TrainConfig, splits: DataSplits) -> list[Example]:
+    """The validation examples `retrain` measures on, so another model can be compared
+    on exactly the same data (the promotion gate)."""
+    return _subset(splits.validation, config.eval_limit, config.seed + 1)
 
 
 def _verify_written(directory: str | Path, version: str, engine: Engine, texts: list[str]) -> None:

@@ -45,6 +45,13 @@ class DeadLetter(BaseModel):
     offset: Annotated[int, Field(ge=0)]
     timestamp: Annotated[int | None, Field(description="Source record timestamp, epoch ms.")]
     dead_lettered_at: datetime
+    truncated: Annotated[
+        bool,
+        Field(
+            description="True when key/value hold only a prefix of the original bytes: the "
+            "record was too large to embed whole in a dead letter."
+        ),
+    ] = False
 
 
 def encode_bytes(raw: bytes | None) -> tuple[str | None, Encoding | None]:

@@ -77,11 +77,16 @@ class Consumed:
 class TopicReader:
     """Reads a topic from the beginning without a group, accumulating records."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, isolation_level: str = "read_uncommitted"
+    ) -> None:
         self.topic = topic
         self.records: list[Consumed] = []
         self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            isolation_level=isolation_level,
         )
         partitions = wait_for(
             lambda: self._consumer.partitions_for_topic(topic), 30, f"partitions of {topic}"
@@ -218,3 +223,38 @@ def worker_env(
 
 def ids_of(records: Sequence[Consumed]) -> list[str]:
     return [r.value["id"] for r in records]
+
+
+def make_checkpoint(
+    directory: Path,
+    seed: int,
+    labels: Sequence[str] = ("insult", "spam"),
+    auc: float = 0.8,
+    nan_weights: bool = False,
+) -> str:
+    """A small untrained checkpoint (milliseconds to write); different seeds, different
+    versions. Returns the version."""
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.network import Classifier, ModelConfig
+    from model.tokenizer import tokenize
+    from model.vocab import Vocab
+
+    torch.manual_seed(seed)
+    vocab = Vocab.build([tokenize("you idiot free prize call now hello")], min_freq=1)
+    config = ModelConfig(vocab_size=len(vocab), num_labels=len(labels), embed_dim=4, hidden_dim=3)
+    model = Classifier(config).eval()
+    if nan_weights:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(float("nan"))
+    return save_checkpoint(
+        directory,
+        model,
+        vocab,
+        labels,
+        dict.fromkeys(labels, 0.5),
+        metrics={"validation": {label: {"roc_auc": auc} for label in labels}},
+        created_at=f"2024-01-01T00:00:{seed % 60:02d}+00:00",
+    )

@@ -2,6 +2,8 @@
 
 Processing one batch (`Worker.process_batch`):
 
+0. Swap in a reloaded model if one is waiting (`offer_engine`, from worker/reload.py):
+   here, on the processing thread, between two batches.
 1. Decode every record; invalid ones become dead letters, nothing raises.
 2. Score all valid texts with the engine captured at the start of the batch, so one
    batch is scored by exactly one model version (invariant 4).
@@ -10,12 +12,20 @@ Processing one batch (`Worker.process_batch`):
    with backoff and report not-ready, never moving on (invariant 1).
 5. Commit, per partition, one past the batch's highest offset.
 
+With `delivery=exactly_once`, steps 4 and 5 are one Kafka transaction: begin, send the
+outputs, add the batch's offsets with the consumer's group metadata (KIP-447 fencing),
+commit. On any failure the transaction is aborted (its outputs stay invisible to
+`read_committed` readers), the consumer is rewound to the batch's first offsets (which
+are the last committed positions: batches run one at a time, in order) and the records
+come back in a later poll; not-ready until a transaction commits again.
+
 Shutdown (SIGTERM/SIGINT) stops polling, finishes the batch in hand through step 5,
 then closes the clients and exits 0.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -24,25 +34,48 @@ from typing import Any
 
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
-from kafka.structs import TopicPartition
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.errors import (
+    FencedInstanceIdError,
+    KafkaError,
+    ProducerFencedError,
+    TransactionalIdAuthorizationFailedError,
+)
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from model.engine import Engine
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.result import Timings
 from worker.batcher import Batcher
-from worker.commit import CommitError, Committer
+from worker.commit import CommitError, Committer, first_offsets, next_offsets
 from worker.decode import Decoded, Decoder, Rejected, SourceRecord
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.results import build_result
 from worker.settings import WorkerSettings
-from worker.sink import OutputRecord, PublishError, Sink
+from worker.sink import Delivery, OutputRecord, PublishError, Sink, describe
 
 log = structlog.get_logger("modstream.worker")
 
-SUMMARY_INTERVAL_S = 30.0
 MAX_PUBLISH_BACKOFF_S = 30.0
+LAG_LOOKUP_TIMEOUT_MS = 2_000
+FIRST_PUBLISH_BACKOFF_S = 0.5
+POLL_ERROR_PAUSE_S = 1.0
+
+ASSIGNORS: dict[str, tuple[type[Any], ...]] = {
+    "range": (RangePartitionAssignor,),
+    "roundrobin": (RoundRobinPartitionAssignor,),
+    "cooperative-sticky": (CooperativeStickyAssignor,),
+}
+# Errors after which this process must not go on: another live worker holds the same
+# transactional id or group instance id (a configuration error), or this one is a zombie.
+FATAL_ERRORS: tuple[type[BaseException], ...] = (
+    ProducerFencedError,
+    FencedInstanceIdError,
+    TransactionalIdAuthorizationFailedError,
+)
 
 
 class BrokerUnavailableError(Exception):
@@ -51,6 +84,10 @@ class BrokerUnavailableError(Exception):
 
 class WorkerStoppedError(Exception):
     """Shutdown was requested while a batch's outputs were still unacknowledged."""
+
+
+class FatalWorkerError(Exception):
+    """The worker cannot go on safely (fenced by another worker with the same identity)."""
 
 
 def package_version() -> str:
@@ -71,7 +108,11 @@ class Worker:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics if metrics is not None else WorkerMetrics()
-        self.health = health if health is not None else HealthState()
+        self.health = (
+            health
+            if health is not None
+            else HealthState(liveness_deadline_s=settings.liveness_deadline_s)
+        )
         self.decoder = Decoder(settings.max_text_chars)
         self.batcher = Batcher(
             max_size=settings.max_batch_size,
@@ -79,12 +120,20 @@ class Worker:
             max_bytes=settings.max_batch_bytes,
         )
         self._stop = threading.Event()
+        self._engine_lock = threading.Lock()
+        self._pending_engine: Engine | None = None
         self._consumer: KafkaConsumer | None = None
         self._sink: Sink | None = None
         self._committer: Committer | None = None
-        self._processed_since_summary = 0
+        self._summary = _SummaryWindow()
+        self._transactional = settings.delivery == "exactly_once"
+        self._txn_backoff = FIRST_PUBLISH_BACKOFF_S
+        self._poll_failing = False
         self._last_summary = time.monotonic()
+        self._lag: dict[TopicPartition, int] = {}
+        self._next_lag_refresh = 0.0
         self.metrics.build_info.info({"version": package_version()})
+        self.health.set(producer_ok=False, problem="producer not connected")
         self._announce_model(engine)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -101,33 +150,86 @@ class Worker:
         s = self.settings
         timeout_ms = int(s.startup_timeout_s * 1000)
         common = s.kafka_common()
+        consumer: KafkaConsumer | None = None
         try:
             consumer = KafkaConsumer(
                 group_id=s.group_id,
+                group_instance_id=s.group_instance_id,
                 client_id=f"{s.client_id}-consumer",
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=s.max_batch_size,
+                session_timeout_ms=s.session_timeout_ms,
+                max_poll_interval_ms=s.max_poll_interval_ms,
+                partition_assignment_strategy=ASSIGNORS[s.assignment_strategy],
+                isolation_level="read_committed" if self._transactional else "read_uncommitted",
                 bootstrap_timeout_ms=timeout_ms,
                 **common,
             )
-            producer = KafkaProducer(
-                client_id=f"{s.client_id}-producer",
-                acks="all",
-                linger_ms=5,
-                max_block_ms=int(s.publish_timeout_s * 1000),
-                bootstrap_timeout_ms=timeout_ms,
-                **common,
-            )
+            producer = self._new_producer()
         except KafkaError as exc:
+            if consumer is not None:
+                consumer.close(autocommit=False)
             raise BrokerUnavailableError(
-                f"no Kafka broker reachable at {s.kafka_bootstrap!r} "
-                f"within {s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP): {exc}"
+                f"no usable Kafka broker at {s.kafka_bootstrap!r} within "
+                f"{s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security protocol "
+                f"{s.security_protocol}): {describe(exc)}{self._refusal_hint()}"
             ) from exc
         consumer.subscribe(topics=[s.input_topic], listener=_Rebalance(self))
         self._consumer = consumer
         self._sink = Sink(producer, s.publish_timeout_s)
         self._committer = Committer(consumer)
+        self.health.set(producer_ok=True, problem=None)
+
+    def _refusal_hint(self) -> str:
+        """When the servers accept TCP but the Kafka handshake never completes, say why."""
+        s = self.settings
+        reachable = [server for server in s.bootstrap_servers() if _tcp_reachable(server)]
+        if not reachable:
+            return "; nothing accepts TCP connections there"
+        if s.security_protocol.startswith("SASL_"):
+            return (
+                f"; {reachable[0]} accepts connections but closed them during SASL "
+                f"{s.sasl_mechanism} authentication: check MODSTREAM_SASL_USERNAME "
+                f"({s.sasl_username!r}), MODSTREAM_SASL_PASSWORD and MODSTREAM_SASL_MECHANISM"
+            )
+        if s.security_protocol.endswith("SSL"):
+            return (
+                f"; {reachable[0]} accepts connections but the TLS handshake failed: check "
+                "MODSTREAM_SSL_CAFILE and that the listener speaks TLS"
+            )
+        return (
+            f"; {reachable[0]} accepts connections but no Kafka handshake completed: is it a "
+            "Kafka PLAINTEXT listener (MODSTREAM_SECURITY_PROTOCOL)?"
+        )
+
+    def _new_producer(self) -> KafkaProducer:
+        """An idempotent producer; in exactly-once mode a transactional one, initialised.
+
+        `init_transactions` with this worker's stable transactional id fences any earlier
+        producer with the same id (e.g. the process before a kill -9) and aborts the
+        transaction it left open, so none of its outputs ever become visible.
+        """
+        s = self.settings
+        options: dict[str, Any] = {
+            "client_id": f"{s.client_id}-producer",
+            "acks": "all",
+            "linger_ms": 5,
+            "max_block_ms": int(s.publish_timeout_s * 1000),
+            "bootstrap_timeout_ms": int(s.startup_timeout_s * 1000),
+            **s.kafka_common(),
+        }
+        if self._transactional:
+            options["transactional_id"] = s.resolved_transactional_id()
+        producer = KafkaProducer(**options)
+        if self._transactional:
+            try:
+                producer.init_transactions()
+            except BaseException:
+                producer.close(timeout=1.0)
+                raise
+            log.info("transactions_initialised", transactional_id=options["transactional_id"])
+        return producer
 
     def run(self) -> int:
         """Process until stopped; returns the process exit code."""
@@ -147,12 +249,19 @@ class Worker:
                 self.health.tick()
                 if batch:
                     self.process_batch(batch)
+                    self.health.tick()
+                else:
+                    self._apply_pending_engine()
+                self._maybe_refresh_lag()
                 self._maybe_log_summary()
             leftover = self.batcher.take()
             if leftover:
                 self.process_batch(leftover)
         except WorkerStoppedError as exc:
             log.error("shutdown_with_unacknowledged_outputs", error=str(exc))
+            exit_code = 1
+        except FatalWorkerError as exc:
+            log.error("worker_fenced", error=str(exc))
             exit_code = 1
         finally:
             self._close()
@@ -172,11 +281,23 @@ class Worker:
 
     def _poll(self, timeout_s: float, max_records: int) -> list[SourceRecord]:
         assert self._consumer is not None
-        polled = self._consumer.poll(
-            timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)
-        )
+        try:
+            polled = self._consumer.poll(
+                timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)
+            )
+        except KafkaError as exc:
+            # A rebalance callback's own stop signal comes back wrapped: let it through.
+            if isinstance(exc.__cause__, FatalWorkerError | WorkerStoppedError):
+                raise exc.__cause__ from None
+            self._on_poll_error(exc)
+            return []
+        if self._poll_failing:
+            self._poll_failing = False
+            self.health.set(producer_ok=True, problem=None)
+            log.info("poll_recovered")
+        polled_at = time.time()
         records = [
-            SourceRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
+            SourceRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, polled_at)
             for partition_records in polled.values()
             for r in partition_records
         ]
@@ -184,10 +305,27 @@ class Worker:
             self.metrics.in_flight.inc(len(records))
         return records
 
+    def _on_poll_error(self, exc: KafkaError) -> None:
+        """The broker is unreachable (or the group coordinator is): not ready, try again.
+
+        kafka-python reconnects by itself; polling again after a pause is all it takes.
+        """
+        self.metrics.kafka_errors.labels(kind=type(exc).__name__).inc()
+        self.health.set(producer_ok=False, problem=f"polling Kafka failed: {describe(exc)}")
+        if not self._poll_failing:
+            log.error("poll_failed", error=describe(exc), retry_in_s=POLL_ERROR_PAUSE_S)
+        self._poll_failing = True
+        self.health.tick()
+        self._stop.wait(POLL_ERROR_PAUSE_S)
+
     def process_batch(self, batch: Sequence[SourceRecord]) -> None:
-        """Steps 1-5 of the module docstring for one closed batch."""
+        """Steps 0-5 of the module docstring for one closed batch."""
+        self._apply_pending_engine()
         engine = self.engine
         started = time.time()
+        queue_seconds = self.metrics.stage_seconds.labels(stage="queue")
+        for record in batch:
+            queue_seconds.observe(max(started - _arrival(record, started), 0.0))
         decode_start = time.perf_counter()
         decoded_or_rejected = [self.decoder.decode(record) for record in batch]
         self.metrics.stage_seconds.labels(stage="decode").observe(
@@ -230,10 +368,17 @@ class Worker:
             outcomes["ok"] += 1
 
         publish_start = time.perf_counter()
-        acked_at = self._publish_until_acknowledged(outputs, batch)
+        if self._transactional:
+            acked_at = self._publish_in_transaction(outputs, batch)
+        else:
+            acked_at = self._publish_until_acknowledged(outputs, batch)
         self.metrics.stage_seconds.labels(stage="publish").observe(
             time.perf_counter() - publish_start
         )
+        if acked_at is None:
+            # Aborted and rewound: these records come back in a later poll.
+            self.metrics.in_flight.dec(len(batch))
+            return
         for record in batch:
             if record.timestamp_ms is not None and record.timestamp_ms > 0:
                 self.metrics.end_to_end_seconds.observe(
@@ -243,13 +388,22 @@ class Worker:
             if count:
                 self.metrics.messages.labels(outcome=outcome).inc(count)
 
-        commit_start = time.perf_counter()
-        self._commit(batch)
-        self.metrics.stage_seconds.labels(stage="commit").observe(
-            time.perf_counter() - commit_start
-        )
+        if not self._transactional:  # a transaction committed the offsets with the outputs
+            commit_start = time.perf_counter()
+            self._commit(batch)
+            self.metrics.stage_seconds.labels(stage="commit").observe(
+                time.perf_counter() - commit_start
+            )
         self.metrics.in_flight.dec(len(batch))
-        self._processed_since_summary += len(batch)
+        self._summary.add(outcomes)
+        log.debug(
+            "batch_processed",
+            batch_size=len(batch),
+            outcomes=outcomes,
+            partitions=_offset_ranges(batch),
+            inference_ms=round(inference_s * 1000.0, 3),
+            seconds=round(time.time() - started, 4),
+        )
 
     def _score(
         self, engine: Engine, decoded: Sequence[Decoded]
@@ -341,10 +495,13 @@ class Worker:
         self, outputs: Sequence[OutputRecord], batch: Sequence[SourceRecord]
     ) -> float:
         assert self._sink is not None
-        backoff = 0.5
+        backoff = FIRST_PUBLISH_BACKOFF_S
+        # One delivery across tries: acknowledged outputs are not sent again, pending
+        # ones are waited for, failed ones are re-sent.
+        delivery = Delivery(outputs)
         while True:
             try:
-                acked_at = self._sink.publish(outputs)
+                acked_at = self._sink.complete(delivery)
             except PublishError as exc:
                 kind = type(exc.cause).__name__ if exc.cause else "PublishError"
                 self.metrics.kafka_errors.labels(kind=kind).inc()
@@ -358,7 +515,9 @@ class Worker:
                     partition=first.partition,
                     offset=first.offset,
                     batch_size=len(batch),
+                    acknowledged=delivery.acknowledged(),
                     retry_in_s=backoff,
+                    committed=False,
                 )
                 if self._stop.wait(backoff):
                     raise WorkerStoppedError(
@@ -370,6 +529,97 @@ class Worker:
             self.health.set(producer_ok=True, problem=None)
             return acked_at
 
+    def _publish_in_transaction(
+        self, outputs: Sequence[OutputRecord], batch: Sequence[SourceRecord]
+    ) -> float | None:
+        """Outputs and offsets in one transaction; None when it was aborted and rewound."""
+        assert self._sink is not None and self._consumer is not None
+        producer = self._sink.producer
+        offsets = {
+            tp: OffsetAndMetadata(offset, "", -1) for tp, offset in next_offsets(batch).items()
+        }
+        try:
+            producer.begin_transaction()
+            acked_at = self._sink.publish(outputs)
+            producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
+            producer.commit_transaction()
+        except FATAL_ERRORS as exc:
+            raise FatalWorkerError(self._fenced_message(exc)) from exc
+        except (PublishError, KafkaError) as exc:
+            self._abort_and_rewind(batch, exc)
+            return None
+        self._txn_backoff = FIRST_PUBLISH_BACKOFF_S
+        self.metrics.commits.labels(result="ok").inc()
+        self.health.set(producer_ok=True, problem=None)
+        return acked_at
+
+    def _abort_and_rewind(self, batch: Sequence[SourceRecord], exc: Exception) -> None:
+        assert self._sink is not None
+        cause = exc.cause if isinstance(exc, PublishError) else exc
+        self.metrics.kafka_errors.labels(kind=type(cause or exc).__name__).inc()
+        self.metrics.publish_retries.inc()
+        self.metrics.commits.labels(result="aborted").inc()
+        self.health.set(producer_ok=False, problem=f"transaction aborted: {exc}")
+        first = batch[0]
+        log.error(
+            "transaction_aborted",
+            error=str(exc) if isinstance(exc, PublishError) else describe(exc),
+            topic=first.topic,
+            partition=first.partition,
+            offset=first.offset,
+            batch_size=len(batch),
+            retry_in_s=self._txn_backoff,
+            committed=False,
+        )
+        try:
+            self._sink.producer.abort_transaction()
+        except FATAL_ERRORS as abort_exc:
+            raise FatalWorkerError(self._fenced_message(abort_exc)) from abort_exc
+        except KafkaError as abort_exc:
+            # The producer is in a state it cannot abort from: replace it. Initialising
+            # the new one with the same transactional id aborts what the old one left.
+            log.warning("abort_failed_replacing_producer", error=str(abort_exc))
+            self._replace_producer()
+        self._rewind(batch)
+        self.health.tick()
+        self._stop.wait(self._txn_backoff)
+        self._txn_backoff = min(self._txn_backoff * 2, MAX_PUBLISH_BACKOFF_S)
+
+    def _replace_producer(self) -> None:
+        assert self._sink is not None
+        try:
+            self._sink.close(timeout_s=1.0)
+        except KafkaError as exc:
+            log.warning("producer_close_failed", error=str(exc))
+        while True:
+            try:
+                self._sink = Sink(self._new_producer(), self.settings.publish_timeout_s)
+                return
+            except FATAL_ERRORS as exc:
+                raise FatalWorkerError(self._fenced_message(exc)) from exc
+            except KafkaError as exc:
+                log.error("producer_init_failed", error=str(exc), retry_in_s=self._txn_backoff)
+                if self._stop.wait(self._txn_backoff):
+                    raise WorkerStoppedError("stopped while re-creating the producer") from exc
+                self._txn_backoff = min(self._txn_backoff * 2, MAX_PUBLISH_BACKOFF_S)
+
+    def _rewind(self, batch: Sequence[SourceRecord]) -> None:
+        """Seek back to the batch's first offsets: the last committed positions."""
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        for tp, offset in first_offsets(batch).items():
+            if tp in assigned:  # a revoked partition resumes at its commit elsewhere
+                self._consumer.seek(tp, offset)
+
+    def _fenced_message(self, exc: BaseException) -> str:
+        s = self.settings
+        return (
+            f"{type(exc).__name__}: {exc}: another live worker uses transactional id "
+            f"{s.resolved_transactional_id()!r} or group instance id {s.group_instance_id!r}"
+            " (MODSTREAM_TRANSACTIONAL_ID / MODSTREAM_GROUP_INSTANCE_ID must be unique per "
+            "worker); stopping without committing"
+        )
+
     def _commit(self, batch: Sequence[SourceRecord]) -> None:
         assert self._committer is not None
         try:
@@ -379,6 +629,8 @@ class Worker:
             # The partition moved on; its new owner re-reads from the last commit
             # (at-least-once: a duplicate, never a loss).
             self.metrics.commits.labels(result="failed").inc()
+            kind = type(exc.__cause__).__name__ if exc.__cause__ else "CommitError"
+            self.metrics.kafka_errors.labels(kind=kind).inc()
             first = batch[0]
             log.warning(
                 "commit_failed",
@@ -388,6 +640,29 @@ class Worker:
                 offset=first.offset,
             )
 
+    # -- model reload --------------------------------------------------------------
+
+    def latest_engine(self) -> Engine:
+        """The engine the next batch will use: a pending one, else the serving one."""
+        with self._engine_lock:
+            return self._pending_engine if self._pending_engine is not None else self.engine
+
+    def offer_engine(self, engine: Engine) -> None:
+        """Any thread: queue a validated engine; replaces one offered but not yet swapped."""
+        with self._engine_lock:
+            self._pending_engine = engine
+
+    def _apply_pending_engine(self) -> None:
+        """Processing thread only, between batches: the one place `self.engine` changes."""
+        with self._engine_lock:
+            engine, self._pending_engine = self._pending_engine, None
+        if engine is None:
+            return
+        old, self.engine = self.engine, engine
+        self.metrics.model_reloads.labels(result="ok").inc()
+        self._announce_model(engine)
+        log.info("model_swapped", old_version=old.version, new_version=engine.version)
+
     # -- group membership ----------------------------------------------------------
 
     def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -395,11 +670,33 @@ class Worker:
         if pending:
             log.info("finishing_batch_before_revocation", records=len(pending))
             self.process_batch(pending)
+        if self._consumer is not None:  # cooperative: only `revoked` goes, no assign follows
+            self.metrics.assigned_partitions.set(len(self._consumer.assignment() - revoked))
+        self._forget_lag(revoked)
+
+    def on_lost(self, lost: set[TopicPartition]) -> None:
+        """Evicted from the group: the partitions' new owners re-read from the last
+        commit, so the records in hand are dropped rather than answered twice."""
+        pending = self.batcher.take()
+        if pending:
+            self.metrics.in_flight.dec(len(pending))
+        self._forget_lag(lost)
+        log.warning(
+            "partitions_lost",
+            partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in lost),
+            dropped_records=len(pending),
+        )
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.metrics.rebalances.inc()
-        self.metrics.assigned_partitions.set(len(assigned))
-        self.health.set(group_joined=True)
+        # With the cooperative assignor `assigned` holds only the partitions added.
+        current = set(self._consumer.assignment()) if self._consumer is not None else assigned
+        self.metrics.assigned_partitions.set(len(current))
+        # A member with no partitions (more workers than partitions) is ready too: it
+        # takes over as soon as a rebalance hands it some.
+        self.health.set(group_joined=True, assigned_partitions=len(current))
+        self._forget_lag(set(self._lag) - current)
+        self._next_lag_refresh = 0.0  # measure the new assignment on the next turn
         log.info(
             "partitions_assigned",
             partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned),
@@ -415,21 +712,122 @@ class Worker:
                 "device": str(engine.device),
             }
         )
+        self.metrics.init_categories(engine.labels)
         self.health.set(model_version=engine.version)
+        # Every later log line of this thread names the model serving.
+        structlog.contextvars.bind_contextvars(model_version=engine.version)
+
+    def _maybe_refresh_lag(self) -> None:
+        now = time.monotonic()
+        if now < self._next_lag_refresh or self._consumer is None:
+            return
+        self._next_lag_refresh = now + self.settings.lag_interval_s
+        self.refresh_lag()
+
+    def refresh_lag(self) -> dict[TopicPartition, int]:
+        """Per assigned partition: end offset - position, into `modstream_consumer_lag_records`.
+
+        The end offset is the high watermark the consumer's own fetch responses carry, so
+        this costs no request; only partitions not fetched yet need one ListOffsets call.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        assigned = set(consumer.assignment())
+        self._forget_lag(set(self._lag) - assigned)
+        ends: dict[TopicPartition, int] = {}
+        unknown: list[TopicPartition] = []
+        for tp in assigned:
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                unknown.append(tp)
+            else:
+                ends[tp] = highwater
+        try:
+            if unknown:
+                ends.update(consumer.end_offsets(unknown, timeout_ms=LAG_LOOKUP_TIMEOUT_MS))
+            positions = {tp: consumer.position(tp, timeout_ms=LAG_LOOKUP_TIMEOUT_MS) for tp in ends}
+        except KafkaError as exc:
+            self.metrics.kafka_errors.labels(kind=type(exc).__name__).inc()
+            log.warning("lag_refresh_failed", error=str(exc), topic=self.settings.input_topic)
+            return dict(self._lag)
+        for tp, end in ends.items():
+            position = positions.get(tp)
+            if position is None:
+                continue
+            lag = max(end - position, 0)
+            self._lag[tp] = lag
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+        return dict(self._lag)
+
+    def _forget_lag(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            if self._lag.pop(tp, None) is not None:
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
     def _maybe_log_summary(self) -> None:
         now = time.monotonic()
         elapsed = now - self._last_summary
-        if elapsed < SUMMARY_INTERVAL_S:
+        if elapsed < self.settings.log_summary_interval_s:
             return
+        window, m = self._summary, self.metrics
         log.info(
             "summary",
-            messages_per_s=round(self._processed_since_summary / elapsed, 1),
-            messages=self._processed_since_summary,
-            model_version=self.engine.version,
+            topic=self.settings.input_topic,
+            seconds=round(elapsed, 1),
+            messages=window.messages,
+            messages_per_s=round(window.messages / elapsed, 2),
+            batches=window.batches,
+            ok=window.outcomes["ok"],
+            invalid=window.outcomes["invalid"],
+            error=window.outcomes["error"],
+            lag=sum(self._lag.values()),
+            lag_by_partition={f"{tp.topic}-{tp.partition}": n for tp, n in self._lag.items()},
+            in_flight=int(m.registry.get_sample_value("modstream_in_flight_messages") or 0),
         )
-        self._processed_since_summary = 0
+        self._summary = _SummaryWindow()
         self._last_summary = now
+
+
+class _SummaryWindow:
+    """What the worker did since the last summary log line."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.messages = 0
+        self.outcomes: dict[str, int] = {"ok": 0, "invalid": 0, "error": 0}
+
+    def add(self, outcomes: dict[str, int]) -> None:
+        self.batches += 1
+        for outcome, count in outcomes.items():
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + count
+            self.messages += count
+
+
+def _arrival(record: SourceRecord, default: float) -> float:
+    """When a record entered the system: its Kafka timestamp, else when it was polled."""
+    if record.timestamp_ms is not None and record.timestamp_ms > 0:
+        return record.timestamp_ms / 1000.0
+    return record.polled_at if record.polled_at is not None else default
+
+
+def _offset_ranges(batch: Sequence[SourceRecord]) -> dict[str, list[int]]:
+    """`{"topic-partition": [first offset, last offset]}` of a batch, for debug logs."""
+    ranges: dict[str, list[int]] = {}
+    for record in batch:
+        key = f"{record.topic}-{record.partition}"
+        span = ranges.setdefault(key, [record.offset, record.offset])
+        span[0] = min(span[0], record.offset)
+        span[1] = max(span[1], record.offset)
+    return ranges
+
+
+def _tcp_reachable(server: str, timeout_s: float = 2.0) -> bool:
+    host, _, port = server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -441,3 +839,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._worker.on_assigned(assigned)
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self._worker.on_lost(lost)

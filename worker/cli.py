@@ -1,8 +1,16 @@
-"""`modstream` command line: worker, retrain, score.
+"""`modstream` command line: worker, score, retrain, checkpoints.
 
 Exit codes: 0 success; 2 bad arguments or configuration (the message names the field);
 3 checkpoint missing or invalid; 4 Kafka unreachable; 1 any other failure.
-Retrain adds its own codes (see `modstream retrain --help`).
+
+`retrain` (a periodic job) ends with one JSON summary line on stdout and exits
+0 when its model was promoted (or written to `--output`, or identical to the current
+one), 10 when the promotion gate kept the current model, 4 when the feedback topic
+could not be read, 3 when a checkpoint is unusable, 2 for bad arguments, 1 otherwise.
+
+`checkpoints list | promote VERSION | rollback` manage the checkpoint store: 2 for an
+unknown version or a path that is not a store, 3 when the version to serve does not
+load, 1 when there is nothing to roll back to.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CHECKPOINT = 3
 EXIT_BROKER = 4
+EXIT_HELD = 10  # retrain: the promotion gate kept the current model
 
 
 class UsageError(Exception):
@@ -58,11 +67,81 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--max-text-chars", type=int, default=None)
     score.set_defaults(handler=_run_score)
 
-    retrain = sub.add_parser("retrain", help="train, evaluate and write a checkpoint")
-    retrain.add_argument("--output", type=Path, default=None, help="checkpoint directory")
+    retrain = sub.add_parser(
+        "retrain",
+        help="train (optionally with moderator feedback), gate, promote in the checkpoint store",
+        epilog="Ends with one JSON summary line on stdout. Exit codes: 0 promoted (or written "
+        "with --output, or identical to the current version), 10 the gate kept the current "
+        "model, 4 the feedback topic could not be read, 3 a checkpoint is unusable, 2 bad "
+        "arguments, 1 any other failure.",
+    )
+    where = retrain.add_mutually_exclusive_group()
+    where.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="checkpoint store to add the model to and promote it in "
+        "(default: the store of MODSTREAM_CHECKPOINT_DIR, i.e. checkpoints/)",
+    )
+    where.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="write a plain checkpoint directory here instead (no store, no gate)",
+    )
+    retrain.add_argument(
+        "--feedback-topic", default=None, help="also train on moderator feedback from this topic"
+    )
+    retrain.add_argument(
+        "--kafka-bootstrap", default=None, help="bootstrap servers [env MODSTREAM_KAFKA_BOOTSTRAP]"
+    )
+    retrain.add_argument(
+        "--feedback-group", default=None, help="consumer group (default: modstream-retrain)"
+    )
+    retrain.add_argument(
+        "--feedback-weight",
+        type=int,
+        default=3,
+        help="times each feedback example is repeated in training (default: 3)",
+    )
+    retrain.add_argument(
+        "--feedback-timeout-s", type=float, default=120.0, help="give up reading after this long"
+    )
+    retrain.add_argument(
+        "--gate-tolerance",
+        type=float,
+        default=None,
+        help="promote unless mean validation AUC drops by more than this (default: 0.005)",
+    )
+    retrain.add_argument("--force", action="store_true", help="promote even if the gate says no")
+    retrain.add_argument("--keep", type=int, default=None, help=_KEEP_HELP)
     _add_dataclass_flags(retrain, _train_config_type())
     retrain.set_defaults(handler=_run_retrain)
+
+    store_flags = argparse.ArgumentParser(add_help=False)
+    store_flags.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="checkpoint store root (default: the store of MODSTREAM_CHECKPOINT_DIR)",
+    )
+    store_flags.add_argument("--keep", type=int, default=None, help=_KEEP_HELP)
+    checkpoints = sub.add_parser("checkpoints", help="list, promote or roll back checkpoints")
+    actions = checkpoints.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", parents=[store_flags], help="versions in the store")
+    listing.add_argument("--json", action="store_true", help="one JSON document")
+    promote = actions.add_parser(
+        "promote", parents=[store_flags], help="make VERSION current (running workers reload)"
+    )
+    promote.add_argument("version", metavar="VERSION")
+    actions.add_parser(
+        "rollback", parents=[store_flags], help="make the previously current version current"
+    )
+    checkpoints.set_defaults(handler=_run_checkpoints)
     return parser
+
+
+_KEEP_HELP = "versions to keep in the store [env MODSTREAM_CHECKPOINT_KEEP] (default: 5)"
 
 
 # -- worker ------------------------------------------------------------------------
@@ -128,6 +207,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     from model.engine import Engine, EngineError
     from worker.app import BrokerUnavailableError, Worker
     from worker.health import HealthServer
+    from worker.reload import Reloader
 
     if settings.torch_threads:
         import torch
@@ -155,8 +235,21 @@ def _run_worker(args: argparse.Namespace) -> int:
         log.info("stop_requested", signal=signal.Signals(signum).name)
         worker.request_stop()
 
+    reloader = Reloader(
+        settings.checkpoint_dir,
+        worker,
+        worker.metrics,
+        settings.reload_interval_s,
+        device=settings.device,
+        max_tokens=settings.max_tokens,
+    )
+
+    def _reload(signum: int, _frame: types.FrameType | None) -> None:
+        reloader.request_check()
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     try:
         worker.connect()
     except BrokerUnavailableError as exc:
@@ -164,9 +257,11 @@ def _run_worker(args: argparse.Namespace) -> int:
         sys.stderr.write(f"modstream worker: {exc}\n")
         server.stop()
         return EXIT_BROKER
+    reloader.start()
     try:
         return worker.run()
     finally:
+        reloader.stop()
         server.stop()
 
 
@@ -239,7 +334,38 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> Non
 
 
 def _run_retrain(args: argparse.Namespace) -> int:
-    from model.checkpoint import default_checkpoint_dir
+    """Train → (store: add, gate, promote) → one JSON summary line on stdout."""
+    import time
+
+    started = time.monotonic()
+    summary: dict[str, Any] = {"status": "error"}
+    code = EXIT_FAILURE
+    try:
+        code = _retrain(args, summary)
+    except UsageError as exc:
+        summary["error"] = str(exc)
+        sys.stderr.write(f"modstream retrain: {exc}\n")
+        code = EXIT_USAGE
+    except Exception as exc:
+        code = _retrain_error_code(exc)
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        sys.stderr.write(f"modstream retrain: {summary['error']}\n")
+        if code == EXIT_FAILURE:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+    summary["exit_code"] = code
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    sys.stdout.write(json.dumps(_json_safe(summary), sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
+    from model.checkpoint import STORE_VERSIONS_DIR
+    from model.data import LABELS, load_splits, merge_feedback
+    from model.gate import DEFAULT_TOLERANCE
+    from model.refresh import refresh
     from model.train import TrainConfig, retrain
 
     overrides = {
@@ -251,23 +377,195 @@ def _run_retrain(args: argparse.Namespace) -> int:
         config = TrainConfig(**overrides)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
-    output = args.output or default_checkpoint_dir()
+    if args.feedback_weight < 1:
+        raise UsageError(f"--feedback-weight must be >= 1, got {args.feedback_weight}")
+    tolerance = DEFAULT_TOLERANCE if args.gate_tolerance is None else args.gate_tolerance
+    if args.output is not None and (
+        args.output.is_symlink() or (args.output / STORE_VERSIONS_DIR).is_dir()
+    ):
+        raise UsageError(
+            f"--output {args.output} belongs to a checkpoint store; use --store instead"
+        )
+    store = None if args.output else _open_store(args)
 
     def progress(line: str) -> None:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
-    report = retrain(output, config, progress)
-    sys.stdout.write(json.dumps(_as_dict(report), default=str, sort_keys=True) + "\n")
+    feedback = None
+    kafka_common: dict[str, object] = {}
+    if args.feedback_topic:
+        from worker.feedback import DEFAULT_FEEDBACK_GROUP, read_feedback
+
+        kafka_common = _kafka_settings(args).kafka_common()
+        feedback = read_feedback(
+            kafka_common,
+            args.feedback_topic,
+            LABELS,
+            group_id=args.feedback_group or DEFAULT_FEEDBACK_GROUP,
+            timeout_s=args.feedback_timeout_s,
+        )
+        summary["feedback"] = feedback.summary()
+        progress(
+            f"feedback: {len(feedback.records)} valid of {feedback.consumed} records on "
+            f"{feedback.topic}, skipped {feedback.skipped or 'none'}"
+        )
+
+    splits = load_splits()
+    extra = []
+    if feedback is not None:
+        merged = merge_feedback(splits, feedback.decisions(), weight=args.feedback_weight)
+        splits, extra = merged.splits, merged.extra_train
+        summary["feedback"]["merge"] = {
+            "texts": merged.texts,
+            "duplicates": merged.duplicates,
+            "superseded": merged.superseded,
+            "weight": args.feedback_weight,
+            "train_examples_added": len(extra),
+        }
+
+    if store is None:
+        report = retrain(args.output, config, progress, splits, extra)
+        summary.update(status="written", version=report.version, output=str(args.output))
+        summary["report"] = report.to_dict()
+        code = EXIT_OK
+    else:
+        summary["store"] = str(store.root)
+        outcome = refresh(store, config, splits, extra, tolerance, args.force, progress)
+        summary.update(outcome.to_dict())
+        code = EXIT_HELD if outcome.status == "held" else EXIT_OK
+
+    if feedback is not None:
+        from worker.feedback import commit_feedback_offsets
+
+        commit_feedback_offsets(kafka_common, feedback)
+        summary["feedback"]["committed"] = feedback.committed
+        if feedback.problems:
+            summary["feedback"]["problems"] = feedback.problems
+    return code
+
+
+def _retrain_error_code(exc: Exception) -> int:
+    from model.checkpoint import CheckpointError
+    from model.store import NotAStoreError
+    from worker.feedback import FeedbackReadError
+
+    if isinstance(exc, FeedbackReadError):
+        return EXIT_BROKER
+    if isinstance(exc, CheckpointError):
+        return EXIT_CHECKPOINT
+    if isinstance(exc, NotAStoreError):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+def _kafka_settings(args: argparse.Namespace) -> Any:
+    from worker.settings import WorkerSettings
+
+    overrides = {} if args.kafka_bootstrap is None else {"kafka_bootstrap": args.kafka_bootstrap}
+    try:
+        return WorkerSettings(**overrides)
+    except ValidationError as exc:
+        raise UsageError(describe_validation_error(exc)) from exc
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN metrics (one-class splits) become null, so the summary is strict JSON."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# -- checkpoints -------------------------------------------------------------------
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    import os
+
+    from model.checkpoint import default_checkpoint_dir
+    from model.store import DEFAULT_KEEP, CheckpointStore, NotAStoreError, store_root_for
+
+    keep_text = os.environ.get("MODSTREAM_CHECKPOINT_KEEP")
+    keep = args.keep
+    if keep is None and keep_text:
+        try:
+            keep = int(keep_text)
+        except ValueError as exc:
+            raise UsageError(
+                f"MODSTREAM_CHECKPOINT_KEEP must be an integer, got {keep_text!r}"
+            ) from exc
+    keep = DEFAULT_KEEP if keep is None else keep
+    if keep < 2:
+        raise UsageError(f"--keep / MODSTREAM_CHECKPOINT_KEEP must be >= 2, got {keep}")
+    try:
+        root = store_root_for(args.store or default_checkpoint_dir())
+    except NotAStoreError as exc:
+        raise UsageError(f"{exc} (--store / MODSTREAM_CHECKPOINT_DIR)") from exc
+    return CheckpointStore(root, keep=keep)
+
+
+def _run_checkpoints(args: argparse.Namespace) -> int:
+    from model.checkpoint import CheckpointError
+    from model.store import NoPreviousVersionError, StoreError, UnknownVersionError
+
+    store = _open_store(args)
+    try:
+        if args.action == "list":
+            return _list_checkpoints(store, args.json)
+        change = store.promote(args.version) if args.action == "promote" else store.rollback()
+    except UnknownVersionError as exc:
+        raise UsageError(str(exc)) from exc
+    except NoPreviousVersionError as exc:
+        sys.stderr.write(f"modstream checkpoints {args.action}: {exc}\n")
+        return EXIT_FAILURE
+    except CheckpointError as exc:
+        sys.stderr.write(
+            f"modstream checkpoints {args.action}: refusing, the checkpoint does not load: "
+            f"{exc}\n"
+        )
+        return EXIT_CHECKPOINT
+    except StoreError as exc:
+        sys.stderr.write(f"modstream checkpoints {args.action}: {exc}\n")
+        return EXIT_FAILURE
+    if change.changed:
+        sys.stdout.write(
+            f"{change.action}: current is now {change.version} (was {change.previous or 'none'})"
+            f"; running workers reload it on their next check (or SIGHUP)\n"
+        )
+    else:
+        sys.stdout.write(f"{change.version} is already current\n")
     return EXIT_OK
 
 
-def _as_dict(report: Any) -> Any:
-    if dataclasses.is_dataclass(report) and not isinstance(report, type):
-        return dataclasses.asdict(report)
-    if hasattr(report, "to_dict"):
-        return report.to_dict()
-    return report
+def _list_checkpoints(store: Any, as_json: bool) -> int:
+    infos = store.list()
+    if as_json:
+        document = {
+            "store": str(store.root),
+            "current": store.current_version(),
+            "previous": store.previous_version(),
+            "versions": [info.to_dict() for info in infos],
+        }
+        sys.stdout.write(json.dumps(_json_safe(document), indent=1) + "\n")
+        return EXIT_OK
+    if not infos:
+        sys.stdout.write(f"no versions in the store at {store.root}\n")
+        return EXIT_OK
+    sys.stdout.write(f"  {'VERSION':<14}{'CREATED':<27}{'VAL AUC':<9}\n")
+    for info in infos:
+        mark = "*" if info.current else " "
+        auc = "-" if info.mean_validation_auc is None else f"{info.mean_validation_auc:.4f}"
+        note = "current" if info.current else "previous" if info.previous else ""
+        if info.problem:
+            note = f"{note} ({info.problem})".strip()
+        sys.stdout.write(f"{mark} {info.version:<14}{info.created_at or '-':<27}{auc:<9}{note}\n")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -28,6 +28,15 @@ def next_offsets(records: Iterable[SourceRecord]) -> dict[TopicPartition, int]:
     return offsets
 
 
+def first_offsets(records: Iterable[SourceRecord]) -> dict[TopicPartition, int]:
+    """Per partition, the lowest offset seen (where to rewind to after an abort)."""
+    offsets: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        offsets[tp] = min(offsets.get(tp, record.offset), record.offset)
+    return offsets
+
+
 class Committer:
     def __init__(self, consumer: KafkaConsumer) -> None:
         self._consumer = consumer

@@ -16,6 +16,11 @@ from schemas.dead_letter import DeadLetter, ErrorKind, encode_bytes
 from schemas.request import ModerationRequest
 
 MAX_ERROR_MESSAGE_CHARS = 1_000
+# A dead letter embeds the record's key and value. A record near the broker's size limit
+# would make a dead letter over the producer's (1 MiB), which could never be published:
+# a poison pill. Past this many bytes key and value are cut to a prefix (`truncated`);
+# JSON escaping grows bytes at most 6-fold, so the dead letter stays far below 1 MiB.
+MAX_EMBEDDED_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +33,8 @@ class SourceRecord:
     timestamp_ms: int | None
     key: bytes | None
     value: bytes | None
+    polled_at: float | None = None
+    """Wall-clock time (epoch seconds) the worker polled the record, if known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +83,10 @@ class Decoder:
 
     @staticmethod
     def reject(record: SourceRecord, kind: ErrorKind, message: str) -> Rejected:
-        key, key_encoding = encode_bytes(record.key)
-        value, value_encoding = encode_bytes(record.value)
+        raw_key, key_cut = _prefix(record.key, MAX_EMBEDDED_BYTES)
+        raw_value, value_cut = _prefix(record.value, MAX_EMBEDDED_BYTES)
+        key, key_encoding = encode_bytes(raw_key)
+        value, value_encoding = encode_bytes(raw_value)
         dead_letter = DeadLetter(
             error_kind=kind,
             error_message=message[:MAX_ERROR_MESSAGE_CHARS],
@@ -90,8 +99,27 @@ class Decoder:
             offset=record.offset,
             timestamp=record.timestamp_ms,
             dead_lettered_at=datetime.now(UTC),
+            truncated=key_cut or value_cut,
         )
         return Rejected(record, dead_letter)
+
+
+def _prefix(raw: bytes | None, limit: int) -> tuple[bytes | None, bool]:
+    """At most `limit` bytes of `raw`, cut on a character boundary when it is UTF-8."""
+    if raw is None or len(raw) <= limit:
+        return raw, False
+    cut = raw[:limit]
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return cut, True
+    for back in range(4):  # a UTF-8 character is at most 4 bytes
+        try:
+            (cut[: len(cut) - back]).decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return cut[: len(cut) - back], True
+    return cut, True
 
 
 def classify(errors: list[ErrorDetails]) -> tuple[ErrorKind, str]:

@@ -1,8 +1,12 @@
 """Health state and the HTTP server for /metrics, /livez and /readyz.
 
-Liveness means the processing loop still turns (Kubernetes restarts a stuck pod);
-readiness means this pod can do useful work (model loaded, group joined, producer
-healthy). Both answer JSON saying why, so a failing probe explains itself.
+Liveness means the processing loop still turns: it ticks after every poll (idle polls
+included, at least every half second) and after every batch, so only a loop stuck for
+longer than `liveness_deadline_s` (MODSTREAM_LIVENESS_DEADLINE_S) fails /livez and gets the
+pod restarted. Readiness means this pod can do useful work: model loaded, consumer group
+joined (with partitions, or idle-assigned when there are more workers than partitions),
+producer connected and publishing. Both answer JSON saying why, so a failing probe explains
+itself: 200 when ok, 503 when not.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class HealthState:
     group_joined: bool = False
     producer_ok: bool = True
     problem: str | None = None
+    assigned_partitions: int | None = None
     last_progress: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -42,7 +47,17 @@ class HealthState:
         with self._lock:
             age = time.monotonic() - self.last_progress
             ok = age <= self.liveness_deadline_s
-            return ok, {"live": ok, "seconds_since_progress": round(age, 3)}
+            body: dict[str, Any] = {
+                "live": ok,
+                "seconds_since_progress": round(age, 3),
+                "deadline_s": self.liveness_deadline_s,
+            }
+            if not ok:
+                body["reason"] = (
+                    f"processing loop made no progress for {age:.1f}s "
+                    f"(deadline {self.liveness_deadline_s:g}s)"
+                )
+            return ok, body
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         with self._lock:
@@ -54,7 +69,14 @@ class HealthState:
             if not self.producer_ok:
                 reasons.append(self.problem or "producer failing")
             ok = not reasons
-            return ok, {"ready": ok, "model_version": self.model_version, "reasons": reasons}
+            return ok, {
+                "ready": ok,
+                "model_version": self.model_version,
+                "group_joined": self.group_joined,
+                "assigned_partitions": self.assigned_partitions,
+                "producer_ok": self.producer_ok,
+                "reasons": reasons,
+            }
 
 
 class HealthServer:

@@ -6,7 +6,11 @@ benchmarks can run several workers in one process without name clashes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from schemas.dead_letter import ErrorKind
 
 LATENCY_BUCKETS = (
     0.001,
@@ -31,6 +35,9 @@ RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 OUTCOMES = ("ok", "invalid", "error")
+RELOAD_RESULTS = ("ok", "failed")
+STAGES = ("queue", "decode", "tokenize", "inference", "publish", "commit")
+COMMIT_RESULTS = ("ok", "failed")
 
 
 class WorkerMetrics:
@@ -47,7 +54,9 @@ class WorkerMetrics:
         )
         self.stage_seconds = Histogram(
             "modstream_stage_latency_seconds",
-            "Time per batch spent in one pipeline stage.",
+            "Seconds in one pipeline stage: queue per record (record timestamp, else poll "
+            "time, to its batch's start); decode (+validate), tokenize, inference, publish "
+            "(until acknowledged) and commit per batch.",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -128,6 +137,13 @@ class WorkerMetrics:
             "Input partitions currently assigned to this worker.",
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "modstream_consumer_lag_records",
+            "Per assigned partition: end offset (high watermark) minus the consumer's "
+            "position, refreshed every MODSTREAM_LAG_INTERVAL_S.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.rebalances = Counter(
             "modstream_rebalances",
             "Consumer group rebalances seen (assignments received).",
@@ -139,8 +155,29 @@ class WorkerMetrics:
             registry=r,
         )
         self.build_info = Info("modstream_build", "Package version.", registry=r)
+        self.model_reloads = Counter(
+            "modstream_model_reloads",
+            "Checkpoint reloads by result: ok (swapped in), failed (old model kept serving).",
+            ["result"],
+            registry=r,
+        )
         for outcome in OUTCOMES:
             self.messages.labels(outcome=outcome)
+        for result in RELOAD_RESULTS:
+            self.model_reloads.labels(result=result)
+        # Series that dashboards and alerts rate() exist from the first scrape on, at 0.
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
+        for kind in ErrorKind:
+            self.dead_letters.labels(reason=kind.value)
+        for result in COMMIT_RESULTS:
+            self.commits.labels(result=result)
+
+    def init_categories(self, categories: Iterable[str]) -> None:
+        """Creates the per-category series of a model's labels (called when it starts serving)."""
+        for category in categories:
+            self.flagged.labels(category=category)
+            self.scores.labels(category=category)
 
 
 def catalogue_markdown() -> str:

@@ -6,10 +6,11 @@ the README's configuration table are checked against this class.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.checkpoint import default_checkpoint_dir
@@ -21,6 +22,8 @@ ENV_ONLY_SETTINGS = frozenset({"sasl_password"})
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+Delivery = Literal["at_least_once", "exactly_once"]
+AssignmentStrategy = Literal["range", "roundrobin", "cooperative-sticky"]
 
 
 class WorkerSettings(BaseSettings):
@@ -47,8 +50,19 @@ class WorkerSettings(BaseSettings):
         "modstream-worker"
     )
     checkpoint_dir: Annotated[
-        Path, Field(description="Checkpoint directory (model.json + weights.safetensors).")
+        Path,
+        Field(
+            description="Checkpoint directory (model.json + weights.safetensors), or a "
+            "checkpoint store root, or its `current` link."
+        ),
     ] = Field(default_factory=default_checkpoint_dir)
+    reload_interval_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Check the checkpoint for a new version this often; 0 = only on SIGHUP.",
+        ),
+    ] = 10.0
     device: Annotated[Device, Field(description="Inference device: auto, cpu or cuda.")] = "auto"
     max_batch_size: Annotated[
         int, Field(ge=1, le=65_536, description="Close a batch at this many records.")
@@ -70,7 +84,7 @@ class WorkerSettings(BaseSettings):
         int,
         Field(
             ge=0,
-            description="torch intra-op threads (1 leaves a core for Kafka I/O); 0 = torch's default.",
+            description="torch intra-op threads (1 leaves a core for Kafka I/O); 0 = default.",
         ),
     ] = 1
     metrics_host: Annotated[str, Field(description="Bind address of /metrics and health.")] = (
@@ -80,6 +94,16 @@ class WorkerSettings(BaseSettings):
         int, Field(ge=0, le=65_535, description="Port of /metrics, /livez, /readyz; 0 = any.")
     ] = 9108
     log_level: Annotated[LogLevel, Field(description="debug, info, warning or error.")] = "info"
+    log_summary_interval_s: Annotated[
+        float, Field(gt=0, description="Seconds between info-level summary log lines.")
+    ] = 30.0
+    lag_interval_s: Annotated[
+        float, Field(gt=0, description="Seconds between consumer lag refreshes.")
+    ] = 5.0
+    liveness_deadline_s: Annotated[
+        float,
+        Field(gt=0, description="/livez fails when the processing loop is stuck this long."),
+    ] = 60.0
     publish_timeout_s: Annotated[
         float, Field(gt=0, description="Wait this long for output acknowledgements per try.")
     ] = 30.0
@@ -98,6 +122,50 @@ class WorkerSettings(BaseSettings):
         SecretStr | None, Field(description="SASL password (env or secret file only).")
     ] = None
     ssl_cafile: Annotated[Path | None, Field(description="CA bundle for TLS.")] = None
+    delivery: Annotated[
+        Delivery,
+        Field(
+            description="at_least_once (commit after acks) or exactly_once (outputs and "
+            "offsets in one transaction)."
+        ),
+    ] = "at_least_once"
+    transactional_id: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            description="Stable transactional id (exactly_once); default: group id + "
+            "group instance id, else + host name. Unique per live worker.",
+        ),
+    ] = None
+    group_instance_id: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            description="Static group membership: a restart with the same id rejoins "
+            "without a rebalance. Unique per live worker.",
+        ),
+    ] = None
+    assignment_strategy: Annotated[
+        AssignmentStrategy,
+        Field(description="Partition assignor: range, roundrobin or cooperative-sticky."),
+    ] = "range"
+    session_timeout_ms: Annotated[
+        int,
+        Field(
+            ge=6_000,
+            le=1_800_000,
+            description="A worker silent this long leaves the group (and a static member "
+            "is replaced only after it).",
+        ),
+    ] = 45_000
+    max_poll_interval_ms: Annotated[
+        int,
+        Field(
+            ge=10_000,
+            description="Most time between polls; one batch (max_batch_size records) must "
+            "be scored and published well within it.",
+        ),
+    ] = 300_000
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -108,10 +176,38 @@ class WorkerSettings(BaseSettings):
                 raise ValueError(f"{server!r} is not host:port")
         return value
 
+    @field_validator("sasl_mechanism")
+    @classmethod
+    def _sasl_needs_a_mechanism(cls, value: str | None, info: ValidationInfo) -> str | None:
+        protocol = info.data.get("security_protocol", "PLAINTEXT")
+        if value is None and str(protocol).startswith("SASL_"):
+            raise ValueError(f"required when security_protocol is {protocol}")
+        return value
+
+    @field_validator("sasl_username", "sasl_password")
+    @classmethod
+    def _sasl_needs_credentials(
+        cls, value: str | SecretStr | None, info: ValidationInfo
+    ) -> str | SecretStr | None:
+        if value is None and info.data.get("sasl_mechanism") is not None:
+            raise ValueError(f"required with sasl_mechanism {info.data['sasl_mechanism']}")
+        return value
+
+    def resolved_transactional_id(self) -> str:
+        """The transactional id of this worker: stable across its restarts, unique among
+        live workers (a second producer with the same id fences the first)."""
+        if self.transactional_id is not None:
+            return self.transactional_id
+        member = self.group_instance_id or socket.gethostname()
+        return f"{self.group_id}.{member}"
+
+    def bootstrap_servers(self) -> list[str]:
+        return [server.strip() for server in self.kafka_bootstrap.split(",")]
+
     def kafka_common(self) -> dict[str, object]:
         """Connection settings shared by the consumer, the producer and admin clients."""
         common: dict[str, object] = {
-            "bootstrap_servers": [s.strip() for s in self.kafka_bootstrap.split(",")],
+            "bootstrap_servers": self.bootstrap_servers(),
             "security_protocol": self.security_protocol,
         }
         if self.sasl_mechanism is not None:

@@ -243,3 +243,19 @@ def test_same_seed_gives_the_same_metrics(tmp_path: Path) -> None:
     a_scores = Engine.load(tmp_path / "a", device="cpu").score(texts).probabilities
     b_scores = Engine.load(tmp_path / "b", device="cpu").score(texts).probabilities
     np.testing.assert_allclose(a_scores, b_scores, atol=1e-6)
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_report_travels_with_the_checkpoint_into_a_store(tmp_path: Path, move: bool) -> None:
+    from model.store import CheckpointStore
+
+    config = report_config(baseline=False, epochs=1)
+    report = retrain(tmp_path / "ckpt", config, lambda _: None, synthetic_splits())
+    store = CheckpointStore(tmp_path / "store")
+    version = store.add(tmp_path / "ckpt", move=move)
+    assert version == report.version
+    copied = store.version_dir(version) / REPORT_DIR
+    assert json.loads((copied / JSON_FILE).read_text())["version"] == version
+    assert (copied / MARKDOWN_FILE).is_file()
+    store.promote(version)
+    assert load_checkpoint(store.root).version == version

@@ -1,0 +1,202 @@
+"""Shared pieces of the benchmark suite: broker, real texts, topics, worker process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def kafka_local() -> ModuleType:
+    name = "modstream_kafka_local"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = REPO_ROOT / "deploy" / "local" / "kafka_local.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def broker() -> Iterator[str]:
+    with kafka_local().broker_from_env() as bootstrap:
+        yield str(bootstrap)
+
+
+def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
+    kafka_local().create_topics(bootstrap, list(names), partitions)
+
+
+def real_texts() -> list[str]:
+    """Every text of both corpora: the real length distribution of moderation traffic."""
+    from model.data import load_splits
+
+    splits = load_splits()
+    return [e.text for part in (splits.train, splits.validation, splits.test) for e in part]
+
+
+def sample_texts(count: int, seed: int = 7) -> list[str]:
+    texts = real_texts()
+    rng = random.Random(seed)
+    return [rng.choice(texts) for _ in range(count)]
+
+
+def request_value(message_id: str, text: str) -> bytes:
+    return json.dumps({"id": message_id, "text": text}).encode()
+
+
+def prefill(bootstrap: str, topic: str, texts: Sequence[str], prefix: str = "m") -> float:
+    """Writes one request per text; returns the producer's msg/s."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=512 * 1024
+    )
+    start = time.perf_counter()
+    for n, text in enumerate(texts):
+        key = f"{prefix}-{n}".encode()
+        producer.send(topic, key=key, value=request_value(f"{prefix}-{n}", text))
+    producer.flush(timeout=300)
+    elapsed = time.perf_counter() - start
+    producer.close()
+    return len(texts) / elapsed
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+def committed(bootstrap: str, group: str) -> dict[int, int]:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return {tp.partition: m.offset for tp, m in offsets.items() if m.offset >= 0}
+
+
+def wait_until(condition: Any, timeout_s: float, what: str, step_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(step_s)
+
+
+def read_all(bootstrap: str, topic: str, timeout_s: float = 300) -> list[Any]:
+    """Every record of a topic (raw kafka-python records), up to its current end."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=5000
+    )
+    partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while any(consumer.position(tp) < end for tp, end in ends.items()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic}")
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+    consumer.close()
+    return records
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Worker:
+    """`modstream worker` as a child process, as operators run it."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, str], group: str, **settings: str):
+        env = {
+            **os.environ,
+            "MODSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "MODSTREAM_INPUT_TOPIC": topics["input"],
+            "MODSTREAM_OUTPUT_TOPIC": topics["output"],
+            "MODSTREAM_DEAD_LETTER_TOPIC": topics["dead_letter"],
+            "MODSTREAM_GROUP_ID": group,
+            "MODSTREAM_METRICS_HOST": "127.0.0.1",
+            "MODSTREAM_METRICS_PORT": str(free_port()),
+            "MODSTREAM_LOG_LEVEL": "warning",
+            "MODSTREAM_DEVICE": "cpu",
+        }
+        env.update({f"MODSTREAM_{k.upper()}": v for k, v in settings.items()})
+        self.port = int(env["MODSTREAM_METRICS_PORT"])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"], cwd=REPO_ROOT, env=env
+        )
+        self.peak_rss_bytes = 0
+
+    def ready(self) -> bool:
+        import urllib.request
+
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        wait_until(self.ready, timeout_s, "worker readiness")
+
+    def sample_rss(self) -> int:
+        """Peak resident set (VmHWM) of the worker so far, in bytes."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_rss_bytes = max(self.peak_rss_bytes, int(line.split()[1]) * 1024)
+        except OSError:
+            pass
+        return self.peak_rss_bytes
+
+    def stop(self) -> int:
+        self.sample_rss()
+        self.proc.terminate()
+        return self.proc.wait(timeout=60)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)

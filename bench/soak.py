@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Reliability soak: the fault sequence on a real broker, lost and duplicated ids per mode.
+
+For each delivery mode it starts a broker of its own (log kept on disk), produces
+`--messages` numbered requests to a 6-partition topic, runs `modstream worker`
+processes and, as the outputs pass given fractions of the stream, injects:
+
+    10%  kill -9 worker a, restart it
+    25%  start workers b and c             (rebalance 1 -> 3)
+    40%  kill -9 worker b, restart it
+    55%  restart the broker                (SIGTERM, start again on the same data)
+    70%  stop workers b and c              (rebalance 3 -> 1)
+    85%  kill -9 worker a, restart it
+
+then waits until every input offset is committed and reads the whole output topic
+(`read_committed` for exactly-once) to count, by request id, what was lost and what was
+duplicated. Every wait is bounded by `--phase-timeout`. Usage:
+
+    python bench/soak.py --messages 100000            # both modes
+    python bench/soak.py --messages 20000 --mode exactly_once
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.conftest import load_kafka_local  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    TopicReader,
+    WorkerProcess,
+    committed_offsets,
+    end_offsets,
+    produce,
+    request_bytes,
+    worker_env,
+)
+
+TEXTS = [
+    "you are a complete idiot",
+    "Free entry! Text WIN to 87121 to claim your prize now",
+    "see you at lunch tomorrow",
+    "what a pathetic loser",
+    "Thanks, that was really helpful.",
+]
+PARTITIONS = 6
+
+
+@dataclass
+class Outcome:
+    mode: str
+    inputs: int
+    lost: int
+    duplicates: int
+    outputs: int
+    seconds: float
+    faults: list[str] = field(default_factory=list)
+
+
+def say(message: str) -> None:
+    sys.stderr.write(f"[soak {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"soak: timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(0.25)  # polling interval of a bounded wait, not synchronisation
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, checkpoint: Path, workdir: Path) -> None:
+        self.args = args
+        self.checkpoint = checkpoint
+        self.workdir = workdir
+        self.kafka_local = load_kafka_local()
+
+    def run(self, mode: str) -> Outcome:
+        broker = self.kafka_local.LocalKafka(
+            log_dir=self.workdir / f"broker-{mode}", startup_timeout=180
+        )
+        broker.start()
+        try:
+            return self._run(mode, broker)
+        finally:
+            broker.stop()
+
+    def _run(self, mode: str, broker: Any) -> Outcome:
+        args = self.args
+        bootstrap = broker.bootstrap
+        tag = uuid.uuid4().hex[:6]
+        topics = {
+            r: f"soak-{tag}-{r.replace('_', '-')}" for r in ("input", "output", "dead_letter")
+        }
+        broker.create_topics(list(topics.values()), PARTITIONS)
+        group = f"soak-{tag}"
+        count = args.messages
+        say(f"{mode}: producing {count} requests to {PARTITIONS} partitions")
+        for start in range(0, count, 10_000):
+            produce(
+                bootstrap,
+                topics["input"],
+                [
+                    (f"k{n}".encode(), request_bytes(f"m-{n}", f"{TEXTS[n % 5]} #{n}"))
+                    for n in range(start, min(start + 10_000, count))
+                ],
+            )
+        isolation = "read_committed" if mode == "exactly_once" else "read_uncommitted"
+        reader = TopicReader(bootstrap, topics["output"], isolation)
+        workers: dict[str, WorkerProcess] = {}
+        faults: list[str] = []
+
+        def start(name: str) -> None:
+            env = worker_env(
+                bootstrap,
+                topics,
+                self.checkpoint,
+                group,
+                delivery=mode,
+                group_instance_id=f"soak-{name}",
+                transactional_id=f"{group}-{name}",
+                # Static members do not leave on shutdown: the group notices a stopped
+                # one after the session timeout, so keep it short for the scale-down.
+                session_timeout_ms="10000",
+                publish_timeout_s="5",
+                max_batch_size=str(args.max_batch_size),
+            )
+            log = self.workdir / f"{mode}-{name}-{len(faults)}.log"
+            worker = WorkerProcess(env, log)
+            workers[name] = worker
+            worker.wait_ready(args.phase_timeout)
+
+        def progress_to(fraction: float) -> None:
+            target = int(count * fraction)
+
+            def reached() -> bool:
+                reader.poll()
+                for name, worker in workers.items():
+                    if worker.proc.poll() is not None:
+                        raise SystemExit(f"soak: worker {name} exited:\n{worker.logs()}")
+                return len(reader.records) >= target
+
+            wait_until(reached, args.phase_timeout, f"{target} outputs")
+
+        def kill(name: str) -> None:
+            workers[name].kill()
+            faults.append(f"kill -9 {name} at {len(reader.records)} outputs")
+            say(f"{mode}: {faults[-1]}")
+            start(name)
+
+        started = time.monotonic()
+        start("a")
+        try:
+            progress_to(0.10)
+            kill("a")
+            progress_to(0.25)
+            for name in ("b", "c"):
+                start(name)
+            faults.append(f"scale 1 -> 3 at {len(reader.records)} outputs")
+            say(f"{mode}: {faults[-1]}")
+            progress_to(0.40)
+            kill("b")
+            progress_to(0.55)
+            broker.stop(keep_data=True)
+            faults.append(f"broker restart at {len(reader.records)} outputs")
+            say(f"{mode}: {faults[-1]}")
+            broker.start()
+            progress_to(0.70)
+            for name in ("b", "c"):
+                code = workers.pop(name).stop()
+                if code != 0:
+                    raise SystemExit(f"soak: worker {name} exited {code} on SIGTERM")
+            faults.append(f"scale 3 -> 1 at {len(reader.records)} outputs")
+            say(f"{mode}: {faults[-1]}")
+            progress_to(0.85)
+            kill("a")
+            wait_until(
+                lambda: (
+                    committed_offsets(bootstrap, group) == end_offsets(bootstrap, topics["input"])
+                ),
+                args.phase_timeout,
+                "every input offset committed",
+            )
+        finally:
+            codes = {name: worker.stop() for name, worker in workers.items()}
+        elapsed = time.monotonic() - started
+        if any(codes.values()):
+            raise SystemExit(f"soak: workers exited with {codes}")
+        ids = [r.value["id"] for r in reader.read_to_end(args.phase_timeout)]
+        reader.close()
+        counts = Counter(ids)
+        expected = {f"m-{n}" for n in range(count)}
+        outcome = Outcome(
+            mode=mode,
+            inputs=count,
+            lost=len(expected - set(counts)),
+            duplicates=sum(c - 1 for c in counts.values()),
+            outputs=len(ids),
+            seconds=round(elapsed, 1),
+            faults=faults,
+        )
+        say(f"{mode}: lost {outcome.lost}, duplicates {outcome.duplicates}, {elapsed:.0f}s")
+        return outcome
+
+
+def checkpoint_dir(given: Path | None, workdir: Path) -> Path:
+    if given is not None:
+        return given
+    default = REPO_ROOT / "checkpoints" / "current"
+    if (default / "model.json").is_file():
+        return default
+    from model.train import TrainConfig, retrain
+
+    say("no checkpoint: training the tiny one used by the tests")
+    target = workdir / "checkpoint"
+    retrain(target, TrainConfig.tiny(), lambda _line: None)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000, help="requests per mode")
+    parser.add_argument(
+        "--mode",
+        choices=["at_least_once", "exactly_once", "both"],
+        default="both",
+        help="delivery mode(s) to soak",
+    )
+    parser.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint")
+    parser.add_argument("--max-batch-size", type=int, default=256)
+    parser.add_argument("--phase-timeout", type=float, default=900.0, metavar="SECONDS")
+    parser.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+    args = parser.parse_args(argv)
+    if args.messages < 100:
+        parser.error("--messages must be at least 100")
+    modes = ["at_least_once", "exactly_once"] if args.mode == "both" else [args.mode]
+    with tempfile.TemporaryDirectory(prefix="modstream-soak-") as tmp:
+        workdir = Path(tmp)
+        soak = Soak(args, checkpoint_dir(args.checkpoint, workdir), workdir)
+        outcomes = [soak.run(mode) for mode in modes]
+    if args.json:
+        print(json.dumps([asdict(o) for o in outcomes], indent=2))
+    else:
+        print("| mode | inputs | lost | duplicates | outputs | seconds |")
+        print("|---|---|---|---|---|---|")
+        for o in outcomes:
+            print(
+                f"| {o.mode} | {o.inputs} | {o.lost} | {o.duplicates} | {o.outputs} | {o.seconds} |"
+            )
+    failed = any(o.lost for o in outcomes) or any(
+        o.duplicates for o in outcomes if o.mode == "exactly_once"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The periodic retrain job, Kafka-free: train a candidate, add it to the store, gate, promote.
+
+1. Train on the given splits (plus extra examples, e.g. merged moderator feedback) and
+   write the checkpoint inside the store, then add it as a version (a rename).
+2. Measure the serving checkpoint on the very validation examples the candidate was
+   measured on, through the same `Engine` path.
+3. `model.gate.should_promote` decides; promotion switches the store's pointer, and
+   running workers pick the new version up on their next reload check. A held
+   candidate stays in the store, listed, for an operator to promote by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from model.checkpoint import CheckpointError
+from model.data import DataSplits, Example
+from model.engine import Engine, EngineError
+from model.gate import DEFAULT_TOLERANCE, mean_auc, should_promote
+from model.store import CheckpointStore
+from model.train import (
+    Progress,
+    RetrainReport,
+    TrainConfig,
+    evaluate,
+    retrain,
+    validation_subset,
+)
+
+Status = Literal["promoted", "held", "unchanged"]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class RefreshOutcome:
+    status: Status
+    version: str  # the candidate
+    previous: str | None  # current before the job
+    current: str | None  # current after the job
+    reason: str
+    tolerance: float
+    candidate_mean_auc: float
+    current_mean_auc: float | None
+    report: RetrainReport
+    current_validation: dict[str, dict[str, Any]] | None = None
+    pruned: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "version": self.version,
+            "previous": self.previous,
+            "current": self.current,
+            "reason": self.reason,
+            "tolerance": self.tolerance,
+            "candidate_mean_auc": self.candidate_mean_auc,
+            "current_mean_auc": self.current_mean_auc,
+            "current_validation": self.current_validation,
+            "pruned": self.pruned,
+            "report": self.report.to_dict(),
+        }
+
+
+def refresh(
+    store: CheckpointStore,
+    config: TrainConfig,
+    splits: DataSplits,
+    extra_examples: list[Example] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    force: bool = False,
+    progress: Progress = _quiet,
+) -> RefreshOutcome:
+    """Steps 1-3 of the module docstring. Raises on training or store failures."""
+    with store.incoming() as staging:
+        report = retrain(staging, config, progress, splits, extra_examples or [])
+        version = store.add(staging, move=True)
+    previous = store.current_version()
+    candidate_auc = mean_auc(report.validation)
+    if previous == version:
+        return RefreshOutcome(
+            status="unchanged",
+            version=version,
+            previous=previous,
+            current=previous,
+            reason="the candidate is identical to the current version",
+            tolerance=tolerance,
+            candidate_mean_auc=candidate_auc,
+            current_mean_auc=candidate_auc,
+            report=report,
+        )
+
+    current_metrics, problem = _measure_current(store, config, splits)
+    promote, reason = should_promote(report.validation, current_metrics, tolerance)
+    if problem is not None and current_metrics is None:
+        reason = f"{problem}; {reason}"
+    if force and not promote:
+        promote, reason = True, f"forced despite the gate: {reason}"
+    progress(f"gate: {'promote' if promote else 'hold'}: {reason}")
+    pruned: list[str] = []
+    if promote:
+        change = store.promote(version)
+        pruned = list(change.pruned)
+    return RefreshOutcome(
+        status="promoted" if promote else "held",
+        version=version,
+        previous=previous,
+        current=store.current_version(),
+        reason=reason,
+        tolerance=tolerance,
+        candidate_mean_auc=candidate_auc,
+        current_mean_auc=mean_auc(current_metrics) if current_metrics else None,
+        report=report,
+        current_validation=current_metrics,
+        pruned=pruned,
+    )
+
+
+def _measure_current(
+    store: CheckpointStore, config: TrainConfig, splits: DataSplits
+) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
+    """The serving model's validation metrics, or (None, why) when there is none to use."""
+    current_dir = store.current_dir()
+    if current_dir is None:
+        return None, None
+    try:
+        engine = Engine.load(current_dir, device=config.device, max_tokens=config.max_tokens)
+    except (CheckpointError, EngineError) as exc:
+        return None, f"current checkpoint unusable ({exc})"
+    if engine.labels != splits.labels:
+        # Different labels cannot be measured on this data; the gate holds on them.
+        return {label: {} for label in engine.labels}, None
+    return evaluate(engine, validation_subset(config, splits), engine.thresholds), None

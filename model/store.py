@@ -1,0 +1,509 @@
+"""Checkpoint store: versioned checkpoints plus an atomically switched `current` pointer.
+
+Layout of a store root (the default one is `checkpoints/` under the repo root):
+
+    <root>/versions/<version>/   one complete checkpoint per version, never modified
+    <root>/current               symlink → versions/<version>: the serving checkpoint
+    <root>/history.json          rollback stack, order of addition, recent pointer moves
+    <root>/.lock                 flock'd by every change, so two operators can't interleave
+
+Why a symlink: switching it is one rename(2) of a fresh link over the old one, which is
+atomic, and `<root>/current` stays a path to a complete checkpoint for readers that know
+nothing of stores (`checkpoints/current` was the plain default location before).
+Readers resolve the link once (`model.checkpoint.resolve_checkpoint_dir`) and read both
+files from the version directory, which never changes, so they cannot mix versions.
+
+Rollback is a stack: promoting pushes the version it replaces, rollback pops it.
+Pruning keeps the `keep` most recently added versions, plus the current version and
+the one a rollback would return to, whatever their age.
+
+A plain checkpoint directory left at `<root>/current` by an older release is adopted on
+the first change: copied in as a version, then replaced by the pointer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint import (
+    META_FILE,
+    STORE_POINTER,
+    STORE_VERSIONS_DIR,
+    CheckpointCorruptError,
+    CheckpointError,
+    load_checkpoint,
+)
+
+DEFAULT_KEEP = 5
+HISTORY_FILE = "history.json"
+LOCK_FILE = ".lock"
+INCOMING_DIR = ".incoming"
+MAX_STACK = 50
+MAX_EVENTS = 100
+_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message says why."""
+
+
+class UnknownVersionError(StoreError):
+    """No such version in the store (or not a valid version name)."""
+
+
+class NoPreviousVersionError(StoreError):
+    """Rollback asked for, but there is nothing to roll back to."""
+
+
+class NotAStoreError(StoreError):
+    """The path is something else (e.g. a plain checkpoint directory)."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    path: Path
+    created_at: str | None
+    mean_validation_auc: float | None
+    current: bool
+    previous: bool
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "path": str(self.path),
+            "created_at": self.created_at,
+            "mean_validation_auc": self.mean_validation_auc,
+            "current": self.current,
+            "previous": self.previous,
+            "problem": self.problem,
+        }
+
+
+@dataclass(frozen=True)
+class PointerChange:
+    """What a promote or rollback did; `changed` is False when it was already current."""
+
+    action: str
+    version: str
+    previous: str | None
+    changed: bool
+    pruned: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "version": self.version,
+            "previous": self.previous,
+            "changed": self.changed,
+            "pruned": list(self.pruned),
+        }
+
+
+def store_root_for(path: str | Path) -> Path:
+    """The store that a checkpoint setting designates.
+
+    A store root is itself; `…/current` (link, legacy plain directory, or not there yet)
+    belongs to the store at its parent; a path that does not exist yet becomes a new
+    store. Any other existing directory — a plain checkpoint directory in particular —
+    is not a store.
+    """
+    path = Path(path)
+    if (path / STORE_VERSIONS_DIR).is_dir() or (path / STORE_POINTER).is_symlink():
+        return path
+    if path.name == STORE_POINTER:
+        return path.parent
+    if not path.exists():
+        return path
+    if path.is_dir() and not any(path.iterdir()):
+        return path
+    if (path / META_FILE).exists():
+        raise NotAStoreError(
+            f"{path} is a plain checkpoint directory, not a checkpoint store (a store holds "
+            f"{STORE_VERSIONS_DIR}/ and a {STORE_POINTER} link); name the store root, or "
+            f"use a directory called '{STORE_POINTER}' inside it"
+        )
+    raise NotAStoreError(f"{path} is neither a checkpoint store nor empty")
+
+
+def peek_version(directory: str | Path) -> str | None:
+    """The `version` field of a checkpoint's model.json, or None if unreadable.
+
+    Cheap compared with `load_checkpoint` (no weights, no validation): for listings and
+    change detection, never for deciding what to serve.
+    """
+    try:
+        meta = json.loads((Path(directory) / META_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    version = meta.get("version") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
+
+
+class CheckpointStore:
+    def __init__(self, root: str | Path, keep: int = DEFAULT_KEEP) -> None:
+        if keep < 2:
+            raise ValueError(f"keep must be at least 2 (current and previous), got {keep}")
+        self.root = Path(root)
+        self.keep = keep
+
+    # -- paths ---------------------------------------------------------------------
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / STORE_VERSIONS_DIR
+
+    @property
+    def pointer(self) -> Path:
+        return self.root / STORE_POINTER
+
+    def version_dir(self, version: str) -> Path:
+        if not _VERSION_NAME.match(version):
+            raise UnknownVersionError(f"{version!r} is not a version name")
+        return self.versions_dir / version
+
+    # -- reading -------------------------------------------------------------------
+
+    def current_version(self) -> str | None:
+        if self.pointer.is_symlink():
+            return Path(os.readlink(self.pointer)).name
+        if self.pointer.is_dir():  # legacy plain directory
+            return peek_version(self.pointer)
+        return None
+
+    def current_dir(self) -> Path | None:
+        """The serving checkpoint's directory (resolved), or None when there is none."""
+        if self.pointer.is_symlink():
+            resolved = Path(os.path.realpath(self.pointer))
+            return resolved if resolved.is_dir() else None
+        if self.pointer.is_dir():
+            return self.pointer
+        return None
+
+    def previous_version(self) -> str | None:
+        """The version `rollback` would return to."""
+        current = self.current_version()
+        for version in reversed(self._read_history()["stack"]):
+            if version != current and self.version_dir(version).is_dir():
+                return str(version)
+        return None
+
+    def versions(self) -> list[str]:
+        """Versions present, oldest addition first."""
+        history = self._read_history()
+        return self._ordered(history)
+
+    def history(self) -> list[dict[str, Any]]:
+        """Recent pointer moves, oldest first."""
+        return list(self._read_history()["events"])
+
+    # -- changing ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[Path]:
+        """A not-yet-existing path inside the store to write a new checkpoint to (same
+        file system, so `add(..., move=True)` is a rename); cleaned up afterwards."""
+        parent = self.root / INCOMING_DIR
+        parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="retrain-", dir=parent))
+        try:
+            yield scratch / "checkpoint"
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def add(self, checkpoint_dir: str | Path, move: bool = False) -> str:
+        """Validate a checkpoint and add it as a version (not current); returns the version.
+
+        Adding a version that is already there is a no-op. Raises `CheckpointError` for
+        a checkpoint that does not load.
+        """
+        source = Path(checkpoint_dir)
+        version = load_checkpoint(source).version
+        with self._locked() as history:
+            target = self.version_dir(version)
+            if not target.is_dir():
+                self._install(source, target, move)
+            if version in history["added"]:
+                history["added"].remove(version)
+            history["added"].append(version)
+            self._prune(history)
+            self._write_history(history)
+        return version
+
+    def promote(self, version: str, verify: bool = True) -> PointerChange:
+        """Make `version` current. With `verify`, it must load cleanly first."""
+        with self._locked() as history:
+            target = self.version_dir(version)
+            if not target.is_dir():
+                known = ", ".join(self._ordered(history)) or "none"
+                raise UnknownVersionError(
+                    f"no version {version!r} in the store at {self.root} (known: {known})"
+                )
+            if verify:
+                _verify(target, version)
+            self._adopt_legacy(history)
+            current = self.current_version()
+            if current == version:
+                return PointerChange("promote", version, current, changed=False)
+            if current is not None:
+                history["stack"] = [v for v in history["stack"] if v != current][-MAX_STACK + 1 :]
+                history["stack"].append(current)
+            _record(history, "promote", version, current)
+            # History first: a crash before the switch leaves a stack entry equal to the
+            # current version, which rollback skips.
+            self._write_history(history)
+            self._switch_pointer(version)
+            pruned = self._prune(history)
+            self._write_history(history)
+            return PointerChange("promote", version, current, changed=True, pruned=pruned)
+
+    def rollback(self, verify: bool = True) -> PointerChange:
+        """Make the previously current version current again (pops the stack)."""
+        with self._locked() as history:
+            self._adopt_legacy(history)
+            current = self.current_version()
+            stack: list[str] = history["stack"]
+            target: str | None = None
+            while stack:
+                candidate = stack.pop()
+                if candidate != current and self.version_dir(candidate).is_dir():
+                    target = candidate
+                    break
+            if target is None:
+                raise NoPreviousVersionError(
+                    f"nothing to roll back to in the store at {self.root} "
+                    f"(current: {current or 'none'})"
+                )
+            if verify:
+                _verify(self.version_dir(target), target)
+            _record(history, "rollback", target, current)
+            self._write_history(history)
+            self._switch_pointer(target)
+            self._write_history(history)
+            return PointerChange("rollback", target, current, changed=True)
+
+    def prune(self) -> list[str]:
+        with self._locked() as history:
+            pruned = self._prune(history)
+            self._write_history(history)
+            return list(pruned)
+
+    # -- internals -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield self._read_history()
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _read_history(self) -> dict[str, Any]:
+        empty: dict[str, Any] = {"format": 1, "added": [], "stack": [], "events": []}
+        try:
+            data = json.loads((self.root / HISTORY_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return empty
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.root / HISTORY_FILE} is unreadable: {exc}") from exc
+        if not isinstance(data, dict):
+            raise StoreError(f"{self.root / HISTORY_FILE} must hold a JSON object")
+        for key, kind in (("added", str), ("stack", str), ("events", dict)):
+            value = data.get(key)
+            data[key] = [v for v in value if isinstance(v, kind)] if isinstance(value, list) else []
+        return data
+
+    def _write_history(self, history: dict[str, Any]) -> None:
+        history["events"] = history["events"][-MAX_EVENTS:]
+        body = json.dumps(history, indent=1, sort_keys=True) + "\n"
+        tmp = self.root / f".{HISTORY_FILE}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(body.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / HISTORY_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.root)
+
+    def _ordered(self, history: dict[str, Any]) -> list[str]:
+        present: set[str] = set()
+        if self.versions_dir.is_dir():
+            present = {
+                p.name
+                for p in self.versions_dir.iterdir()
+                if p.is_dir() and _VERSION_NAME.match(p.name)
+            }
+        known = [v for v in history["added"] if v in present]
+        # Versions copied in by hand have no recorded addition: treat them as oldest.
+        unknown = sorted(
+            present - set(known), key=lambda v: ((self.versions_dir / v).stat().st_mtime_ns, v)
+        )
+        return unknown + known
+
+    def _install(self, source: Path, target: Path, move: bool) -> None:
+        if move:
+            os.rename(source, target)
+        else:
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+            try:
+                os.chmod(staging, 0o755)
+                for item in source.iterdir():
+                    if item.is_file():
+                        shutil.copy2(item, staging / item.name)
+                        with open(staging / item.name, "rb") as f:
+                            os.fsync(f.fileno())
+                    elif item.is_dir() and not item.is_symlink():  # e.g. report/
+                        shutil.copytree(item, staging / item.name, symlinks=False)
+                _fsync_dir(staging)
+                os.rename(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        _fsync_dir(target.parent)
+
+    def _switch_pointer(self, version: str) -> None:
+        """Write a fresh link under a temporary name, then rename it over `current`."""
+        tmp = self.root / f".{STORE_POINTER}.tmp-{uuid.uuid4().hex[:8]}"
+        os.symlink(f"{STORE_VERSIONS_DIR}/{version}", tmp)
+        try:
+            _fsync_dir(self.root)
+            os.replace(tmp, self.pointer)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.root)
+
+    def _adopt_legacy(self, history: dict[str, Any]) -> None:
+        """Turn a plain checkpoint directory at `current` into a version + pointer."""
+        if self.pointer.is_symlink() or not self.pointer.is_dir():
+            return
+        aside = self.root / f".{STORE_POINTER}.legacy-{uuid.uuid4().hex[:8]}"
+        try:
+            version: str | None = load_checkpoint(self.pointer).version
+        except CheckpointError:
+            version = None
+        if version is not None:
+            target = self.version_dir(version)
+            if not target.is_dir():
+                self._install(self.pointer, target, move=False)
+            if version not in history["added"]:
+                history["added"].insert(0, version)  # it predates anything added since
+            self._write_history(history)
+        os.rename(self.pointer, aside)
+        if version is not None:
+            self._switch_pointer(version)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:  # unusable: keep it for inspection, out of the way
+            os.rename(aside, self.root / f"{STORE_POINTER}.invalid-{_now_compact()}")
+        _fsync_dir(self.root)
+
+    def _prune(self, history: dict[str, Any]) -> tuple[str, ...]:
+        ordered = self._ordered(history)
+        current = self.current_version()
+        previous = next(
+            (v for v in reversed(history["stack"]) if v != current and v in ordered), None
+        )
+        kept = set(ordered[-self.keep :]) | {v for v in (current, previous) if v is not None}
+        pruned: list[str] = []
+        for version in ordered:
+            if version in kept:
+                continue
+            # Rename first, so a half-deleted directory never sits under a version name.
+            doomed = self.versions_dir / f".{version}.deleting-{uuid.uuid4().hex[:8]}"
+            os.rename(self.versions_dir / version, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            pruned.append(version)
+        if pruned:
+            _fsync_dir(self.versions_dir)
+            history["added"] = [v for v in history["added"] if v not in pruned]
+            history["stack"] = [v for v in history["stack"] if v not in pruned]
+        return tuple(pruned)
+
+    # Last in the class: defined earlier, `list` would shadow the builtin in annotations.
+    def list(self) -> list[VersionInfo]:
+        """Every version, oldest addition first, with what an operator wants to see."""
+        current, previous = self.current_version(), self.previous_version()
+        infos = []
+        for version in self.versions():
+            path = self.versions_dir / version
+            created_at, auc, problem = _describe(path)
+            infos.append(
+                VersionInfo(
+                    version=version,
+                    path=path,
+                    created_at=created_at,
+                    mean_validation_auc=auc,
+                    current=version == current,
+                    previous=version == previous,
+                    problem=problem,
+                )
+            )
+        return infos
+
+
+def _verify(directory: Path, version: str) -> None:
+    loaded = load_checkpoint(directory)
+    if loaded.version != version:
+        raise CheckpointCorruptError(
+            f"{directory} holds version {loaded.version}, not {version} (renamed by hand?)"
+        )
+
+
+def _describe(path: Path) -> tuple[str | None, float | None, str | None]:
+    try:
+        meta = json.loads((path / META_FILE).read_bytes())
+    except (OSError, ValueError) as exc:
+        return None, None, f"model.json unreadable: {exc}"
+    if not isinstance(meta, dict):
+        return None, None, "model.json is not an object"
+    created = meta.get("created_at")
+    validation = (meta.get("metrics") or {}).get("validation") or {}
+    aucs = [
+        float(m["roc_auc"])
+        for m in validation.values()
+        if isinstance(m, dict) and isinstance(m.get("roc_auc"), int | float)
+    ]
+    finite = [a for a in aucs if math.isfinite(a)]
+    auc = sum(finite) / len(finite) if finite else None
+    return (created if isinstance(created, str) else None), auc, None
+
+
+def _record(history: dict[str, Any], action: str, version: str, previous: str | None) -> None:
+    history["events"].append(
+        {
+            "action": action,
+            "version": version,
+            "previous": previous,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
+
+
+def _now_compact() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,71 @@
+"""The promotion gate: a pure decision on two metric tables."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from model.gate import DEFAULT_TOLERANCE, mean_auc, should_promote
+
+
+def table(**aucs: float) -> dict[str, dict[str, float]]:
+    return {label: {"roc_auc": auc, "f1": 0.5} for label, auc in aucs.items()}
+
+
+def test_mean_auc_skips_labels_without_a_finite_auc() -> None:
+    assert mean_auc(table(insult=0.8, spam=0.9)) == pytest.approx(0.85)
+    assert mean_auc(table(insult=0.8, spam=math.nan)) == pytest.approx(0.8)
+    assert math.isnan(mean_auc(table(insult=math.nan)))
+    assert math.isnan(mean_auc({}))
+
+
+def test_without_a_current_model_the_candidate_is_promoted() -> None:
+    promote, reason = should_promote(table(insult=0.6, spam=0.6), None)
+    assert promote and "no current model" in reason
+
+
+@pytest.mark.parametrize(
+    ("new", "current", "tolerance", "expected"),
+    [
+        (0.90, 0.80, 0.0, True),  # better
+        (0.80, 0.80, 0.0, True),  # equal is not worse
+        (0.796, 0.80, 0.005, True),  # within tolerance
+        (0.79, 0.80, 0.005, False),  # worse than tolerance
+        (0.81, 0.80, -0.02, False),  # a negative tolerance demands an improvement
+        (0.83, 0.80, -0.02, True),
+    ],
+)
+def test_candidate_must_not_be_worse_than_tolerance(
+    new: float, current: float, tolerance: float, expected: bool
+) -> None:
+    promote, reason = should_promote(
+        table(insult=new, spam=new), table(insult=current, spam=current), tolerance
+    )
+    assert promote is expected
+    assert f"{new:.4f}" in reason and f"{current:.4f}" in reason
+
+
+def test_the_mean_over_labels_decides() -> None:
+    # Insult much better, spam a little worse: the mean improved.
+    assert should_promote(table(insult=0.9, spam=0.78), table(insult=0.8, spam=0.8))[0]
+    # Spam collapsed: the mean dropped.
+    assert not should_promote(table(insult=0.81, spam=0.5), table(insult=0.8, spam=0.8))[0]
+
+
+def test_different_label_sets_hold() -> None:
+    promote, reason = should_promote(
+        table(insult=0.99, spam=0.99, threat=0.99), table(insult=0.5, spam=0.5)
+    )
+    assert not promote and "label sets differ" in reason
+
+
+def test_non_finite_scores() -> None:
+    assert not should_promote(table(insult=math.nan), table(insult=0.7))[0]
+    assert should_promote(table(insult=0.7), table(insult=math.nan))[0]
+    with pytest.raises(ValueError):
+        should_promote(table(insult=0.7), table(insult=0.7), math.inf)
+
+
+def test_default_tolerance_is_small() -> None:
+    assert 0 < DEFAULT_TOLERANCE <= 0.01

@@ -1,0 +1,213 @@
+"""Hot reload without a broker: detection, validation, failure memory, the swap slot."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from model.checkpoint import META_FILE, WEIGHTS_FILE
+from model.engine import Engine
+from model.store import CheckpointStore
+from tests.helpers import make_checkpoint
+from worker.app import Worker
+from worker.metrics import WorkerMetrics
+from worker.reload import CANARY_TEXTS, Reloader, ReloadError, validate_engine
+from worker.settings import WorkerSettings
+
+
+class Slot:
+    """Stands in for the worker: serves one engine, records what it is offered."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.offered: list[Engine] = []
+        self.changed = threading.Event()
+
+    def latest_engine(self) -> Engine:
+        return self.offered[-1] if self.offered else self.engine
+
+    def offer_engine(self, engine: Engine) -> None:
+        self.offered.append(engine)
+        self.changed.set()
+
+
+def reloads(metrics: WorkerMetrics, result: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "modstream_model_reloads_total", {"result": result}
+    )
+    return value or 0.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CheckpointStore:
+    return CheckpointStore(tmp_path / "store", keep=10)
+
+
+def add(store: CheckpointStore, tmp_path: Path, seed: int, **kwargs: object) -> str:
+    source = tmp_path / f"src-{seed}"
+    make_checkpoint(source, seed, **kwargs)  # type: ignore[arg-type]
+    return store.add(source)
+
+
+def serving(store: CheckpointStore, tmp_path: Path) -> tuple[str, Slot, WorkerMetrics, Reloader]:
+    version = add(store, tmp_path, 1)
+    store.promote(version)
+    slot = Slot(Engine.load(store.root, device="cpu"))
+    metrics = WorkerMetrics()
+    reloader = Reloader(store.root, slot, metrics, interval_s=0, device="cpu")
+    return version, slot, metrics, reloader
+
+
+def test_a_promoted_version_is_loaded_validated_and_offered(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    first, slot, metrics, reloader = serving(store, tmp_path)
+    assert reloader.check() == "same_version"
+    assert reloader.check() == "unchanged"
+    second = add(store, tmp_path, 2)
+    assert reloader.check() == "unchanged", "adding is not promoting"
+    store.promote(second)
+    assert reloader.check() == "offered"
+    assert [e.version for e in slot.offered] == [second]
+    assert reloader.check() == "unchanged"
+    store.rollback()
+    assert reloader.check() == "offered"
+    assert [e.version for e in slot.offered] == [second, first]
+    assert reloads(metrics, "failed") == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated_weights", "bad_json", "missing_weights"])
+def test_a_corrupt_version_is_counted_once_and_retried_only_after_a_change(
+    store: CheckpointStore, tmp_path: Path, damage: str
+) -> None:
+    _, slot, metrics, reloader = serving(store, tmp_path)
+    bad = add(store, tmp_path, 2)
+    directory = store.versions_dir / bad
+    if damage == "truncated_weights":
+        data = (directory / WEIGHTS_FILE).read_bytes()
+        (directory / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    elif damage == "bad_json":
+        (directory / META_FILE).write_text('{"version": ')
+    else:
+        (directory / WEIGHTS_FILE).unlink()
+    store.promote(bad, verify=False)
+
+    assert reloader.check() == "failed"
+    assert reloads(metrics, "failed") == 1
+    assert reloader.failed_version is not None
+    for _ in range(3):
+        assert reloader.check() == "unchanged"
+    assert reloads(metrics, "failed") == 1, "the same files are not retried"
+    assert slot.offered == []
+
+    good = add(store, tmp_path, 3)
+    store.promote(good)
+    assert reloader.check() == "offered"
+    assert slot.latest_engine().version == good
+
+
+def test_mismatched_labels_are_refused(store: CheckpointStore, tmp_path: Path) -> None:
+    _, slot, metrics, reloader = serving(store, tmp_path)
+    other = add(store, tmp_path, 2, labels=("insult", "spam", "threat"))
+    store.promote(other)
+    assert reloader.check() == "failed"
+    assert reloader.failed_version == other
+    assert slot.offered == [] and reloads(metrics, "failed") == 1
+
+
+def test_a_model_giving_non_finite_scores_is_refused(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    _, slot, metrics, reloader = serving(store, tmp_path)
+    store.promote(add(store, tmp_path, 2, nan_weights=True))
+    assert reloader.check() == "failed"
+    assert slot.offered == [] and reloads(metrics, "failed") == 1
+
+
+def test_validate_engine_checks_labels_and_canary(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path / "ok", 1)
+    engine = Engine.load(tmp_path / "ok", device="cpu")
+    validate_engine(engine, ("spam", "insult"))  # order does not matter
+    with pytest.raises(ReloadError, match="labels"):
+        validate_engine(engine, ("insult",))
+    make_checkpoint(tmp_path / "nan", 2, nan_weights=True)
+    with pytest.raises(ReloadError, match="non-finite"):
+        validate_engine(Engine.load(tmp_path / "nan", device="cpu"), ("insult", "spam"))
+    assert len(CANARY_TEXTS) >= 3
+
+
+def test_a_plain_directory_replaced_in_place_is_reloaded(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    make_checkpoint(plain, 1)
+    slot = Slot(Engine.load(plain, device="cpu"))
+    metrics = WorkerMetrics()
+    reloader = Reloader(plain, slot, metrics, interval_s=0, device="cpu")
+    assert reloader.check() == "same_version"
+    new = make_checkpoint(plain, 2)  # atomic directory replacement
+    assert reloader.check() == "offered"
+    assert slot.latest_engine().version == new
+
+
+def test_a_missing_directory_is_transient_and_not_counted(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    make_checkpoint(plain, 1)
+    slot = Slot(Engine.load(plain, device="cpu"))
+    metrics = WorkerMetrics()
+    reloader = Reloader(plain, slot, metrics, interval_s=0, device="cpu")
+    plain.rename(tmp_path / "aside")
+    assert reloader.check() == "missing"
+    assert reloads(metrics, "failed") == 0
+    (tmp_path / "aside").rename(plain)
+    assert reloader.check() == "same_version"
+
+
+def test_request_check_wakes_the_thread(store: CheckpointStore, tmp_path: Path) -> None:
+    _, slot, _, reloader = serving(store, tmp_path)
+    reloader.start()
+    try:
+        new = add(store, tmp_path, 2)
+        store.promote(new)
+        reloader.request_check()  # interval 0: nothing but a request checks
+        assert slot.changed.wait(60), "no reload after request_check"
+        assert slot.latest_engine().version == new
+    finally:
+        reloader.stop()
+    assert not reloader._thread.is_alive()
+
+
+def test_polling_finds_a_promotion_without_being_asked(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    _, slot, metrics, _ = serving(store, tmp_path)
+    reloader = Reloader(store.root, slot, metrics, interval_s=0.05, device="cpu")
+    reloader.start()
+    try:
+        new = add(store, tmp_path, 2)
+        store.promote(new)
+        assert slot.changed.wait(60), "polling did not notice the promotion"
+        assert slot.latest_engine().version == new
+    finally:
+        reloader.stop()
+
+
+def test_worker_swaps_an_offered_engine_between_batches_only(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path / "a", 1)
+    make_checkpoint(tmp_path / "b", 2)
+    old = Engine.load(tmp_path / "a", device="cpu")
+    new = Engine.load(tmp_path / "b", device="cpu")
+    worker = Worker(WorkerSettings(checkpoint_dir=tmp_path / "a"), old)
+    worker.offer_engine(new)
+    assert worker.engine is old, "offering must not touch the serving engine"
+    assert worker.latest_engine() is new
+    worker._apply_pending_engine()
+    assert worker.engine is new
+    assert reloads(worker.metrics, "ok") == 1
+    info = worker.metrics.registry.get_sample_value(
+        "modstream_model_info", {"version": new.version, "labels": "insult,spam", "device": "cpu"}
+    )
+    assert info == 1.0
+    assert worker.health.model_version == new.version
+    worker._apply_pending_engine()  # nothing pending: no change, no count
+    assert reloads(worker.metrics, "ok") == 1
