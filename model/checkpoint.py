@@ -8,7 +8,10 @@ Why this shape:
   with, and a weights file paired with the wrong `model.json` (e.g. read half-way
   through a swap) is detected instead of served.
 - Saving writes a complete sibling directory first and then renames it into place, so
-  readers see the old checkpoint or the new one, never a mix. Replacing an existing
+  readers see the old checkpoint or the new one, never a mix. Extra files (the
+  evaluation report under `report/`) are written into the same staging directory, so
+  they always describe the weights beside them; they are not hashed into `version` and
+  loading never reads them. Replacing an existing
   directory takes two renames (old aside, new in); a reader that hits the instant in
   between gets `CheckpointMissingError` and may simply retry.
 """
@@ -22,7 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,8 +111,13 @@ def save_checkpoint(
     metrics: Mapping[str, Any] | None = None,
     data_fingerprint: str = "",
     created_at: str | None = None,
+    extra_files: Callable[[str, str], Mapping[str, bytes]] | None = None,
 ) -> str:
-    """Atomically write (or replace) the checkpoint at `directory`; returns its version."""
+    """Atomically write (or replace) the checkpoint at `directory`; returns its version.
+
+    `extra_files(version, created_at)` may return more files (relative path → bytes) to
+    write beside the two checkpoint files, e.g. an evaluation report naming the version.
+    """
     target = Path(directory)
     labels = tuple(labels)
     if len(labels) != model.config.num_labels:
@@ -141,6 +149,8 @@ def save_checkpoint(
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
         _write_synced(staging / WEIGHTS_FILE, weights)
         _write_synced(staging / META_FILE, meta_bytes.encode("utf-8"))
+        if extra_files is not None:
+            _write_extra(staging, extra_files(version, meta["created_at"]))
         _fsync_dir(staging)
         _swap_into_place(staging, target)
     except BaseException:
@@ -171,6 +181,19 @@ def _json_safe(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
         return _json_safe(value.item())
     return value
+
+
+def _write_extra(staging: Path, files: Mapping[str, bytes]) -> None:
+    for name, data in files.items():
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise ValueError(f"extra checkpoint file {name!r} must be a relative path inside")
+        if relative.parts[0] in (WEIGHTS_FILE, META_FILE):
+            raise ValueError(f"extra checkpoint file {name!r} would replace a checkpoint file")
+        path = staging / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o755)
+        _write_synced(path, data)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -21,12 +21,72 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.network import Classifier
+from model.network import Classifier, ModelConfig
+from model.subword import ngram_ids, subword_batch, token_id
 from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
-from model.vocab import PAD_ID, UNK_ID, Vocab
+from model.vocab import PAD_ID, UNK_TOKEN, Vocab
 
 DEFAULT_BUCKET_WIDTH = 8
 DEFAULT_MAX_BATCH_TOKENS = 16_384
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One text as model input: token ids (never empty) and, for models with sub-words,
+    each token's n-gram bucket ids (else an empty tuple)."""
+
+    ids: list[int]
+    subwords: tuple[tuple[int, ...], ...]
+
+
+TOKEN_CACHE_SIZE = 200_000
+
+
+def encode_text(
+    vocab: Vocab,
+    config: ModelConfig,
+    text: str,
+    max_tokens: int,
+    cache: dict[str, tuple[int, tuple[int, ...]]] | None = None,
+) -> Encoded:
+    """The one text → input function, shared by training and serving.
+
+    `cache` (token → (id, n-gram ids)) must belong to this vocab and config; it saves
+    the fallback lookups and hashing for tokens seen before (most of them).
+    """
+    tokens = tokenize(text, max_tokens) or [UNK_TOKEN]
+    if cache is None:
+        cache = {}
+    elif len(cache) > TOKEN_CACHE_SIZE:
+        cache.clear()
+    buckets, low, high = config.subword_buckets, config.subword_min_n, config.subword_max_n
+    ids: list[int] = []
+    grams: list[tuple[int, ...]] = []
+    for token in tokens:
+        known = cache.get(token)
+        if known is None:
+            subwords = ngram_ids(token, buckets, low, high) if buckets else ()
+            known = cache[token] = (token_id(vocab, token), subwords)
+        ids.append(known[0])
+        grams.append(known[1])
+    return Encoded(ids, tuple(grams) if buckets else ())
+
+
+def forward_batch(model: Classifier, rows: Sequence[Encoded], device: torch.device) -> torch.Tensor:
+    """Logits for encoded rows, padded to the longest (packing ignores the padding)."""
+    width = max(len(row.ids) for row in rows)
+    ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row.ids)] = row.ids
+    lengths = torch.tensor([len(row.ids) for row in rows], dtype=torch.long)
+    token_ids = torch.from_numpy(ids)
+    if device.type == "cuda":
+        token_ids = token_ids.pin_memory().to(device, non_blocking=True)
+    if not model.config.subword_buckets:
+        result: torch.Tensor = model(token_ids, lengths)
+        return result
+    flat, offsets = subword_batch([row.subwords for row in rows], width)
+    return model(token_ids, lengths, flat.to(device), offsets.to(device))  # type: ignore[no-any-return]
 
 
 class EngineError(Exception):
@@ -109,6 +169,7 @@ class Engine:
         self.max_tokens = max_tokens
         self.bucket_width = bucket_width
         self.max_batch_tokens = max_batch_tokens
+        self._token_cache: dict[str, tuple[int, tuple[int, ...]]] = {}
         if device.type == "cpu" and cpu_threads is not None:
             torch.set_num_threads(max(1, cpu_threads))
 
@@ -170,7 +231,10 @@ class Engine:
 
     def encode(self, text: str) -> list[int]:
         """Token ids for one text; never empty, so every row has length ≥ 1."""
-        return self.vocab.encode(tokenize(text, self.max_tokens)) or [UNK_ID]
+        return self.encode_full(text).ids
+
+    def encode_full(self, text: str) -> Encoded:
+        return encode_text(self.vocab, self.model.config, text, self.max_tokens, self._token_cache)
 
     def buckets(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Input indices grouped by similar length, shortest first."""
@@ -195,8 +259,8 @@ class Engine:
     def score(self, texts: Sequence[str]) -> Scores:
         num_labels = len(self.labels)
         t0 = time.perf_counter()
-        encoded = [self.encode(text) for text in texts]
-        lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        encoded = [self.encode_full(text) for text in texts]
+        lengths = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
         t1 = time.perf_counter()
 
         probabilities = np.empty((len(encoded), num_labels), dtype=np.float32)
@@ -204,12 +268,8 @@ class Engine:
         buckets = self.buckets(lengths)
         with torch.inference_mode():
             for bucket in buckets:
-                bucket_lengths = lengths[bucket]
-                width = int(bucket_lengths.max())
-                ids = np.full((len(bucket), width), PAD_ID, dtype=np.int64)
-                for row, index in enumerate(bucket):
-                    ids[row, : lengths[index]] = encoded[index]
-                probabilities[bucket] = self._forward(ids, bucket_lengths)
+                width = int(lengths[bucket].max())
+                probabilities[bucket] = self._forward([encoded[i] for i in bucket])
                 padded_tokens += len(bucket) * width
         t2 = time.perf_counter()
 
@@ -227,15 +287,10 @@ class Engine:
         probabilities = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
             for i, text in enumerate(texts):
-                ids = np.asarray([self.encode(text)], dtype=np.int64)
-                probabilities[i] = self._forward(ids, np.asarray([ids.shape[1]]))[0]
+                probabilities[i] = self._forward([self.encode_full(text)])[0]
         return probabilities
 
-    def _forward(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        token_ids = torch.from_numpy(ids)
-        if self.device.type == "cuda":
-            token_ids = token_ids.pin_memory().to(self.device, non_blocking=True)
-        lengths_cpu = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64))
-        logits = self.model(token_ids, lengths_cpu)
+    def _forward(self, rows: Sequence[Encoded]) -> np.ndarray:
+        logits = forward_batch(self.model, rows, self.device)
         result: np.ndarray = torch.sigmoid(logits).float().cpu().numpy()
         return result

@@ -82,3 +82,61 @@ def binary_metrics(targets: np.ndarray, scores: np.ndarray, threshold: float) ->
         "examples": len(targets),
         "positives": int((np.asarray(targets) > 0.5).sum()),
     }
+
+
+def precision_threshold(targets: np.ndarray, scores: np.ndarray, precision: float) -> float | None:
+    """Lowest cut whose precision on these examples is at least `precision` (so the
+    highest recall that keeps it), placed midway to the next lower score like
+    `best_f1_threshold`; None when no cut reaches it (e.g. no positives)."""
+    positive = np.asarray(targets) > 0.5
+    if not positive.any():
+        return None
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    ranked = scores[order]
+    tp = np.cumsum(positive[order])
+    fp = np.cumsum(~positive[order])
+    last_of_group = np.r_[ranked[1:] != ranked[:-1], True]
+    tp, fp, cuts = tp[last_of_group], fp[last_of_group], ranked[last_of_group]
+    reaching = np.flatnonzero(tp / (tp + fp) >= precision)
+    if len(reaching) == 0:
+        return None
+    best = int(reaching[-1])  # cuts descend, so the last reaching one flags the most
+    if best + 1 < len(cuts):
+        return float((cuts[best] + cuts[best + 1]) / 2.0)
+    return float(cuts[best])
+
+
+def confusion(targets: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, int]:
+    positive = np.asarray(targets) > 0.5
+    predicted = np.asarray(scores) >= threshold
+    return {
+        "tp": int((positive & predicted).sum()),
+        "fp": int((~positive & predicted).sum()),
+        "fn": int((positive & ~predicted).sum()),
+        "tn": int((~positive & ~predicted).sum()),
+    }
+
+
+def average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve (step-wise, as scikit-learn computes it)."""
+    positive = np.asarray(targets) > 0.5
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return math.nan
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    ranked = scores[order]
+    tp = np.cumsum(positive[order])
+    fp = np.cumsum(~positive[order])
+    last_of_group = np.r_[ranked[1:] != ranked[:-1], True]
+    tp, fp = tp[last_of_group], fp[last_of_group]
+    precision = tp / (tp + fp)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def brier(targets: np.ndarray, scores: np.ndarray) -> float:
+    if len(targets) == 0:
+        return math.nan
+    return float(np.mean((np.asarray(scores, np.float64) - (np.asarray(targets) > 0.5)) ** 2))

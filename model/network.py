@@ -1,8 +1,13 @@
 """The classifier: embeddings → packed (Bi)LSTM/GRU → pooling → one logit per label.
 
+Each token is its word embedding, concatenated (when `subword_buckets` > 0) with the
+mean of its hashed character n-gram embeddings (see `model.subword`), so obfuscated
+and unseen spellings still carry meaning.
+
 Sequences are packed so the recurrent layer never runs over padding: a message scores
 the same alone or in a padded batch, which is what lets the engine batch freely.
-Pooling must respect the same rule, so `mean`/`max` mask padded steps out explicitly.
+Pooling must respect the same rule, so `mean`/`max`/`meanmax` mask padded steps out
+explicitly (`meanmax` concatenates the two).
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from model.vocab import PAD_ID
 
 RnnKind = Literal["lstm", "gru"]
-Pooling = Literal["last", "mean", "max"]
+Pooling = Literal["last", "mean", "max", "meanmax"]
 RNN_KINDS: tuple[str, ...] = ("lstm", "gru")
-POOLINGS: tuple[str, ...] = ("last", "mean", "max")
+POOLINGS: tuple[str, ...] = ("last", "mean", "max", "meanmax")
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,24 @@ class ModelConfig:
     bidirectional: bool = True
     dropout: float = 0.3
     pooling: Pooling = "mean"
+    subword_buckets: int = 0  # 0 = no sub-word embeddings
+    subword_dim: int = 32
+    subword_min_n: int = 3
+    subword_max_n: int = 5
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_labels", "embed_dim", "hidden_dim", "num_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("subword_buckets", "subword_dim", "subword_min_n", "subword_max_n"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.subword_buckets and not 1 <= self.subword_min_n <= self.subword_max_n:
+            raise ValueError("subword n-gram sizes must satisfy 1 <= subword_min_n <= max_n")
+        if self.subword_buckets and self.subword_dim < 1:
+            raise ValueError("subword_dim must be positive when subword_buckets > 0")
         if self.vocab_size < 2:
             raise ValueError("vocab_size must be at least 2 (PAD and UNK)")
         if self.rnn not in RNN_KINDS:
@@ -56,6 +73,10 @@ class ModelConfig:
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    @property
+    def token_dim(self) -> int:
+        return self.embed_dim + (self.subword_dim if self.subword_buckets else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,24 +99,44 @@ class Classifier(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        self.subword: nn.EmbeddingBag | None = None
+        if config.subword_buckets:
+            self.subword = nn.EmbeddingBag(config.subword_buckets, config.subword_dim, mode="mean")
+            nn.init.normal_(self.subword.weight, std=0.1)
         self.dropout = nn.Dropout(config.dropout)
         rnn_cls = nn.LSTM if config.rnn == "lstm" else nn.GRU
         self.rnn = rnn_cls(
-            input_size=config.embed_dim,
+            input_size=config.token_dim,
             hidden_size=config.hidden_dim,
             num_layers=config.num_layers,
             batch_first=True,
             bidirectional=config.bidirectional,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
-        self.head = nn.Linear(config.hidden_dim * config.num_directions, config.num_labels)
+        features = config.hidden_dim * config.num_directions
+        if config.pooling == "meanmax":
+            features *= 2
+        self.head = nn.Linear(features, config.num_labels)
 
-    def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """token_ids: [B, T] long on the model's device; lengths: [B] long on CPU, ≥ 1.
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        subword_ids: torch.Tensor | None = None,
+        subword_offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """token_ids: [B, T] long on the model's device; lengths: [B] long on CPU, ≥ 1;
+        with sub-words, `model.subword.subword_batch` output for the same [B, T] grid.
 
         Returns logits [B, num_labels].
         """
-        x = self.dropout(self.embedding(token_ids))  # [B, T, E]
+        x = self.embedding(token_ids)  # [B, T, E]
+        if self.subword is not None:
+            if subword_ids is None or subword_offsets is None:
+                raise ValueError("this model needs subword_ids and subword_offsets")
+            bags = self.subword(subword_ids, subword_offsets)  # [B*T, S]
+            x = torch.cat([x, bags.view(x.shape[0], x.shape[1], -1)], dim=-1)
+        x = self.dropout(x)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         packed_out, hidden = self.rnn(packed)
 
@@ -111,10 +152,12 @@ class Classifier(nn.Module):
             out, _ = pad_packed_sequence(packed_out, batch_first=True)  # [B, T', D]
             steps = torch.arange(out.shape[1], device=out.device)
             valid = (steps[None, :] < lengths.to(out.device)[:, None]).unsqueeze(-1)
-            if self.config.pooling == "mean":
+            pooled = []
+            if self.config.pooling in ("mean", "meanmax"):
                 summed = out.masked_fill(~valid, 0.0).sum(dim=1)
-                features = summed / lengths.to(out.device, out.dtype)[:, None]
-            else:
-                features = out.masked_fill(~valid, float("-inf")).amax(dim=1)
+                pooled.append(summed / lengths.to(out.device, out.dtype)[:, None])
+            if self.config.pooling in ("max", "meanmax"):
+                pooled.append(out.masked_fill(~valid, float("-inf")).amax(dim=1))
+            features = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
 
         return cast(torch.Tensor, self.head(self.dropout(features)))

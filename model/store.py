@@ -370,6 +370,8 @@ class CheckpointStore:
                         shutil.copy2(item, staging / item.name)
                         with open(staging / item.name, "rb") as f:
                             os.fsync(f.fileno())
+                    elif item.is_dir() and not item.is_symlink():  # e.g. report/
+                        shutil.copytree(item, staging / item.name, symlinks=False)
                 _fsync_dir(staging)
                 os.rename(staging, target)
             except BaseException:

@@ -16,14 +16,22 @@ Rules, applied in order:
    - e-mail addresses → `<email>`
    - @mentions → `<user>`
    - numbers (digits with inner `.` or `,`, e.g. `1,000.50`) → `<num>`
-   - words: runs of letters, keeping `'` between letters (`don't`, `o'neil`); digits
-     split words (`b4` → `b`, `<num>`) so number placeholders stay meaningful
+   - obfuscated words: a run of letters and digits holding both, kept whole when its
+     letters outnumber its digits (`m0r0n`, `1diot`, `2day`); otherwise digits split
+     it as below (`b4` → `b`, `<num>`; `150p` → `<num>`, `p`), so number placeholders
+     stay meaningful for prices, codes and phone numbers
+   - starred words: letters joined by runs of `*` (`f*ck`, `a**hole`) are one word
+   - words: runs of letters, keeping `'` between letters (`don't`, `o'neil`)
    - any other non-space character is a punctuation token; a run of one repeated
      punctuation character (`!!!!`) yields at most two tokens (`!`, `!`)
 4. Inside words, a character repeated 3+ times is collapsed to 2 (`soooo` → `soo`,
    `nooooo` → `noo`): elongation is emphasis, and keeping two preserves that signal
    while folding all the variants onto one vocabulary entry.
 5. At most `max_tokens` tokens are kept (the head of the message).
+
+How a token is then looked up (vocabulary fallback, hashed sub-words) lives in
+`model.subword` and is covered by the same version: v2 added the obfuscated and starred
+word rules and that lookup.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-TOKENIZER_VERSION = "modstream-tok-v1"
+TOKENIZER_VERSION = "modstream-tok-v2"
 DEFAULT_MAX_TOKENS = 256
 MAX_CHARS_PER_TOKEN = 64
 
@@ -44,12 +52,15 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
 # Letters only: \w minus digits and underscore.
 _LETTERS = r"[^\W\d_]"
+_ALNUM = r"[^\W_]"
 
 _TOKEN_RE = re.compile(
     rf"""
     (?P<url>(?:https?://|www\.)[^\s<>"]*[^\s<>".,!?;:)\]'}}])
   | (?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)
   | (?P<user>@\w+)
+  | (?P<mixed>{_ALNUM}*(?:\d{_ALNUM}*?{_LETTERS}|{_LETTERS}{_ALNUM}*?\d){_ALNUM}*)
+  | (?P<starred>{_LETTERS}+(?:\*+{_LETTERS}+)+)
   | (?P<num>\d+(?:[.,]\d+)*)
   | (?P<word>{_LETTERS}+(?:'{_LETTERS}+)*)
   | (?P<punct>(?P<p>[^\w\s]|_)(?P=p)*)
@@ -58,6 +69,8 @@ _TOKEN_RE = re.compile(
 )
 
 _REPEAT_RE = re.compile(r"(.)\1{2,}")
+# How a mixed run that is mostly digits splits: the v1 rule, digits cut words.
+_SPLIT_RE = re.compile(rf"(?P<num>\d+)|(?P<word>{_LETTERS}+)")
 
 _PLACEHOLDERS = {"url": URL_TOKEN, "email": EMAIL_TOKEN, "user": USER_TOKEN, "num": NUM_TOKEN}
 
@@ -75,8 +88,17 @@ def tokenize(text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> list[str
     tokens: list[str] = []
     for match in _TOKEN_RE.finditer(normalize(text, max_chars)):
         kind = match.lastgroup
-        if kind == "word":
+        if kind in ("word", "starred"):
             tokens.append(_REPEAT_RE.sub(r"\1\1", match.group()))
+        elif kind == "mixed":
+            run = match.group()
+            digits = sum(c.isdigit() for c in run)
+            if len(run) - digits > digits:
+                tokens.append(_REPEAT_RE.sub(r"\1\1", run))
+            else:
+                for part in _SPLIT_RE.finditer(run):
+                    is_word = part.lastgroup == "word"
+                    tokens.append(_REPEAT_RE.sub(r"\1\1", part.group()) if is_word else NUM_TOKEN)
         elif kind == "punct":
             run = match.group()
             tokens.append(run[0])

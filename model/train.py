@@ -6,8 +6,20 @@ neither loss nor gradient. Early stopping watches mean validation ROC AUC, score
 through `Engine` so the number tracked is the number served.
 
 `retrain` is the end-to-end job: load data, train, pick a per-label threshold on
-validation (max F1), measure validation and test through the serving engine, and
-atomically write the checkpoint with metrics, thresholds and the data fingerprint.
+validation (max F1, or the lowest cut reaching a configured precision), measure
+validation and test through the serving engine, fit the TF-IDF baseline on the same
+splits, and atomically write the checkpoint with metrics, thresholds, the data
+fingerprint and the evaluation report (`report/`, see `model.report`).
+
+Training data choices (each a `TrainConfig` field, measured on validation; see README):
+- embeddings start from GloVe 6B 100d when `make glove` has cached it (`model.glove`);
+- hashed character n-grams per token (`model.subword`) for obfuscated spellings;
+- `comments_spam_negative`: insult-corpus comments train the spam head as negatives.
+  Assumption: the Kaggle comments are user comments on news/social sites, not bulk
+  advertising, so none is spam. Without it the spam head never sees comment-style
+  text and scores abusive comments as spam (it only learned "not SMS ham"). Only the
+  training split changes: spam validation/test metrics stay SMS-only, and the
+  cross-domain flag rates (spam on comments) are reported separately.
 """
 
 from __future__ import annotations
@@ -15,30 +27,41 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.baseline import BaselineUnavailableError, fit_baseline
 from model.checkpoint import default_checkpoint_dir, save_checkpoint
-from model.data import DataSplits, Example, load_splits
-from model.engine import Engine, resolve_device
-from model.metrics import best_f1_threshold, binary_metrics, roc_auc
+from model.data import SOURCE_INSULTS, SOURCE_SMS, DataSplits, Example, label_counts, load_splits
+from model.engine import Engine, encode_text, forward_batch, resolve_device
+from model.glove import GloveVectors, embedding_matrix, load_glove
+from model.metrics import best_f1_threshold, binary_metrics, precision_threshold, roc_auc
 from model.network import Classifier, ModelConfig, Pooling, RnnKind
+from model.report import REPORT_DIR, Scored, SplitData, build_report, cross_domain, report_files
+from model.subword import lookup_forms
 from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
-from model.vocab import PAD_ID, UNK_ID, Vocab
+from model.vocab import SPECIAL_TOKENS, UNK_ID, Vocab
 
 Progress = Callable[[str], None]
+LABEL_SOURCES = {"insult": SOURCE_INSULTS, "spam": SOURCE_SMS}  # the corpus labelling each
 
 
 def _quiet(_: str) -> None:
     pass
+
+
+LrSchedule = Literal["constant", "linear"]
+PosWeight = Literal["none", "sqrt", "balanced"]
 
 
 @dataclass(frozen=True)
@@ -47,15 +70,30 @@ class TrainConfig:
     epochs: int = 8
     batch_size: int = 64
     lr: float = 3e-3
+    lr_schedule: LrSchedule = "constant"  # linear: decays to 10% over `epochs`
     embed_dim: int = 100
     hidden_dim: int = 64
     layers: int = 1
     rnn: RnnKind = "lstm"
     bidirectional: bool = True
     dropout: float = 0.3
-    pooling: Pooling = "mean"
+    pooling: Pooling = "meanmax"
+    subword_buckets: int = 20_000  # hashed char n-gram rows; 0 = word embeddings only
+    subword_dim: int = 32
+    glove: bool = True  # initialise embeddings from the GloVe cache when present
+    glove_dir: str | None = None  # default: $MODSTREAM_GLOVE_DIR or ~/.cache/modstream/glove
+    glove_min_freq: int = 0  # >0: also keep tokens this frequent if GloVe knows them
+    glove_vocab: int = 20_000  # add GloVe's N most frequent words to the vocabulary (<= 20000)
+    freeze_glove: bool = True  # keep GloVe-initialised rows fixed while training
+    comments_spam_negative: bool = True  # insult-corpus comments are spam negatives
+    pos_weight: PosWeight = "sqrt"  # positive-class loss weight per label
+    # Threshold rule per label: "" = max F1 on validation; "0.95" = lowest cut reaching
+    # that precision on validation (max F1 if none does); "spam=0.98,insult=0.8" per label.
+    target_precision: str = ""
+    baseline: bool = True  # fit the TF-IDF baseline too (needs scikit-learn)
+    report: bool = True  # write report/ into the checkpoint
     min_freq: int = 2
-    max_vocab: int = 20_000
+    max_vocab: int = 40_000
     max_tokens: int = DEFAULT_MAX_TOKENS
     patience: int = 2
     grad_clip: float = 1.0
@@ -76,9 +114,19 @@ class TrainConfig:
             embed_dim=16,
             hidden_dim=16,
             max_vocab=2000,
+            subword_buckets=1000,
+            subword_dim=8,
             device="cpu",
+            glove=False,
+            glove_vocab=0,
+            freeze_glove=False,
+            baseline=False,
+            report=False,
         )
         return cls(**{**base, **overrides})
+
+    def __post_init__(self) -> None:
+        parse_target_precision(self.target_precision)
 
     def model_config(self, vocab_size: int, num_labels: int) -> ModelConfig:
         return ModelConfig(
@@ -91,7 +139,26 @@ class TrainConfig:
             bidirectional=self.bidirectional,
             dropout=self.dropout,
             pooling=self.pooling,
+            subword_buckets=self.subword_buckets,
+            subword_dim=self.subword_dim,
         )
+
+
+def parse_target_precision(spec: str) -> dict[str, float]:
+    """ "" → {}; "0.9" → {"*": 0.9}; "spam=0.98,insult=0.8" → per label."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        label, sep, value = part.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"target_precision: {part!r} is not LABEL=PRECISION") from None
+        if not 0.0 < number <= 1.0:
+            raise ValueError(f"target_precision: {number} must be in (0, 1]")
+        out[label.strip() if sep else "*"] = number
+    return out
 
 
 @dataclass
@@ -104,6 +171,7 @@ class TrainResult:
     best_validation_auc: float
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    embeddings: dict[str, Any] = field(default_factory=dict)  # GloVe coverage etc.
 
 
 @dataclass
@@ -119,6 +187,9 @@ class RetrainReport:
     train_seconds: float
     total_seconds: float
     config: dict[str, Any]
+    baseline: dict[str, Any] = field(default_factory=dict)  # split → label → metrics
+    cross_domain: dict[str, Any] = field(default_factory=dict)
+    report_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,14 +198,22 @@ class RetrainReport:
 # ------------------------------------------------------------------------------ loss
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_bce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean BCE-with-logits over known (mask=1) entries only.
 
     `torch.where` rather than multiplying by the mask, so even an infinite masked logit
-    contributes exactly zero loss and zero gradient.
+    contributes exactly zero loss and zero gradient. `pos_weight` [labels] scales the
+    positive term per label (class weighting); the mean is still over known entries.
     """
     known = mask > 0
-    losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    losses = F.binary_cross_entropy_with_logits(
+        logits, targets, reduction="none", pos_weight=pos_weight
+    )
     losses = torch.where(known, losses, torch.zeros_like(losses))
     return losses.sum() / known.sum().clamp_min(1)
 
@@ -193,13 +272,32 @@ def mean_finite(values: Sequence[float]) -> float:
 
 
 def choose_thresholds(
-    probabilities: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: Sequence[str]
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    labels: Sequence[str],
+    target_precision: dict[str, float] | None = None,
+    notes: dict[str, str] | None = None,
 ) -> dict[str, float]:
+    """Per label: max F1, or, where `target_precision` names the label (or "*"), the
+    lowest cut whose validation precision reaches it (max F1 if none does). `notes`,
+    if given, receives the rule applied per label."""
     known = mask > 0
-    return {
-        label: best_f1_threshold(targets[known[:, j], j], probabilities[known[:, j], j])
-        for j, label in enumerate(labels)
-    }
+    wanted = target_precision or {}
+    thresholds: dict[str, float] = {}
+    for j, label in enumerate(labels):
+        y, p = targets[known[:, j], j], probabilities[known[:, j], j]
+        goal = wanted.get(label, wanted.get("*"))
+        cut = precision_threshold(y, p, goal) if goal is not None else None
+        if cut is not None:
+            thresholds[label] = cut
+            rule = f"precision>={goal:g}"
+        else:
+            thresholds[label] = best_f1_threshold(y, p)
+            rule = "max_f1" if goal is None else f"max_f1 (precision {goal:g} unreachable)"
+        if notes is not None:
+            notes[label] = rule
+    return thresholds
 
 
 def evaluate(
@@ -208,12 +306,22 @@ def evaluate(
     """Per-label metrics, computed on the examples that know the label."""
     probabilities = engine.score([ex.text for ex in examples]).probabilities
     targets, mask = _label_arrays(examples)
+    return metrics_from_scores(probabilities, targets, mask, engine.labels, thresholds)
+
+
+def metrics_from_scores(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    labels: Sequence[str],
+    thresholds: dict[str, float],
+) -> dict[str, dict[str, Any]]:
     known = mask > 0
     return {
         label: binary_metrics(
             targets[known[:, j], j], probabilities[known[:, j], j], thresholds[label]
         )
-        for j, label in enumerate(engine.labels)
+        for j, label in enumerate(labels)
     }
 
 
@@ -250,6 +358,117 @@ def _torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]
         torch.set_num_threads(threads_before)
 
 
+def training_examples(config: TrainConfig, splits: DataSplits) -> list[Example]:
+    """The training split as the model sees it (subset, spam-negative comments)."""
+    examples = _subset(splits.train, config.limit, config.seed)
+    if config.comments_spam_negative and "spam" in splits.labels:
+        examples = [spam_negative(ex, splits.labels) for ex in examples]
+    return examples
+
+
+def spam_negative(example: Example, labels: Sequence[str]) -> Example:
+    """An insult-corpus comment that also says "not spam" (see the module docstring)."""
+    if example.source != SOURCE_INSULTS:
+        return example
+    j = list(labels).index("spam")
+    targets = tuple(0.0 if i == j else t for i, t in enumerate(example.targets))
+    mask = tuple(1.0 if i == j else m for i, m in enumerate(example.mask))
+    return replace(example, targets=targets, mask=mask)
+
+
+def build_vocab(
+    config: TrainConfig, token_lists: Sequence[Sequence[str]], glove: GloveVectors | None
+) -> Vocab:
+    """`Vocab.build` rules, plus (with `glove_min_freq` > 0) rarer tokens GloVe knows,
+    plus (with `glove_vocab` = N) GloVe's N most frequent words, which the training
+    data need not contain: with `freeze_glove` they keep their pre-trained meaning, so
+    words first seen at serving time are not all UNK. Those N come from GloVe's own
+    frequency order, never from validation or test text."""
+    glove_words = set(glove.words) if glove is not None else set()
+    if config.glove_min_freq <= 0 or not glove_words:
+        vocab = Vocab.build(token_lists, min_freq=config.min_freq, max_size=config.max_vocab)
+    else:
+        vocab = _glove_aware_vocab(config, token_lists, glove_words)
+    if glove is None or config.glove_vocab <= 0:
+        return vocab
+    extra = [w for w in glove.words[: config.glove_vocab] if vocab.id_of(w) == UNK_ID]
+    room = max(config.max_vocab - len(vocab), 0)
+    return Vocab([*vocab.tokens, *[w for w in extra if w not in SPECIAL_TOKENS][:room]])
+
+
+def _glove_aware_vocab(
+    config: TrainConfig, token_lists: Sequence[Sequence[str]], glove_words: set[str]
+) -> Vocab:
+    counts: Counter[str] = Counter()
+    for tokens in token_lists:
+        counts.update(tokens)
+    for special in SPECIAL_TOKENS:
+        counts.pop(special, None)
+
+    def keep(token: str, count: int) -> bool:
+        if count >= config.min_freq:
+            return True
+        in_glove = any(form in glove_words for form in lookup_forms(token))
+        return count >= config.glove_min_freq and in_glove
+
+    ranked = sorted(
+        (item for item in counts.items() if keep(*item)), key=lambda item: (-item[1], item[0])
+    )
+    kept = [token for token, _ in ranked[: config.max_vocab - len(SPECIAL_TOKENS)]]
+    return Vocab([*SPECIAL_TOKENS, *kept])
+
+
+def glove_rows(vocab: Vocab, glove: GloveVectors) -> torch.Tensor:
+    """Bool [len(vocab)]: rows whose embedding came from GloVe (see `embedding_matrix`)."""
+    known = set(glove.words)
+    return torch.tensor(
+        [any(form in known for form in lookup_forms(token)) for token in vocab.tokens]
+    )
+
+
+def _freeze_rows(weight: torch.Tensor, rows: torch.Tensor) -> None:
+    """Zero the gradient of `rows` on every backward pass: Adam then never moves them
+    (its moments stay zero), while the other rows train."""
+    keep = (~rows).to(weight.dtype).unsqueeze(1)
+    weight.register_hook(lambda grad: grad * keep.to(grad.device))  # type: ignore[no-untyped-call]
+
+
+def _pos_weight(config: TrainConfig, targets: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    if config.pos_weight == "none":
+        return None
+    known = mask > 0
+    positives = ((targets > 0.5) & known).sum(axis=0).clip(min=1)
+    negatives = ((targets <= 0.5) & known).sum(axis=0).clip(min=1)
+    ratio = negatives / positives
+    return np.asarray(np.sqrt(ratio) if config.pos_weight == "sqrt" else ratio, np.float32)
+
+
+class _Bar:
+    """A one-line batch progress bar on an interactive stderr; silent otherwise (the
+    per-epoch lines are the plain progress)."""
+
+    def __init__(self, total: int, prefix: str, enabled: bool) -> None:
+        self.total, self.prefix, self.enabled = total, prefix, enabled
+        self.started = time.perf_counter()
+
+    def update(self, done: int, loss: float) -> None:
+        if not self.enabled or (done % 5 and done != self.total):
+            return
+        filled = int(30 * done / max(self.total, 1))
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / max(done, 1) * (self.total - done)
+        sys.stderr.write(
+            f"\r{self.prefix} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} "
+            f"loss {loss:.4f} eta {eta:4.0f}s"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
 def _train(
     config: TrainConfig,
     splits: DataSplits,
@@ -260,12 +479,27 @@ def _train(
     extra_examples: Sequence[Example] = (),
 ) -> TrainResult:
     rng = np.random.default_rng(config.seed)
-    train_examples = _subset(splits.train, config.limit, config.seed) + list(extra_examples)
+    train_examples = training_examples(config, splits) + list(extra_examples)
     validation = _subset(splits.validation, config.eval_limit, config.seed + 1)
+    glove = None
+    embeddings: dict[str, Any] = {"glove": False}
+    if config.glove:
+        glove = load_glove(Path(config.glove_dir) if config.glove_dir else None)
+        if glove is None:
+            progress(
+                "GloVe: no converted vectors found (run `make glove`); word embeddings start random"
+            )
+        elif glove.dimensions != config.embed_dim:
+            progress(f"GloVe: {glove.dimensions}d vectors but embed_dim {config.embed_dim}; unused")
+            glove = None
     token_lists = [tokenize(ex.text, config.max_tokens) for ex in train_examples]
-    vocab = Vocab.build(token_lists, min_freq=config.min_freq, max_size=config.max_vocab)
-    encoded = [vocab.encode(tokens) or [UNK_ID] for tokens in token_lists]
-    lengths = np.asarray([len(ids) for ids in encoded], dtype=np.int64)
+    vocab = build_vocab(config, token_lists, glove)
+    model_config = config.model_config(len(vocab), len(labels))
+    cache: dict[str, tuple[int, tuple[int, ...]]] = {}
+    encoded = [
+        encode_text(vocab, model_config, ex.text, config.max_tokens, cache) for ex in train_examples
+    ]
+    lengths = np.asarray([len(e.ids) for e in encoded], dtype=np.int64)
     targets, mask = _label_arrays(train_examples)
     val_targets, val_mask = _label_arrays(validation)
     val_texts = [ex.text for ex in validation]
@@ -274,33 +508,53 @@ def _train(
         f"validating on {len(validation)}, device {device}"
     )
 
-    model = Classifier(config.model_config(len(vocab), len(labels))).to(device)
+    model = Classifier(model_config).to(device)
+    if glove is not None:
+        matrix, found = embedding_matrix(vocab, glove, np.random.default_rng(config.seed))
+        with torch.no_grad():
+            model.embedding.weight.copy_(torch.from_numpy(matrix))
+        embeddings = {"glove": True, "source": glove.source, "covered": found, "vocab": len(vocab)}
+        if config.freeze_glove:
+            _freeze_rows(model.embedding.weight, glove_rows(vocab, glove))
+        progress(f"GloVe: {found}/{len(vocab)} vocabulary tokens initialised ({glove.source})")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps = config.epochs * math.ceil(len(train_examples) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        (lambda step: 1.0 - 0.9 * min(step, steps) / max(steps, 1))
+        if config.lr_schedule == "linear"
+        else (lambda step: 1.0),
+    )
+    weights = _pos_weight(config, targets, mask)
+    pos_weight = None if weights is None else torch.from_numpy(weights).to(device)
     best_auc, best_epoch, best_state = -math.inf, 0, _cpu_state(model)
     history: list[dict[str, float]] = []
+    interactive = progress is not _quiet and sys.stderr.isatty()
 
     for epoch in range(1, config.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
         total_loss, total_batches = 0.0, 0
-        for batch in length_bucketed_batches(lengths, config.batch_size, rng):
-            width = int(lengths[batch].max())
-            ids = np.full((len(batch), width), PAD_ID, dtype=np.int64)
-            for row, index in enumerate(batch):
-                ids[row, : lengths[index]] = encoded[index]
-            logits = model(torch.from_numpy(ids).to(device), torch.from_numpy(lengths[batch]))
+        batches = length_bucketed_batches(lengths, config.batch_size, rng)
+        bar = _Bar(len(batches), f"epoch {epoch}/{config.epochs}", interactive)
+        for batch in batches:
+            logits = forward_batch(model, [encoded[i] for i in batch], device)
             loss = masked_bce(
                 logits,
                 torch.from_numpy(targets[batch]).to(device),
                 torch.from_numpy(mask[batch]).to(device),
+                pos_weight,
             )
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            scheduler.step()
             total_loss += float(loss.item())
             total_batches += 1
+            bar.update(total_batches, total_loss / total_batches)
+        bar.close()
 
         engine = Engine.from_model(
             model, vocab, labels, device=device, max_tokens=config.max_tokens, cpu_threads=None
@@ -311,15 +565,17 @@ def _train(
         record = {
             "epoch": float(epoch),
             "train_loss": total_loss / max(total_batches, 1),
+            "validation_loss": _masked_log_loss(val_probs, val_targets, val_mask),
             "validation_mean_auc": mean_auc,
             **{f"validation_auc_{label}": auc for label, auc in aucs.items()},
+            "lr": float(scheduler.get_last_lr()[0]),
             "seconds": time.perf_counter() - epoch_start,
         }
         history.append(record)
         auc_text = " ".join(f"{label}={auc:.4f}" for label, auc in aucs.items())
         progress(
             f"epoch {epoch}/{config.epochs} loss {record['train_loss']:.4f} "
-            f"val auc {auc_text} ({record['seconds']:.1f}s)"
+            f"val loss {record['validation_loss']:.4f} auc {auc_text} ({record['seconds']:.1f}s)"
         )
         if mean_auc > best_auc or (best_epoch == 0 and not math.isfinite(best_auc)):
             best_auc, best_epoch, best_state = mean_auc, epoch, _cpu_state(model)
@@ -338,7 +594,16 @@ def _train(
         best_validation_auc=best_auc,
         history=history,
         seconds=time.perf_counter() - started,
+        embeddings=embeddings,
     )
+
+
+def _masked_log_loss(probabilities: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> float:
+    """Mean binary log loss over known entries (the validation curve beside train loss)."""
+    p = np.clip(probabilities.astype(np.float64), 1e-7, 1 - 1e-7)
+    losses = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+    known = mask > 0
+    return float(losses[known].mean()) if known.any() else math.nan
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -368,7 +633,9 @@ def retrain(
     )
     result = train(config, splits, progress, extra_examples)
     with _torch_settings(config, resolve_device(config.device)):
-        return _evaluate_and_save(output_dir, config, splits, result, progress, started)
+        return _evaluate_and_save(
+            output_dir, config, splits, result, progress, started, extra_examples
+        )
 
 
 def _evaluate_and_save(
@@ -378,65 +645,165 @@ def _evaluate_and_save(
     result: TrainResult,
     progress: Progress,
     started: float,
+    extra_examples: Sequence[Example] = (),
 ) -> RetrainReport:
+    labels = result.labels
     engine = Engine.from_model(
         result.model,
         result.vocab,
-        result.labels,
+        labels,
         device=config.device,
         max_tokens=config.max_tokens,
         cpu_threads=None,
     )
-    validation = _subset(splits.validation, config.eval_limit, config.seed + 1)
-    test = _subset(splits.test, config.eval_limit, config.seed + 2)
-    val_probs = engine.score([ex.text for ex in validation]).probabilities
-    val_targets, val_mask = _label_arrays(validation)
-    thresholds = choose_thresholds(val_probs, val_targets, val_mask, result.labels)
-    val_metrics = evaluate(engine, validation, thresholds)
-    test_metrics = evaluate(engine, test, thresholds)
+    parts = {
+        "validation": _subset(splits.validation, config.eval_limit, config.seed + 1),
+        "test": _subset(splits.test, config.eval_limit, config.seed + 2),
+    }
+    data = {
+        name: SplitData(*_label_arrays(examples), [ex.source for ex in examples])
+        for name, examples in parts.items()
+    }
+    texts = {name: [ex.text for ex in examples] for name, examples in parts.items()}
+    probs = {name: engine.score(texts[name]).probabilities for name in parts}
+    rules = parse_target_precision(config.target_precision)
+    notes: dict[str, str] = {}
+    val = data["validation"]
+    thresholds = choose_thresholds(probs["validation"], val.targets, val.mask, labels, rules, notes)
+    lstm = {name: Scored(probs[name], thresholds) for name in parts}
+    measured = {
+        name: metrics_from_scores(probs[name], d.targets, d.mask, labels, thresholds)
+        for name, d in data.items()
+    }
+    models = {"lstm": lstm}
+
+    baseline_metrics: dict[str, Any] = {}
+    baseline_seconds = 0.0
+    if config.baseline:
+        try:
+            baseline = fit_baseline(
+                training_examples(config, splits) + list(extra_examples), labels, config.seed
+            )
+        except BaselineUnavailableError as e:
+            progress(f"baseline: skipped ({e})")
+        else:
+            baseline_seconds = baseline.seconds
+            b_probs = {name: baseline.predict(texts[name]) for name in parts}
+            b_thresholds = choose_thresholds(
+                b_probs["validation"], val.targets, val.mask, labels, rules
+            )
+            models["baseline"] = {name: Scored(b_probs[name], b_thresholds) for name in parts}
+            baseline_metrics = {
+                "name": baseline.name,
+                **{
+                    name: metrics_from_scores(
+                        b_probs[name], d.targets, d.mask, labels, b_thresholds
+                    )
+                    for name, d in data.items()
+                },
+            }
+    crossed = {
+        model_name: {
+            name: cross_domain(data[name], scored[name], labels, LABEL_SOURCES) for name in parts
+        }
+        for model_name, scored in models.items()
+    }
 
     metrics = {
-        "validation": val_metrics,
-        "test": test_metrics,
+        "validation": measured["validation"],
+        "test": measured["test"],
         "training": {
             "best_epoch": result.best_epoch,
             "best_validation_mean_auc": result.best_validation_auc,
             "seconds": result.seconds,
             "train_examples": min(len(splits.train), config.limit or len(splits.train)),
             "history": result.history,
+            "embeddings": result.embeddings,
         },
         "train_config": asdict(config),
+        "threshold_rules": notes,
+        "baseline": baseline_metrics,
+        "cross_domain": crossed,
     }
+    report: dict[str, Any] | None = None
+    if config.report:
+        report = build_report(
+            labels,
+            data,
+            models,
+            LABEL_SOURCES,
+            {
+                "data_fingerprint": splits.fingerprint,
+                "data": {
+                    "fingerprint": splits.fingerprint,
+                    **{
+                        f"{name} examples (known, positive)": label_counts(examples)
+                        for name, examples in (("train", splits.train), *parts.items())
+                    },
+                    "embeddings": result.embeddings,
+                },
+                "thresholds": thresholds,
+                "threshold_rules": notes,
+                "best_epoch": result.best_epoch,
+                "history": result.history,
+                "config": asdict(config),
+                "timings": {
+                    "lstm training": result.seconds,
+                    "baseline fit": baseline_seconds,
+                    "until report": time.perf_counter() - started,
+                },
+            },
+        )
+
+    def extra_files(version: str, created_at: str) -> dict[str, bytes]:
+        if report is None:
+            return {}
+        return report_files({**report, "version": version, "created_at": created_at})
+
     version = save_checkpoint(
         output_dir,
         result.model,
         result.vocab,
-        result.labels,
+        labels,
         thresholds,
         metrics=metrics,
         data_fingerprint=splits.fingerprint,
+        extra_files=extra_files,
     )
-    _verify_written(output_dir, version, engine, [ex.text for ex in validation[:64]])
-    for split_name, split_metrics in (("validation", val_metrics), ("test", test_metrics)):
-        for label, m in split_metrics.items():
-            progress(
-                f"{split_name} {label}: auc {m['roc_auc']:.4f} f1 {m['f1']:.4f} "
-                f"precision {m['precision']:.4f} recall {m['recall']:.4f} "
-                f"@ {m['threshold']:.3f} (n={m['examples']})"
-            )
-    progress(f"wrote checkpoint {version} to {output_dir}")
+    _verify_written(output_dir, version, engine, texts["validation"][:64])
+    for split_name in parts:
+        for model_name, split_metrics in (
+            ("lstm", measured[split_name]),
+            ("baseline", baseline_metrics.get(split_name, {})),
+        ):
+            for label, m in split_metrics.items():
+                progress(
+                    f"{split_name} {label} {model_name}: auc {m['roc_auc']:.4f} f1 {m['f1']:.4f} "
+                    f"precision {m['precision']:.4f} recall {m['recall']:.4f} "
+                    f"@ {m['threshold']:.3f} (n={m['examples']})"
+                )
+    for what, c in crossed["lstm"]["validation"].items():
+        progress(f"validation {what} lstm: flag rate {c['flag_rate']:.4f} (n={c['examples']})")
+    report_dir = str(Path(output_dir) / REPORT_DIR) if report is not None else None
+    progress(
+        f"wrote checkpoint {version} to {output_dir}"
+        + (f", report in {report_dir}" if report_dir else "")
+    )
     return RetrainReport(
         output_dir=str(output_dir),
         version=version,
-        labels=result.labels,
+        labels=labels,
         thresholds=thresholds,
-        validation=val_metrics,
-        test=test_metrics,
+        validation=measured["validation"],
+        test=measured["test"],
         data_fingerprint=splits.fingerprint,
         best_epoch=result.best_epoch,
         train_seconds=result.seconds,
         total_seconds=time.perf_counter() - started,
         config=asdict(config),
+        baseline=baseline_metrics,
+        cross_domain=crossed,
+        report_dir=report_dir,
     )
 
 

@@ -6,10 +6,10 @@ from typing import Any
 import pytest
 import torch
 
-from model.network import Classifier, ModelConfig
+from model.network import POOLINGS, Classifier, ModelConfig
 from model.train import masked_bce
 
-VARIANTS = list(itertools.product(("lstm", "gru"), (True, False), ("last", "mean", "max")))
+VARIANTS = list(itertools.product(("lstm", "gru"), (True, False), POOLINGS))
 
 
 def make_model(rnn: str, bidirectional: bool, pooling: str, layers: int = 2) -> Classifier:
@@ -77,6 +77,8 @@ def test_dropout_only_in_training_mode() -> None:
         ({"hidden_dim": 0}, "hidden_dim"),
         ({"dropout": 1.5}, "dropout"),
         ({"bidirectional": "yes"}, "bidirectional"),
+        ({"subword_buckets": -1}, "subword_buckets"),
+        ({"subword_buckets": 10, "subword_min_n": 4, "subword_max_n": 3}, "subword"),
     ],
 )
 def test_config_validation_names_the_field(changes: dict[str, Any], message: str) -> None:
@@ -132,3 +134,16 @@ def test_fully_masked_batch_gives_zero_loss() -> None:
     logits = torch.randn(3, 2, requires_grad=True)
     loss = masked_bce(logits, torch.ones(3, 2), torch.zeros(3, 2))
     assert loss.item() == 0.0
+
+
+def test_meanmax_pooling_concatenates_mean_and_max() -> None:
+    model = make_model("lstm", True, "meanmax", layers=1)
+    assert model.head.in_features == 4 * model.config.hidden_dim
+
+
+def test_subword_model_needs_its_inputs() -> None:
+    config = ModelConfig(vocab_size=10, num_labels=2, embed_dim=4, hidden_dim=3, subword_buckets=7)
+    model = Classifier(config).eval()
+    assert model.rnn.input_size == 4 + config.subword_dim
+    with pytest.raises(ValueError, match="subword"):
+        model(torch.tensor([[2, 3]]), torch.tensor([2]))

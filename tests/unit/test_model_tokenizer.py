@@ -52,7 +52,32 @@ def test_elongated_words_collapse_to_two_repeats() -> None:
 
 
 def test_digits_split_words_into_number_placeholders() -> None:
-    assert tokenize("b4 2day") == ["b", NUM_TOKEN, NUM_TOKEN, "day"]
+    # Mostly-digit runs split as before: prices, codes and phone numbers stay <num>.
+    assert tokenize("b4 150p txt82228 2,000p") == [
+        "b",
+        NUM_TOKEN,
+        NUM_TOKEN,
+        "p",
+        "txt",
+        NUM_TOKEN,
+        NUM_TOKEN,
+        "p",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("m0r0n", ["m0r0n"]),
+        ("1diot", ["1diot"]),
+        ("2day", ["2day"]),
+        ("stuuuupid", ["stuupid"]),
+        ("f*ck a**hole sh*t", ["f*ck", "a**hole", "sh*t"]),
+        ("*wink* 5*", ["*", "wink", "*", NUM_TOKEN, "*"]),
+    ],
+)
+def test_obfuscated_words_stay_whole(text: str, expected: list[str]) -> None:
+    assert tokenize(text) == expected
 
 
 def test_empty_and_whitespace_give_no_tokens() -> None:

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.data import LABELS, DataNotFoundError, DataSplits, Example, load_splits
+from model.data import (
+    LABELS,
+    SOURCE_INSULTS,
+    SOURCE_SMS,
+    DataNotFoundError,
+    DataSplits,
+    Example,
+    load_splits,
+)
 from model.engine import Engine
 from model.metrics import best_f1_threshold, precision_recall_f1, roc_auc
 from model.train import TrainConfig, length_bucketed_batches, retrain, train
@@ -75,6 +83,7 @@ def test_batches_cover_every_example_once_and_are_seeded() -> None:
 
 
 FILLER = "the a of to and we you it is was on for with this that"
+SOURCES = {"insult": SOURCE_INSULTS, "spam": SOURCE_SMS}
 
 
 def synthetic_splits(seed: int = 0) -> DataSplits:
@@ -89,7 +98,7 @@ def synthetic_splits(seed: int = 0) -> DataSplits:
         i = LABELS.index(label)
         targets = tuple(float(positive) if j == i else 0.0 for j in range(len(LABELS)))
         mask = tuple(1.0 if j == i else 0.0 for j in range(len(LABELS)))
-        return Example(" ".join(words), targets, mask, label)
+        return Example(" ".join(words), targets, mask, SOURCES[label])
 
     def split(n: int) -> list[Example]:
         return [make(rng.choice(LABELS), rng.random() < 0.4) for _ in range(n)]
