@@ -195,6 +195,24 @@ class WorkerProcess:
             self.proc.wait(timeout=30)
         self._log.close()
 
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the worker's /metrics (0 when absent or unreachable)."""
+        status, body = self.get("/metrics")
+        value = metric_value(body, name, **labels) if status == 200 else None
+        return value if value is not None else 0.0
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The worker's JSON log lines whose `event` is `event`, in order."""
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("event") == event:
+                found.append(entry)
+        return found
+
     def logs(self) -> str:
         if not self._log.closed:
             self._log.flush()
@@ -219,6 +237,37 @@ def worker_env(
     }
     env.update({f"MODSTREAM_{k.upper()}": v for k, v in extra.items()})
     return env
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a text exposition, or None when it is absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+def start_worker(
+    bootstrap: str,
+    topics: dict[str, str],
+    checkpoint: Path,
+    tmp_path: Path,
+    *,
+    group: str | None = None,
+    **extra: str,
+) -> WorkerProcess:
+    """A ready worker process (its own consumer group unless `group` is given)."""
+    import uuid
+
+    worker = WorkerProcess(
+        worker_env(bootstrap, topics, checkpoint, group or f"g-{uuid.uuid4().hex[:8]}", **extra),
+        tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log",
+    )
+    worker.wait_ready(timeout_s=120)
+    return worker
 
 
 def ids_of(records: Sequence[Consumed]) -> list[str]:

@@ -26,39 +26,17 @@ from tests.helpers import (
     TopicReader,
     WorkerProcess,
     free_port,
+    metric_value,
     produce,
     request_bytes,
+    start_worker,
     wait_for,
-    worker_env,
 )
 from tests.monitoring.promql import exported_metric_names, metric_names
 
 pytestmark = pytest.mark.integration
 
 MONITORING = REPO_ROOT / "deploy" / "monitoring"
-
-
-def start_worker(
-    bootstrap: str, topics: dict[str, str], checkpoint: Path, tmp_path: Path, **extra: str
-) -> WorkerProcess:
-    group = f"g-obs-{uuid.uuid4().hex[:8]}"
-    worker = WorkerProcess(
-        worker_env(bootstrap, topics, checkpoint, group, **extra),
-        tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log",
-    )
-    worker.wait_ready(timeout_s=120)
-    return worker
-
-
-def metric_value(exposition: str, name: str, **labels: str) -> float | None:
-    """The value of one sample in a text exposition, or None when it is absent."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return None
 
 
 def tool(name: str) -> str:

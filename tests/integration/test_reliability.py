@@ -7,7 +7,6 @@ seen by a `read_committed` reader.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import uuid
@@ -173,19 +172,6 @@ class SteadyProducer:
         return {f"{self._prefix}-{n}" for n in range(self.sent)}
 
 
-def metric(worker: WorkerProcess, name: str, labels: str = "") -> float:
-    """One sample from the worker's /metrics (0 when absent)."""
-    status, body = worker.get("/metrics")
-    if status != 200:
-        return 0.0
-    wanted = f"{name}{{{labels}}}" if labels else name
-    for line in body.splitlines():
-        sample, _, value = line.rpartition(" ")
-        if sample == wanted:
-            return float(value)
-    return 0.0
-
-
 @pytest.mark.parametrize("assignment", ["range", "cooperative-sticky"])
 def test_scaling_one_to_three_to_one_loses_nothing(
     assignment: str,
@@ -199,7 +185,6 @@ def test_scaling_one_to_three_to_one_loses_nothing(
     group = f"g-scale-{uuid.uuid4().hex[:8]}"
     options = {"assignment_strategy": assignment, "max_batch_size": "64"}
     reader = TopicReader(kafka_bootstrap, topics["output"])
-    ok = 'outcome="ok"'
     with SteadyProducer(kafka_bootstrap, topics["input"], "s") as producer:
         first = start(kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path, **options)
         extra: list[WorkerProcess] = []
@@ -217,8 +202,8 @@ def test_scaling_one_to_three_to_one_loses_nothing(
             # Three members, each doing real work on its share of the partitions.
             wait_for(
                 lambda: all(
-                    metric(w, "modstream_messages_total", ok) > 0
-                    and metric(w, "modstream_assigned_partitions") == 2
+                    w.metric("modstream_messages_total", outcome="ok") > 0
+                    and w.metric("modstream_assigned_partitions") == 2
                     for w in [first, *extra]
                 ),
                 120,
@@ -228,14 +213,14 @@ def test_scaling_one_to_three_to_one_loses_nothing(
             for worker in extra:
                 assert worker.stop() == 0, worker.logs()
             wait_for(
-                lambda: metric(first, "modstream_assigned_partitions") == 6,
+                lambda: first.metric("modstream_assigned_partitions") == 6,
                 120,
                 "the first worker owning all partitions again",
                 step_s=0.5,
             )
-            done_before = metric(first, "modstream_messages_total", ok)
+            done_before = first.metric("modstream_messages_total", outcome="ok")
             wait_for(
-                lambda: metric(first, "modstream_messages_total", ok) > done_before + 100,
+                lambda: first.metric("modstream_messages_total", outcome="ok") > done_before + 100,
                 120,
                 "processing going on after scaling down",
                 step_s=0.5,
@@ -260,14 +245,6 @@ def test_scaling_one_to_three_to_one_loses_nothing(
     print(f"\n{assignment}: {len(sent)} inputs, 1 -> 3 -> 1 workers: lost {len(lost)}, dups {dups}")
     assert not lost, f"{len(lost)} ids lost, e.g. {sorted(lost)[:5]}"
     assert set(ids) == sent
-
-
-def log_events(worker: WorkerProcess, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in worker.log_path.read_text(errors="replace").splitlines():
-        if f'"event": "{event}"' in line:
-            found.append(json.loads(line))
-    return found
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
@@ -296,11 +273,11 @@ def test_missing_output_topic_blocks_commits_until_it_exists(
     worker = WorkerProcess(env, tmp_path / "worker.log")
     failure_event = "transaction_aborted" if delivery == "exactly_once" else "publish_failed"
     try:
-        wait_for(lambda: len(log_events(worker, failure_event)) >= 3, 90, "three failed tries")
+        wait_for(lambda: len(worker.events(failure_event)) >= 3, 90, "three failed tries")
         status, body = worker.get("/readyz")
         assert status == 503, body
         assert topics["output"] in body, body  # readiness says why
-        failures = log_events(worker, failure_event)
+        failures = worker.events(failure_event)
         assert all(topics["output"] in f["error"] for f in failures[:3]), failures[0]
         assert "does the topic exist" in failures[0]["error"]
         waits = [f["retry_in_s"] for f in failures[:3]]

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import re
 import signal
 import subprocess
 import sys
 import threading
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -27,51 +24,15 @@ from tests.helpers import (
     make_checkpoint,
     produce,
     request_bytes,
+    start_worker,
     wait_for,
-    worker_env,
 )
 
 pytestmark = pytest.mark.integration
 
 
-def start_worker(
-    bootstrap: str, topics: dict[str, str], checkpoint: Path, tmp_path: Path, **extra: str
-) -> WorkerProcess:
-    group = f"g-reload-{uuid.uuid4().hex[:8]}"
-    worker = WorkerProcess(
-        worker_env(bootstrap, topics, checkpoint, group, **extra),
-        tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log",
-    )
-    worker.wait_ready(timeout_s=120)
-    return worker
-
-
-def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
-    """One sample from the worker's /metrics (0 when absent)."""
-    _, body = worker.get("/metrics")
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$")
-    for line in body.splitlines():
-        match = pattern.match(line)
-        if match and (match.group(1) or "") == wanted:
-            return float(match.group(2))
-    return 0.0
-
-
-def log_events(worker: WorkerProcess, event: str) -> list[dict[str, str]]:
-    found = []
-    for line in worker.log_path.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == event:
-            found.append(entry)
-    return found
-
-
 def reloads(worker: WorkerProcess, result: str) -> float:
-    return metric(worker, "modstream_model_reloads_total", result=result)
+    return worker.metric("modstream_model_reloads_total", result=result)
 
 
 def add(store: CheckpointStore, tmp_path: Path, seed: int, **kwargs: object) -> str:
@@ -189,7 +150,7 @@ def test_promotion_while_messages_flow_switches_once_per_partition_and_loses_not
         assert 0 < switch < len(sequence), f"partition {partition} did not see both versions"
         assert set(sequence[:switch]) == {old}, f"partition {partition}: {sequence}"
         assert set(sequence[switch:]) == {new}, f"partition {partition}: switched back"
-    assert [e["new_version"] for e in log_events(worker, "model_swapped")] == [new]
+    assert [e["new_version"] for e in worker.events("model_swapped")] == [new]
 
 
 def test_corrupt_checkpoints_never_serve_and_rollback_restores(
@@ -244,13 +205,13 @@ def test_corrupt_checkpoints_never_serve_and_rollback_restores(
         wait_for(lambda: reloads(worker, "ok") == 2, 120, "rolled back to the first version")
         assert versions_of_next(10) == {first}
         assert reloads(worker, "failed") == 3, "each bad version failed once, never retried"
-        info = metric(
-            worker, "modstream_model_info", device="cpu", labels="insult,spam", version=first
+        info = worker.metric(
+            "modstream_model_info", device="cpu", labels="insult,spam", version=first
         )
         assert info == 1.0
     finally:
         assert worker.stop() == 0, worker.logs()
-    failures = log_events(worker, "model_reload_failed")
+    failures = worker.events("model_reload_failed")
     assert [f["serving_version"] for f in failures] == [second] * 3
     assert "weights" in failures[0]["error"]
     assert "JSON" in failures[1]["error"]
@@ -275,4 +236,4 @@ def test_sighup_checks_at_once_when_polling_is_off(
         assert worker.proc.poll() is None, "SIGHUP must not stop the worker"
     finally:
         assert worker.stop() == 0, worker.logs()
-    assert [e["new_version"] for e in log_events(worker, "model_swapped")] == [new]
+    assert [e["new_version"] for e in worker.events("model_swapped")] == [new]

@@ -12,14 +12,13 @@ import pytest
 
 from tests.helpers import (
     TopicReader,
-    WorkerProcess,
     committed_offsets,
     end_offsets,
     ids_of,
     produce,
     request_bytes,
+    start_worker,
     wait_for,
-    worker_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -31,22 +30,6 @@ TEXTS = [
     "what a pathetic loser",
     "Thanks, that was really helpful.",
 ]
-
-
-def start_worker(
-    bootstrap: str,
-    topics: dict[str, str],
-    checkpoint: Path,
-    group: str,
-    tmp_path: Path,
-    **extra: str,
-) -> WorkerProcess:
-    name = f"worker-{uuid.uuid4().hex[:6]}.log"
-    worker = WorkerProcess(
-        worker_env(bootstrap, topics, checkpoint, group, **extra), tmp_path / name
-    )
-    worker.wait_ready()
-    return worker
 
 
 def valid_messages(prefix: str, count: int) -> list[tuple[bytes, bytes]]:
@@ -69,7 +52,11 @@ def test_every_message_gets_one_result_keyed_like_its_input(
     messages = valid_messages("m", 300)
     produce(kafka_bootstrap, topics["input"], messages)
     worker = start_worker(
-        kafka_bootstrap, topics, tiny_checkpoint, f"g-results-{uuid.uuid4().hex[:8]}", tmp_path
+        kafka_bootstrap,
+        topics,
+        tiny_checkpoint,
+        tmp_path,
+        group=f"g-results-{uuid.uuid4().hex[:8]}",
     )
     try:
         results = TopicReader(kafka_bootstrap, topics["output"]).read_until(len(messages))
@@ -114,7 +101,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic_with_a_reason(
     produce(kafka_bootstrap, topics["input"], interleaved)
     group = f"g-dlq-{uuid.uuid4().hex[:8]}"
     worker = start_worker(
-        kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path, max_text_chars="100"
+        kafka_bootstrap, topics, tiny_checkpoint, tmp_path, group=group, max_text_chars="100"
     )
     try:
         letters = TopicReader(kafka_bootstrap, topics["dead_letter"]).read_until(len(bad))
@@ -146,7 +133,7 @@ def test_restarted_worker_never_re_emits_committed_offsets(
     group = f"g-restart-{uuid.uuid4().hex[:8]}"
     first = valid_messages("first", 120)
     produce(kafka_bootstrap, topics["input"], first)
-    worker = start_worker(kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path)
+    worker = start_worker(kafka_bootstrap, topics, tiny_checkpoint, tmp_path, group=group)
     reader = TopicReader(kafka_bootstrap, topics["output"])
     try:
         reader.read_until(len(first))
@@ -163,7 +150,7 @@ def test_restarted_worker_never_re_emits_committed_offsets(
 
     second = valid_messages("second", 80)
     produce(kafka_bootstrap, topics["input"], second)
-    worker = start_worker(kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path)
+    worker = start_worker(kafka_bootstrap, topics, tiny_checkpoint, tmp_path, group=group)
     try:
         reader.read_until(len(first) + len(second))
         wait_for(
@@ -193,7 +180,7 @@ def test_sigterm_drains_the_batch_in_hand_and_loses_nothing(
     messages = valid_messages("d", 10000)
     produce(kafka_bootstrap, topics["input"], messages)
     worker = start_worker(
-        kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path, max_batch_size="16"
+        kafka_bootstrap, topics, tiny_checkpoint, tmp_path, group=group, max_batch_size="16"
     )
     reader = TopicReader(kafka_bootstrap, topics["output"])
     reader.read_until(1)
@@ -210,7 +197,7 @@ def test_sigterm_drains_the_batch_in_hand_and_loses_nothing(
         missing = [o for o in range(offset) if (partition, o) not in emitted]
         assert not missing, f"partition {partition}: committed past unanswered {missing[:5]}"
 
-    worker = start_worker(kafka_bootstrap, topics, tiny_checkpoint, group, tmp_path)
+    worker = start_worker(kafka_bootstrap, topics, tiny_checkpoint, tmp_path, group=group)
     try:
         wait_for(
             lambda: committed_offsets(kafka_bootstrap, group) == ends, 120, "the rest committed"
