@@ -392,6 +392,8 @@ class Worker:
         """Steps 0-3: swap in a waiting model, decode, score, build one output per record."""
         self._apply_pending_engine()
         engine = self.engine
+        # Log context is per thread: the scoring thread's lines name the model too.
+        structlog.contextvars.bind_contextvars(model_version=engine.version)
         started = time.time()
         queue_seconds = self.metrics.stage_seconds.labels(stage="queue")
         for record in batch:
