@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
@@ -307,3 +308,48 @@ def make_checkpoint(
         metrics={"validation": {label: {"roc_auc": auc} for label in labels}},
         created_at=f"2024-01-01T00:00:{seed % 60:02d}+00:00",
     )
+
+
+class SteadyProducer:
+    """Produces numbered requests at a bounded rate from a thread until stopped."""
+
+    def __init__(self, bootstrap: str, topic: str, prefix: str, per_tick: int = 25) -> None:
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=5, reconnect_backoff_max_ms=1000
+        )
+        self._topic = topic
+        self._prefix = prefix
+        self._per_tick = per_tick
+        self._stop = threading.Event()
+        self.sent = 0
+        self._thread = threading.Thread(target=self._run, name="steady-producer", daemon=True)
+
+    def __enter__(self) -> SteadyProducer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        # Paced by the stop event's timeout: ~per_tick / 0.1 s messages per second.
+        while not self._stop.wait(0.1):
+            futures = [
+                self._producer.send(
+                    self._topic,
+                    key=f"k-{self._prefix}-{n}".encode(),
+                    value=request_bytes(f"{self._prefix}-{n}", f"steady message {n}"),
+                )
+                for n in range(self.sent, self.sent + self._per_tick)
+            ]
+            for future in futures:
+                future.get(timeout=60)
+            self.sent += len(futures)
+
+    def stop(self) -> set[str]:
+        """Stops producing; returns every id the broker acknowledged."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=90)
+        self._producer.close(timeout=10)
+        return {f"{self._prefix}-{n}" for n in range(self.sent)}

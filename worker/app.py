@@ -301,7 +301,15 @@ class Worker:
             # A rebalance callback's own stop signal comes back wrapped: let it through.
             if isinstance(exc.__cause__, FatalWorkerError | WorkerStoppedError):
                 raise exc.__cause__ from None
-            self._on_poll_error(exc)
+            if isinstance(exc, FATAL_ERRORS):  # e.g. another live member with our instance id
+                raise FatalWorkerError(self._fenced_message(exc)) from exc
+            self.metrics.kafka_errors.labels(kind=type(exc).__name__).inc()
+            self._polling_failed(f"polling Kafka failed: {describe(exc)}")
+            self._stop.wait(POLL_ERROR_PAUSE_S)
+            return []
+        if not polled and self._coordinator_lost():
+            # An idle worker's polls do not fail when the broker goes: this does.
+            self._polling_failed("the group coordinator is unreachable (broker down?)")
             return []
         if self._poll_failing:
             self._poll_failing = False
@@ -317,18 +325,25 @@ class Worker:
             self.metrics.in_flight.inc(len(records))
         return records
 
-    def _on_poll_error(self, exc: KafkaError) -> None:
-        """The broker is unreachable (or the group coordinator is): not ready, try again.
-
-        kafka-python reconnects by itself; polling again after a pause is all it takes.
-        """
-        self.metrics.kafka_errors.labels(kind=type(exc).__name__).inc()
-        self.health.set(producer_ok=False, problem=f"polling Kafka failed: {describe(exc)}")
+    def _polling_failed(self, problem: str) -> None:
+        """Not ready until a poll works again; kafka-python reconnects by itself."""
+        self.health.set(producer_ok=False, problem=problem)
         if not self._poll_failing:
-            log.error("poll_failed", error=describe(exc), retry_in_s=POLL_ERROR_PAUSE_S)
+            log.error("poll_failed", error=problem, retry_in_s=POLL_ERROR_PAUSE_S)
         self._poll_failing = True
         self.health.tick()
-        self._stop.wait(POLL_ERROR_PAUSE_S)
+
+    def _coordinator_lost(self) -> bool:
+        """True when a worker that had joined its group no longer reaches the coordinator.
+
+        kafka-python has no public call for this; its coordinator's `coordinator_unknown`
+        (no I/O) is looked up defensively so a client upgrade degrades to "not checked".
+        """
+        if not self.health.group_joined:
+            return False
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        unknown = getattr(coordinator, "coordinator_unknown", None)
+        return bool(callable(unknown) and unknown())
 
     def process_batch(self, batch: Sequence[SourceRecord]) -> None:
         """Steps 0-5 of the module docstring for one closed batch, synchronously."""

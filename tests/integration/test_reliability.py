@@ -8,7 +8,6 @@ seen by a `read_committed` reader.
 from __future__ import annotations
 
 import random
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -17,9 +16,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
 
 from tests.helpers import (
+    SteadyProducer,
     TopicReader,
     WorkerProcess,
     committed_offsets,
@@ -129,47 +128,6 @@ def test_kill_9_three_times_loses_nothing(
         assert dups == 0, [i for i, c in Counter(ids).items() if c > 1][:10]
 
 
-class SteadyProducer:
-    """Produces numbered requests at a bounded rate from a thread until stopped."""
-
-    def __init__(self, bootstrap: str, topic: str, prefix: str, per_tick: int = 25) -> None:
-        self._producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-        self._topic = topic
-        self._prefix = prefix
-        self._per_tick = per_tick
-        self._stop = threading.Event()
-        self.sent = 0
-        self._thread = threading.Thread(target=self._run, name="steady-producer", daemon=True)
-
-    def __enter__(self) -> SteadyProducer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        # Paced by the stop event's timeout: ~per_tick / 0.1 s messages per second.
-        while not self._stop.wait(0.1):
-            futures = [
-                self._producer.send(
-                    self._topic,
-                    key=f"k-{self._prefix}-{n}".encode(),
-                    value=request_bytes(f"{self._prefix}-{n}", f"{TEXTS[n % 5]} #{n}"),
-                )
-                for n in range(self.sent, self.sent + self._per_tick)
-            ]
-            for future in futures:
-                future.get(timeout=60)
-            self.sent += len(futures)
-
-    def stop(self) -> set[str]:
-        """Stops producing; returns every id the broker acknowledged."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=90)
-        self._producer.close(timeout=10)
-        return {f"{self._prefix}-{n}" for n in range(self.sent)}
 
 
 @pytest.mark.parametrize("assignment", ["range", "cooperative-sticky"])

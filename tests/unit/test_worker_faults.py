@@ -109,6 +109,29 @@ def test_poll_errors_make_the_worker_not_ready_until_polling_works(
     assert worker.health.readiness()[0]
 
 
+class FakeCoordinator:
+    def __init__(self) -> None:
+        self.unknown = False
+
+    def coordinator_unknown(self) -> bool:
+        return self.unknown
+
+
+def test_an_idle_worker_notices_the_coordinator_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = make_worker(monkeypatch)
+    consumer = FakeConsumer()
+    consumer._coordinator = FakeCoordinator()  # type: ignore[attr-defined]
+    worker._consumer = consumer
+    assert worker._poll(0.0, 10) == [] and worker.health.readiness()[0]
+    consumer._coordinator.unknown = True  # type: ignore[attr-defined]
+    worker._poll(0.0, 10)
+    ready, body = worker.health.readiness()
+    assert not ready and "coordinator is unreachable" in body["reasons"][0]
+    consumer._coordinator.unknown = False  # type: ignore[attr-defined]
+    worker._poll(0.0, 10)
+    assert worker.health.readiness()[0]
+
+
 def test_a_stop_raised_in_a_rebalance_callback_is_not_swallowed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
