@@ -381,7 +381,7 @@ class Worker:
         """Wait for (or, not blocking, check) the oldest batch's acks; then commit it."""
         assert self._pipeline is not None
         item = self._pipeline.oldest(None if block else 0)
-        if item is None or (not block and not item.acknowledged()):
+        if item is None or (not block and not item.settled()):
             return False
         assert item.prepared is not None and item.delivery is not None
         publish_start = time.perf_counter()

@@ -49,11 +49,14 @@ class InFlight:
     delivery: Delivery | None = None
     error: BaseException | None = None
 
-    def acknowledged(self) -> bool:
-        """Every output sent and acknowledged (no waiting)."""
-        if not self.ready.is_set() or self.delivery is None:
+    def settled(self) -> bool:
+        """Nothing of it is still on its way: every output acknowledged, failed or never
+        sent. Completing it then waits for nobody but its own retries."""
+        if not self.ready.is_set():
             return False
-        return all(f is not None and f.is_done and f.succeeded() for f in self.delivery.futures)
+        if self.delivery is None:
+            return True  # scoring failed: completing raises it
+        return all(f is None or f.is_done for f in self.delivery.futures)
 
 
 class ScoringFailedError(Exception):
