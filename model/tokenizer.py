@@ -54,12 +54,16 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _LETTERS = r"[^\W\d_]"
 _ALNUM = r"[^\W_]"
 
+# The lookaheads opening `email` and `mixed` are necessary conditions of the patterns
+# after them (an `@` ahead; a digit and a letter in the run): they change nothing that
+# matches, but let an ordinary word fail those alternatives without backtracking.
 _TOKEN_RE = re.compile(
     rf"""
     (?P<url>(?:https?://|www\.)[^\s<>"]*[^\s<>".,!?;:)\]'}}])
-  | (?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)
+  | (?P<email>(?=[\w.+-]*@)[\w.+-]+@[\w-]+(?:\.[\w-]+)+)
   | (?P<user>@\w+)
-  | (?P<mixed>{_ALNUM}*(?:\d{_ALNUM}*?{_LETTERS}|{_LETTERS}{_ALNUM}*?\d){_ALNUM}*)
+  | (?P<mixed>(?={_ALNUM}*\d)(?={_ALNUM}*{_LETTERS})
+               {_ALNUM}*(?:\d{_ALNUM}*?{_LETTERS}|{_LETTERS}{_ALNUM}*?\d){_ALNUM}*)
   | (?P<starred>{_LETTERS}+(?:\*+{_LETTERS}+)+)
   | (?P<num>\d+(?:[.,]\d+)*)
   | (?P<word>{_LETTERS}+(?:'{_LETTERS}+)*)
@@ -85,28 +89,38 @@ def normalize(text: str, max_chars: int | None = None) -> str:
 def tokenize(text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> list[str]:
     """Deterministic, allocation-light tokenization; see the module docstring for rules."""
     max_chars = None if max_tokens is None else max_tokens * MAX_CHARS_PER_TOKEN
+    text = normalize(text, max_chars)
+    # Rule 4 only where some character repeats 3+ times: most texts skip it entirely.
+    collapse = _REPEAT_RE.search(text) is not None
     tokens: list[str] = []
-    for match in _TOKEN_RE.finditer(normalize(text, max_chars)):
+    append = tokens.append
+    for match in _TOKEN_RE.finditer(text):
         kind = match.lastgroup
-        if kind in ("word", "starred"):
-            tokens.append(_REPEAT_RE.sub(r"\1\1", match.group()))
+        if kind == "word" or kind == "starred":
+            append(_collapse(match.group()) if collapse else match.group())
+        elif kind == "punct":
+            run = match.group()
+            append(run[0])
+            if len(run) > 1:
+                append(run[0])
         elif kind == "mixed":
             run = match.group()
             digits = sum(c.isdigit() for c in run)
             if len(run) - digits > digits:
-                tokens.append(_REPEAT_RE.sub(r"\1\1", run))
+                append(_collapse(run) if collapse else run)
             else:
                 for part in _SPLIT_RE.finditer(run):
-                    is_word = part.lastgroup == "word"
-                    tokens.append(_REPEAT_RE.sub(r"\1\1", part.group()) if is_word else NUM_TOKEN)
-        elif kind == "punct":
-            run = match.group()
-            tokens.append(run[0])
-            if len(run) > 1:
-                tokens.append(run[0])
+                    if part.lastgroup == "word":
+                        append(_collapse(part.group()) if collapse else part.group())
+                    else:
+                        append(NUM_TOKEN)
         else:
             assert kind is not None
-            tokens.append(_PLACEHOLDERS[kind])
+            append(_PLACEHOLDERS[kind])
         if max_tokens is not None and len(tokens) >= max_tokens:
             return tokens[:max_tokens]
     return tokens
+
+
+def _collapse(word: str) -> str:
+    return _REPEAT_RE.sub(r"\1\1", word)
