@@ -26,7 +26,7 @@ from model.subword import ngram_ids, subword_batch, token_id
 from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
 from model.vocab import PAD_ID, UNK_TOKEN, Vocab
 
-DEFAULT_BUCKET_WIDTH = 8
+DEFAULT_BUCKET_WIDTH = 64
 DEFAULT_MAX_BATCH_TOKENS = 16_384
 
 
@@ -87,6 +87,16 @@ def forward_batch(model: Classifier, rows: Sequence[Encoded], device: torch.devi
         return result
     flat, offsets = subword_batch([row.subwords for row in rows], width)
     return model(token_ids, lengths, flat.to(device), offsets.to(device))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Texts encoded by one engine (`version`), ready for `Engine.score_encoded`."""
+
+    rows: list[Encoded]
+    lengths: np.ndarray  # int64 [n], tokens per row
+    version: str
+    tokenize_seconds: float
 
 
 class EngineError(Exception):
@@ -257,13 +267,22 @@ class Engine:
         return buckets
 
     def score(self, texts: Sequence[str]) -> Scores:
-        num_labels = len(self.labels)
-        t0 = time.perf_counter()
-        encoded = [self.encode_full(text) for text in texts]
-        lengths = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
-        t1 = time.perf_counter()
+        return self.score_encoded(self.encode_batch(texts))
 
-        probabilities = np.empty((len(encoded), num_labels), dtype=np.float32)
+    def encode_batch(self, texts: Sequence[str]) -> EncodedBatch:
+        """The pure-Python half of `score`: a worker runs it on another thread than
+        `score_encoded`, whose LSTM releases the GIL, so the two halves overlap."""
+        start = time.perf_counter()
+        rows = [self.encode_full(text) for text in texts]
+        lengths = np.fromiter((len(row.ids) for row in rows), dtype=np.int64, count=len(rows))
+        return EncodedBatch(rows, lengths, self.version, time.perf_counter() - start)
+
+    def score_encoded(self, batch: EncodedBatch) -> Scores:
+        if batch.version != self.version:
+            raise EngineError(f"batch encoded for model {batch.version}, not {self.version}")
+        encoded, lengths = batch.rows, batch.lengths
+        start = time.perf_counter()
+        probabilities = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
         padded_tokens = 0
         buckets = self.buckets(lengths)
         with torch.inference_mode():
@@ -271,12 +290,10 @@ class Engine:
                 width = int(lengths[bucket].max())
                 probabilities[bucket] = self._forward([encoded[i] for i in bucket])
                 padded_tokens += len(bucket) * width
-        t2 = time.perf_counter()
-
         return Scores(
             probabilities=probabilities,
-            tokenize_seconds=t1 - t0,
-            inference_seconds=t2 - t1,
+            tokenize_seconds=batch.tokenize_seconds,
+            inference_seconds=time.perf_counter() - start,
             real_tokens=int(lengths.sum()),
             padded_tokens=padded_tokens,
             num_buckets=len(buckets),

@@ -148,3 +148,20 @@ def test_thresholds_must_match_labels() -> None:
     engine = make_engine()
     with pytest.raises(EngineError, match="thresholds"):
         Engine.from_model(engine.model, engine.vocab, ("insult", "spam"), {"insult": 0.5})
+
+
+def test_encoding_apart_from_scoring_gives_the_same_scores() -> None:
+    engine = make_engine()
+    texts = random_texts(40, seed=5)
+    encoded = engine.encode_batch(texts)
+    assert encoded.version == engine.version and len(encoded.rows) == len(texts)
+    np.testing.assert_array_equal(
+        engine.score_encoded(encoded).probabilities, engine.score(texts).probabilities
+    )
+
+
+def test_a_batch_encoded_by_another_model_is_refused() -> None:
+    engine, other = make_engine(), make_engine()
+    other.version = "other-version"
+    with pytest.raises(EngineError, match="other-version"):
+        engine.score_encoded(other.encode_batch(["you idiot"]))
