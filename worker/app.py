@@ -4,9 +4,10 @@ Processing one batch (`Worker.process_batch`):
 
 0. Swap in a reloaded model if one is waiting (`offer_engine`, from worker/reload.py):
    here, on the processing thread, between two batches.
-1. Decode every record; invalid ones become dead letters, nothing raises.
-2. Score all valid texts with the engine captured at the start of the batch, so one
-   batch is scored by exactly one model version (invariant 4).
+1. Decode every record; invalid ones become dead letters, nothing raises. Tokenise
+   the valid texts with the engine captured here.
+2. Score them with that same engine, so one batch is scored by exactly one model
+   version (invariant 4).
 3. Build one output per record, in consumption order: a Result or a DeadLetter.
 4. Publish them all and wait until the broker acknowledged every one; on failure retry
    with backoff and report not-ready, never moving on (invariant 1).
@@ -29,6 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -45,7 +47,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from model.engine import Engine
+from model.engine import EncodedBatch, Engine
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.result import Timings
 from worker.batcher import Batcher
@@ -77,6 +79,18 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
     FencedInstanceIdError,
     TransactionalIdAuthorizationFailedError,
 )
+
+
+@dataclass
+class StagedBatch:
+    """A closed batch decoded and tokenised on the processing thread (steps 0-1)."""
+
+    batch: list[SourceRecord]
+    items: list[Decoded | Rejected]  # one per record, in consumption order
+    decoded: list[Decoded]
+    encoded: EncodedBatch | None  # the decoded texts; None if encoding raised
+    engine: Engine  # the model that encoded them scores them (invariant 4)
+    started: float
 
 
 class BrokerUnavailableError(Exception):
@@ -180,7 +194,7 @@ class Worker:
         consumer.subscribe(topics=[s.input_topic], listener=_Rebalance(self))
         self._consumer = consumer
         self._sink = Sink(producer, s.publish_timeout_s)
-        self._committer = Committer(consumer)
+        self._committer = Committer(consumer, self._async_commit_done)
         self.health.set(producer_ok=True, problem=None)
 
     def _refusal_hint(self) -> str:
@@ -250,13 +264,17 @@ class Worker:
                 # Transactions stay synchronous: one open transaction at a time.
                 self._pipeline = Pipeline(self._prepare, self._send, self.settings.pipeline_depth)
             while not self.stopping:
-                batch = self.batcher.collect(self._poll, lambda: self.stopping)
+                batch = self.batcher.collect(
+                    self._poll,
+                    lambda: self.stopping,
+                    self._scorer_idle if self._pipeline is not None else None,
+                )
                 self.health.tick()
                 if batch:
                     self._handle(batch)
                     self.health.tick()
-                elif self._pipeline is None or not len(self._pipeline):
-                    self._apply_pending_engine()  # idle: nothing is being scored
+                else:
+                    self._apply_pending_engine()  # idle: announce a new model at once
                 self._complete_acknowledged()
                 self._maybe_refresh_lag()
                 self._maybe_log_summary()
@@ -347,7 +365,7 @@ class Worker:
 
     def process_batch(self, batch: Sequence[SourceRecord]) -> None:
         """Steps 0-5 of the module docstring for one closed batch, synchronously."""
-        prepared = self._prepare(batch)
+        prepared = self._prepare(self._stage(batch))
         publish_start = time.perf_counter()
         if self._transactional:
             acked_at = self._publish_in_transaction(prepared.outputs, batch)
@@ -371,7 +389,10 @@ class Worker:
             return
         while self._pipeline.full:
             self._complete_oldest(block=True)
-        self._pipeline.submit(batch)
+        self._pipeline.submit(batch, self._stage(batch))
+
+    def _scorer_idle(self) -> bool:
+        return self._pipeline is not None and self._pipeline.scorer_idle
 
     def _send(self, delivery: Delivery) -> None:
         assert self._sink is not None
@@ -399,29 +420,47 @@ class Worker:
                 pass
 
     def _drain(self) -> None:
-        """Every batch handed over is acknowledged and committed (shutdown, revocation)."""
+        """Every batch handed over is acknowledged and committed, the last commits
+        synchronously (shutdown, revocation)."""
         while self._pipeline is not None and len(self._pipeline):
             self._complete_oldest(block=True)
+        if self._pipeline is not None and self._committer is not None:
+            try:
+                self._committer.flush()
+            except CommitError as exc:
+                self._commit_failed(exc)
 
-    def _prepare(self, batch: Sequence[SourceRecord]) -> PreparedBatch:
-        """Steps 0-3: swap in a waiting model, decode, score, build one output per record."""
+    def _stage(self, batch: Sequence[SourceRecord]) -> StagedBatch:
+        """Steps 0-1 and tokenisation, on the processing thread: swap in a waiting model,
+        decode, encode the valid texts with the model that will score them."""
         self._apply_pending_engine()
         engine = self.engine
-        # Log context is per thread: the scoring thread's lines name the model too.
-        structlog.contextvars.bind_contextvars(model_version=engine.version)
         started = time.time()
         queue_seconds = self.metrics.stage_seconds.labels(stage="queue")
         for record in batch:
             queue_seconds.observe(max(started - _arrival(record, started), 0.0))
         decode_start = time.perf_counter()
-        decoded_or_rejected = [self.decoder.decode(record) for record in batch]
+        items = [self.decoder.decode(record) for record in batch]
         self.metrics.stage_seconds.labels(stage="decode").observe(
             time.perf_counter() - decode_start
         )
         self.metrics.batch_size.observe(len(batch))
+        decoded = [item for item in items if isinstance(item, Decoded)]
+        encoded: EncodedBatch | None = None
+        if decoded:
+            try:
+                encoded = engine.encode_batch([d.request.text for d in decoded])
+            except Exception as exc:  # scored one by one in _score, never lost
+                log.error("batch_encoding_failed", error=str(exc), batch_size=len(decoded))
+        return StagedBatch(list(batch), items, decoded, encoded, engine, started)
 
-        decoded = [d for d in decoded_or_rejected if isinstance(d, Decoded)]
-        probabilities, inference_s, failed = self._score(engine, decoded)
+    def _prepare(self, staged: StagedBatch) -> PreparedBatch:
+        """Steps 2-3: score with the batch's engine, build one output per record."""
+        engine, started, batch = staged.engine, staged.started, staged.batch
+        # Log context is per thread: the scoring thread's lines name the model too.
+        structlog.contextvars.bind_contextvars(model_version=engine.version)
+        decoded_or_rejected, decoded = staged.items, staged.decoded
+        probabilities, inference_s, failed = self._score(engine, decoded, staged.encoded)
 
         outputs: list[OutputRecord] = []
         scored = iter(zip(decoded, probabilities, strict=True))
@@ -469,7 +508,7 @@ class Worker:
 
         if not self._transactional:  # a transaction committed the offsets with the outputs
             commit_start = time.perf_counter()
-            self._commit(batch)
+            self._commit(batch, wait=self._pipeline is None)
             self.metrics.stage_seconds.labels(stage="commit").observe(
                 time.perf_counter() - commit_start
             )
@@ -485,17 +524,18 @@ class Worker:
         )
 
     def _score(
-        self, engine: Engine, decoded: Sequence[Decoded]
+        self, engine: Engine, decoded: Sequence[Decoded], encoded: EncodedBatch | None
     ) -> tuple[list[Any], float, dict[int, str]]:
         """Scores per decoded request (None where scoring failed), the batch's time, errors."""
         if not decoded:
             return [], 0.0, {}
-        texts = [d.request.text for d in decoded]
+        if encoded is None:  # encoding the batch failed: find the text that fails
+            return self._score_individually(engine, decoded)
         try:
-            scores = engine.score(texts)
+            scores = engine.score_encoded(encoded)
         except Exception as exc:
             # One bad text must not dead-letter its whole batch: retry one by one.
-            log.error("batch_inference_failed", error=str(exc), batch_size=len(texts))
+            log.error("batch_inference_failed", error=str(exc), batch_size=len(decoded))
             return self._score_individually(engine, decoded)
         m = self.metrics
         m.inference_seconds.observe(scores.tokenize_seconds + scores.inference_seconds)
@@ -705,25 +745,32 @@ class Worker:
             "worker); stopping without committing"
         )
 
-    def _commit(self, batch: Sequence[SourceRecord]) -> None:
+    def _commit(self, batch: Sequence[SourceRecord], wait: bool = True) -> None:
+        """Commit the batch's offsets; `wait=False` sends the commit and moves on (its
+        outcome reaches `_async_commit_done`)."""
         assert self._committer is not None
+        if not wait:
+            self._committer.commit_async(batch)
+            return
         try:
             self._committer.commit(batch)
             self.metrics.commits.labels(result="ok").inc()
         except CommitError as exc:
-            # The partition moved on; its new owner re-reads from the last commit
-            # (at-least-once: a duplicate, never a loss).
-            self.metrics.commits.labels(result="failed").inc()
-            kind = type(exc.__cause__).__name__ if exc.__cause__ else "CommitError"
-            self.metrics.kafka_errors.labels(kind=kind).inc()
-            first = batch[0]
-            log.warning(
-                "commit_failed",
-                error=str(exc),
-                topic=first.topic,
-                partition=first.partition,
-                offset=first.offset,
-            )
+            self._commit_failed(exc)
+
+    def _async_commit_done(self, error: BaseException | None) -> None:
+        if error is None:
+            self.metrics.commits.labels(result="ok").inc()
+        else:
+            self._commit_failed(CommitError(describe(error)))
+
+    def _commit_failed(self, exc: CommitError) -> None:
+        # The partition moved on; its new owner re-reads from the last commit
+        # (at-least-once: a duplicate, never a loss).
+        self.metrics.commits.labels(result="failed").inc()
+        kind = type(exc.__cause__).__name__ if exc.__cause__ else "CommitError"
+        self.metrics.kafka_errors.labels(kind=kind).inc()
+        log.warning("commit_failed", error=str(exc))
 
     # -- model reload --------------------------------------------------------------
 
@@ -738,8 +785,9 @@ class Worker:
             self._pending_engine = engine
 
     def _apply_pending_engine(self) -> None:
-        """Between batches, on the thread that scores them (the scoring thread when
-        pipelined, else the processing thread): the one place `self.engine` changes."""
+        """Between batches, on the processing thread before it decodes the next one: the
+        one place `self.engine` changes. Batches already handed to the scoring thread
+        keep the engine that encoded them."""
         with self._engine_lock:
             engine, self._pending_engine = self._pending_engine, None
         if engine is None:
@@ -764,6 +812,8 @@ class Worker:
     def on_lost(self, lost: set[TopicPartition]) -> None:
         """Evicted from the group: the partitions' new owners re-read from the last
         commit, so the records in hand are dropped rather than answered twice."""
+        if self._committer is not None:
+            self._committer.forget(lost)
         pending = self.batcher.take()
         if pending:
             self.metrics.in_flight.dec(len(pending))

@@ -3,6 +3,11 @@
 A batch closes at `max_size` records, at `max_bytes` of values, or `max_wait_s` after
 its first record arrived, whichever comes first: large batches under load, bounded
 latency when traffic is light.
+
+A pipelined worker also passes `close_early`, true while the scoring thread has nothing
+to do: waiting for more records then only adds latency, so the batch closes with what
+it has. Under load the scorer is busy, records pile up meanwhile and batches grow on
+their own (adaptive batching).
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ import time
 from collections.abc import Callable
 
 from worker.decode import SourceRecord
+
+EARLY_CLOSE_CHECK_S = 0.002
+"""How often a pending batch re-checks `close_early` while the scorer is busy."""
 
 PollFn = Callable[[float, int], list[SourceRecord]]
 """poll(timeout_s, max_records) → records; may run rebalance callbacks."""
@@ -36,15 +44,24 @@ class Batcher:
     def _full(self) -> bool:
         return len(self._pending) >= self.max_size or self._pending_bytes >= self.max_bytes
 
-    def collect(self, poll: PollFn, should_stop: Callable[[], bool]) -> list[SourceRecord]:
+    def collect(
+        self,
+        poll: PollFn,
+        should_stop: Callable[[], bool],
+        close_early: Callable[[], bool] | None = None,
+    ) -> list[SourceRecord]:
         """Poll until a batch closes; returns [] after an idle poll so the caller can tick."""
         while not should_stop():
             if self._first_at is None:
                 timeout = self.idle_poll_s
             else:
+                if close_early is not None and close_early():
+                    return self.take()
                 timeout = self._first_at + self.max_wait_s - time.monotonic()
                 if timeout <= 0:
                     return self.take()
+                if close_early is not None:  # look again soon: the scorer may free up
+                    timeout = min(timeout, EARLY_CLOSE_CHECK_S)
             records = poll(max(timeout, 0.0), self.max_size - len(self._pending))
             if records:
                 if self._first_at is None:

@@ -3,11 +3,19 @@
 Batches are processed one at a time and in consumption order, so once every output of a
 batch is acknowledged, every record at or below the batch's highest offset per partition
 has its output acknowledged too: committing that offset + 1 keeps invariant 1.
+
+The pipelined worker commits asynchronously so that the processing thread never waits a
+broker round trip per batch. That keeps invariant 1 (a commit is still only sent after
+the batch's acknowledgements), and commits travel in order on one connection, so a
+later one supersedes an earlier one that failed. Before partitions are handed back
+(revocation, shutdown) `flush` commits the latest offsets synchronously, so the next
+owner starts exactly where this worker stopped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -38,17 +46,56 @@ def first_offsets(records: Iterable[SourceRecord]) -> dict[TopicPartition, int]:
 
 
 class Committer:
-    def __init__(self, consumer: KafkaConsumer) -> None:
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        on_async_result: Callable[[BaseException | None], None] | None = None,
+    ) -> None:
+        """`on_async_result` hears of every asynchronous commit: None when it succeeded,
+        else the error (possibly on a Kafka client thread)."""
         self._consumer = consumer
+        self._on_async_result = on_async_result
+        self._unflushed: dict[TopicPartition, int] = {}
 
-    def commit(self, records: Iterable[SourceRecord]) -> dict[TopicPartition, int]:
+    def commit_async(self, records: Iterable[SourceRecord]) -> dict[TopicPartition, int]:
+        """Send the commit and return at once; `flush` makes the latest ones certain."""
         offsets = next_offsets(records)
         if not offsets:
             return offsets
+        self._unflushed.update(offsets)
+        self._consumer.commit_async(
+            {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()},
+            callback=self._async_done,
+        )
+        return offsets
+
+    def flush(self) -> dict[TopicPartition, int]:
+        """Commit, synchronously, the latest offsets sent by `commit_async` since the
+        last flush. Raises CommitError like `commit`."""
+        offsets, self._unflushed = self._unflushed, {}
+        if offsets:
+            self._commit_offsets(offsets)
+        return offsets
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions lost to the group: their offsets can no longer be committed here."""
+        for tp in partitions:
+            self._unflushed.pop(tp, None)
+
+    def _async_done(self, _offsets: Any, response: Any) -> None:
+        if self._on_async_result is not None:
+            self._on_async_result(response if isinstance(response, BaseException) else None)
+
+    def commit(self, records: Iterable[SourceRecord]) -> dict[TopicPartition, int]:
+        offsets = next_offsets(records)
+        if offsets:
+            self._commit_offsets(offsets)
+        return offsets
+
+    def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             self._consumer.commit(
                 {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
             )
         except Exception as exc:  # kafka-python raises several unrelated classes here
             raise CommitError(f"{type(exc).__name__}: {exc}") from exc
-        return offsets

@@ -128,7 +128,7 @@ class WorkerMetrics:
         )
         self.commits = Counter(
             "modstream_commits",
-            "Offset commits by result.",
+            "Offset commits by result, counted when the group coordinator answers.",
             ["result"],
             registry=r,
         )

@@ -1,10 +1,11 @@
 """Overlaps Kafka I/O with inference: a scoring thread between the consumer and the acks.
 
 The processing thread owns the KafkaConsumer (kafka-python's consumer is not
-thread-safe): it polls, hands closed batches to the scoring thread, and completes
-batches strictly in the order it handed them over. The scoring thread decodes, scores
-(torch releases the GIL, so polling goes on meanwhile), builds the outputs and sends
-them without waiting. Completing a batch means waiting for its acknowledgements
+thread-safe): it polls, decodes and tokenises a closed batch (pure Python), hands it to
+the scoring thread, and completes batches strictly in the order it handed them over.
+The scoring thread runs the LSTM (torch releases the GIL, so the processing thread
+polls and tokenises the next batch meanwhile), builds the outputs and sends them
+without waiting. Completing a batch means waiting for its acknowledgements
 (re-sending what failed) and committing its offsets, so invariant 1 holds exactly as in
 the synchronous path: a batch commits only after every earlier batch has.
 
@@ -19,6 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -44,6 +46,7 @@ class InFlight:
     """One handed-over batch; `ready` is set once the scoring thread sent its outputs."""
 
     batch: list[SourceRecord]
+    work: Any  # what the processing thread prepared for `prepare` (decoded, encoded)
     ready: threading.Event = field(default_factory=threading.Event)
     prepared: PreparedBatch | None = None
     delivery: Delivery | None = None
@@ -68,7 +71,7 @@ class Pipeline:
 
     def __init__(
         self,
-        prepare: Callable[[Sequence[SourceRecord]], PreparedBatch],
+        prepare: Callable[[Any], PreparedBatch],
         send: Callable[[Delivery], None],
         depth: int,
     ) -> None:
@@ -87,9 +90,15 @@ class Pipeline:
     def full(self) -> bool:
         return len(self._window) >= self.depth
 
-    def submit(self, batch: Sequence[SourceRecord]) -> None:
-        """Processing thread: hand over a closed batch (caller keeps the window bounded)."""
-        item = InFlight(list(batch))
+    @property
+    def scorer_idle(self) -> bool:
+        """Nothing handed over is waiting to be scored: a new batch would start at once."""
+        return all(item.ready.is_set() for item in self._window)
+
+    def submit(self, batch: Sequence[SourceRecord], work: Any) -> None:
+        """Processing thread: hand over a closed batch and its prepared `work` (the
+        caller keeps the window bounded)."""
+        item = InFlight(list(batch), work)
         self._window.append(item)
         self._inbox.put(item)
 
@@ -117,7 +126,7 @@ class Pipeline:
             if item is None:
                 return
             try:
-                prepared = self._prepare(item.batch)
+                prepared = self._prepare(item.work)
                 delivery = Delivery(prepared.outputs)
                 try:
                     self._send(delivery)

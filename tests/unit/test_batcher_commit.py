@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from kafka.structs import TopicPartition
+import pytest
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from worker.batcher import Batcher
-from worker.commit import next_offsets
+from worker.commit import CommitError, Committer, next_offsets
 from worker.decode import SourceRecord
 
 
@@ -51,6 +53,24 @@ def test_batch_closes_after_max_wait_since_first_record() -> None:
     assert all(timeout <= 0.05 for timeout, _ in poll.calls[1:])
 
 
+def test_batch_closes_early_when_the_scorer_is_idle() -> None:
+    poll = ScriptedPoll([[make(0, 0), make(0, 1)], [make(0, 2)]])
+    batcher = Batcher(max_size=100, max_wait_s=60, max_bytes=10**9)
+    batch = batcher.collect(poll, lambda: False, close_early=lambda: True)
+    assert [r.offset for r in batch] == [0, 1]
+    assert len(poll.calls) == 1
+
+
+def test_batch_grows_while_the_scorer_is_busy_and_closes_once_it_is_free() -> None:
+    poll = ScriptedPoll([[make(0, 0)], [make(0, 1)], [make(0, 2)]])
+    scorer_idle = iter([False, False, True])
+    batcher = Batcher(max_size=100, max_wait_s=60, max_bytes=10**9)
+    batch = batcher.collect(poll, lambda: False, close_early=lambda: next(scorer_idle))
+    assert [r.offset for r in batch] == [0, 1, 2]
+    # While waiting for the scorer, polls are short so a free scorer is noticed soon.
+    assert all(timeout <= 0.002 for timeout, _ in poll.calls[1:])
+
+
 def test_idle_poll_returns_empty_and_keeps_nothing() -> None:
     batcher = Batcher(max_size=10, max_wait_s=1, max_bytes=10**9, idle_poll_s=0.01)
     assert batcher.collect(ScriptedPoll([]), lambda: False) == []
@@ -69,3 +89,54 @@ def test_stop_hands_back_the_partial_batch() -> None:
 def test_next_offsets_are_one_past_the_highest_per_partition() -> None:
     records = [make(0, 5), make(1, 9), make(0, 7), make(0, 6), make(1, 8)]
     assert next_offsets(records) == {TopicPartition("t", 0): 8, TopicPartition("t", 1): 10}
+
+
+class RecordingConsumer:
+    """commit/commit_async like kafka-python's KafkaConsumer, recording what was sent."""
+
+    def __init__(self, fail_sync: bool = False) -> None:
+        self.sync: list[dict[TopicPartition, int]] = []
+        self.asynchronous: list[dict[TopicPartition, int]] = []
+        self.callbacks: list[Any] = []
+        self.fail_sync = fail_sync
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if self.fail_sync:
+            raise RuntimeError("CommitFailedError: rebalanced")
+        self.sync.append({tp: m.offset for tp, m in offsets.items()})
+
+    def commit_async(self, offsets: dict[TopicPartition, OffsetAndMetadata], callback: Any) -> None:
+        self.asynchronous.append({tp: m.offset for tp, m in offsets.items()})
+        self.callbacks.append(callback)
+
+
+def test_async_commits_report_their_outcome_and_flush_commits_the_latest_sync() -> None:
+    consumer = RecordingConsumer()
+    outcomes: list[BaseException | None] = []
+    committer = Committer(consumer, outcomes.append)  # type: ignore[arg-type]
+    committer.commit_async([make(0, 4), make(1, 2)])
+    committer.commit_async([make(0, 9)])
+    assert consumer.asynchronous == [{TP0: 5, TP1: 3}, {TP0: 10}]
+    consumer.callbacks[0](None, object())
+    consumer.callbacks[1](None, RuntimeError("coordinator moved"))
+    assert outcomes[0] is None and isinstance(outcomes[1], RuntimeError)
+
+    assert committer.flush() == {TP0: 10, TP1: 3}
+    assert consumer.sync == [{TP0: 10, TP1: 3}]
+    assert committer.flush() == {}  # nothing new since
+    assert len(consumer.sync) == 1
+
+
+def test_flush_skips_lost_partitions_and_raises_commit_error() -> None:
+    consumer = RecordingConsumer(fail_sync=True)
+    committer = Committer(consumer)  # type: ignore[arg-type]
+    committer.commit_async([make(0, 1), make(1, 1)])
+    committer.forget([TP1])
+    with pytest.raises(CommitError, match="rebalanced"):
+        committer.flush()
+    consumer.fail_sync = False
+    committer.commit_async([make(0, 2)])
+    assert committer.flush() == {TP0: 3}
+
+
+TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
