@@ -154,6 +154,45 @@ def padding(checkpoint: Path, texts: list[str], batch: int) -> dict[str, float]:
     return {"bucketed": real / bucketed, "unbucketed": real / unbucketed, "batch": batch}
 
 
+def tokenizer_speed(texts: list[str]) -> dict[str, float | None]:
+    """µs per text: the project's tokenizer against HF `tokenizers` doing the nearest
+    equivalent it can express (NFKC, lower-case, one regex split), called per text as
+    the worker would. Median of 3 passes."""
+    import statistics
+
+    from model.tokenizer import tokenize
+
+    def per_text_us(fn: Any) -> float:
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for text in texts:
+                fn(text)
+            runs.append((time.perf_counter() - start) / len(texts) * 1e6)
+        return statistics.median(runs)
+
+    result: dict[str, float | None] = {"modstream_us": per_text_us(tokenize), "hf_us": None}
+    try:
+        from tokenizers import Regex, normalizers, pre_tokenizers
+    except ImportError:
+        return result
+    normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    splitter = pre_tokenizers.Split(
+        Regex(
+            r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+|@\w+|\d+(?:[.,]\d+)*"
+            r"|[^\W\d_]+(?:'[^\W\d_]+)*|[^\w\s]"
+        ),
+        behavior="isolated",
+    )
+
+    def hf(text: str) -> list[str]:
+        pieces = splitter.pre_tokenize_str(normalizer.normalize_str(text))
+        return [piece for piece, _ in pieces if not piece.isspace()]
+
+    result["hf_us"] = per_text_us(hf)
+    return result
+
+
 # -- 3. end to end -------------------------------------------------------------------
 
 
@@ -301,6 +340,7 @@ def main() -> int:
         "messages": args.messages,
     }
     results["padding"] = padding(checkpoint, texts[:20_000], 256)
+    results["tokenizer"] = tokenizer_speed(common.real_texts())
     results["model_only"] = model_only(checkpoint, texts, sizes, args.model_seconds)
     with common.broker() as bootstrap:
         names = topics(bootstrap, "e2e", 6)
@@ -367,6 +407,9 @@ def print_table(r: dict[str, Any]) -> None:
     p = r["padding"]
     out(f"\nPadding efficiency (real/padded tokens, batches of {p['batch']}): ")
     out(f"bucketed {p['bucketed']:.2f}, unbucketed {p['unbucketed']:.2f}\n")
+    t = r["tokenizer"]
+    hf = "not installed" if t["hf_us"] is None else f"{t['hf_us']:.0f} µs/text"
+    out(f"\nTokenizer: modstream {t['modstream_us']:.0f} µs/text; HF tokenizers {hf}\n")
 
 
 if __name__ == "__main__":
