@@ -20,6 +20,19 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+# The offset queries and bounded wait the tests use, so both agree on "drained".
+from tests.helpers import committed_offsets as committed  # noqa: E402
+from tests.helpers import end_offsets, free_port, wait_for  # noqa: E402
+
+__all__ = ["committed", "end_offsets", "free_port"]
+
+
+def wait_until(condition: Any, timeout_s: float, what: str, step_s: float = 0.2) -> Any:
+    """`wait_for`, polling less often: each check opens an admin client, and a
+    benchmark should not load the broker it measures."""
+    return wait_for(condition, timeout_s, what, step_s)
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
@@ -79,35 +92,6 @@ def prefill(bootstrap: str, topic: str, texts: Sequence[str], prefix: str = "m")
     return len(texts) / elapsed
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
-    finally:
-        consumer.close()
-
-
-def committed(bootstrap: str, group: str) -> dict[int, int]:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return {tp.partition: m.offset for tp, m in offsets.items() if m.offset >= 0}
-
-
-def wait_until(condition: Any, timeout_s: float, what: str, step_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(step_s)
-
-
 def read_all(bootstrap: str, topic: str, timeout_s: float = 300) -> list[Any]:
     """Every record of a topic (raw kafka-python records), up to its current end."""
     consumer = KafkaConsumer(
@@ -127,14 +111,6 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 300) -> list[Any]:
             records.extend(batch)
     consumer.close()
     return records
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Worker:

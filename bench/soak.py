@@ -51,6 +51,7 @@ from tests.helpers import (  # noqa: E402
     committed_offsets,
     end_offsets,
     request_bytes,
+    wait_for,
     worker_env,
 )
 
@@ -82,14 +83,7 @@ def say(message: str) -> None:
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"soak: timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(0.25)  # polling interval of a bounded wait, not synchronisation
+    return wait_for(condition, timeout_s, what, step_s=0.25)
 
 
 class PacedProducer:
