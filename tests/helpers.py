@@ -148,6 +148,21 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+def wait_committed(
+    bootstrap: str, group: str, topic: str, timeout_s: float, what: str
+) -> dict[int, int]:
+    """Waits until `group` has committed every partition of `topic` up to its end."""
+    ends: dict[int, int] = {}
+
+    def caught_up() -> bool:
+        nonlocal ends
+        ends = end_offsets(bootstrap, topic)
+        return committed_offsets(bootstrap, group) == ends
+
+    wait_for(caught_up, timeout_s, what)
+    return ends
+
+
 class WorkerProcess:
     """`modstream worker` as a real child process (real signals, real exit codes)."""
 

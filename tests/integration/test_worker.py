@@ -18,6 +18,7 @@ from tests.helpers import (
     produce,
     request_bytes,
     start_worker,
+    wait_committed,
     wait_for,
 )
 
@@ -137,14 +138,7 @@ def test_restarted_worker_never_re_emits_committed_offsets(
     reader = TopicReader(kafka_bootstrap, topics["output"])
     try:
         reader.read_until(len(first))
-        wait_for(
-            lambda: (
-                committed_offsets(kafka_bootstrap, group)
-                == end_offsets(kafka_bootstrap, topics["input"])
-            ),
-            30,
-            "first round committed",
-        )
+        wait_committed(kafka_bootstrap, group, topics["input"], 30, "first round committed")
     finally:
         assert worker.stop() == 0, worker.logs()
 
@@ -153,14 +147,7 @@ def test_restarted_worker_never_re_emits_committed_offsets(
     worker = start_worker(kafka_bootstrap, topics, tiny_checkpoint, tmp_path, group=group)
     try:
         reader.read_until(len(first) + len(second))
-        wait_for(
-            lambda: (
-                committed_offsets(kafka_bootstrap, group)
-                == end_offsets(kafka_bootstrap, topics["input"])
-            ),
-            30,
-            "second round committed",
-        )
+        wait_committed(kafka_bootstrap, group, topics["input"], 30, "second round committed")
     finally:
         assert worker.stop() == 0, worker.logs()
     reader.read_to_end()
