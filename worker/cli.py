@@ -209,6 +209,11 @@ def _run_worker(args: argparse.Namespace) -> int:
     from worker.health import HealthServer
     from worker.reload import Reloader
 
+    if settings.gil_switch_interval_us:
+        # The scoring thread releases the GIL inside every torch call and must win it
+        # back from the processing thread; at Python's 5 ms default each handover can
+        # stall it that long (measured: +15 % throughput at 100 µs, bench/README).
+        sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
     if settings.torch_threads:
         import torch
 

@@ -97,6 +97,15 @@ class WorkerSettings(BaseSettings):
             description="torch intra-op threads (1 leaves a core for Kafka I/O); 0 = default.",
         ),
     ] = 1
+    gil_switch_interval_us: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=100_000,
+            description="Python's thread switch interval in µs: short lets the scoring "
+            "thread take the GIL back quickly between torch calls; 0 = Python's 5000.",
+        ),
+    ] = 100
     metrics_host: Annotated[str, Field(description="Bind address of /metrics and health.")] = (
         "0.0.0.0"
     )
