@@ -25,6 +25,7 @@ from model.network import Classifier, ModelConfig
 from model.subword import ngram_ids, subword_batch, token_id
 from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
 from model.vocab import PAD_ID, UNK_TOKEN, Vocab
+from model.wide import text_features, token_features, wide_batch
 
 DEFAULT_BUCKET_WIDTH = 64
 DEFAULT_MAX_BATCH_TOKENS = 16_384
@@ -32,14 +33,18 @@ DEFAULT_MAX_BATCH_TOKENS = 16_384
 
 @dataclass(frozen=True)
 class Encoded:
-    """One text as model input: token ids (never empty) and, for models with sub-words,
-    each token's n-gram bucket ids (else an empty tuple)."""
+    """One text as model input: token ids (never empty); for models with sub-words,
+    each token's n-gram bucket ids (else an empty tuple); for models with the wide path,
+    the message's distinct n-gram buckets (`model.wide`, else an empty tuple)."""
 
     ids: list[int]
     subwords: tuple[tuple[int, ...], ...]
+    wide: tuple[int, ...] = ()
 
 
 TOKEN_CACHE_SIZE = 200_000
+# token → (vocabulary id, sub-word buckets, wide-path buckets of the token alone)
+TokenCache = dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]]
 
 
 def encode_text(
@@ -47,12 +52,12 @@ def encode_text(
     config: ModelConfig,
     text: str,
     max_tokens: int,
-    cache: dict[str, tuple[int, tuple[int, ...]]] | None = None,
+    cache: TokenCache | None = None,
 ) -> Encoded:
     """The one text → input function, shared by training and serving.
 
-    `cache` (token → (id, n-gram ids)) must belong to this vocab and config; it saves
-    the fallback lookups and hashing for tokens seen before (most of them).
+    `cache` (see `TokenCache`) must belong to this vocab and config; it saves the
+    fallback lookups and hashing for tokens seen before (most of them).
     """
     tokens = tokenize(text, max_tokens) or [UNK_TOKEN]
     if cache is None:
@@ -60,16 +65,25 @@ def encode_text(
     elif len(cache) > TOKEN_CACHE_SIZE:
         cache.clear()
     buckets, low, high = config.subword_buckets, config.subword_min_n, config.subword_max_n
+    wide = config.wide_buckets
     ids: list[int] = []
     grams: list[tuple[int, ...]] = []
+    wide_grams: list[tuple[int, ...]] = []
     for token in tokens:
         known = cache.get(token)
         if known is None:
             subwords = ngram_ids(token, buckets, low, high) if buckets else ()
-            known = cache[token] = (token_id(vocab, token), subwords)
+            own = (
+                token_features(token, wide, config.wide_char_min_n, config.wide_char_max_n)
+                if wide
+                else ()
+            )
+            known = cache[token] = (token_id(vocab, token), subwords, own)
         ids.append(known[0])
         grams.append(known[1])
-    return Encoded(ids, tuple(grams) if buckets else ())
+        wide_grams.append(known[2])
+    bag = text_features(tokens, wide_grams, wide, config.wide_word_max_n) if wide else ()
+    return Encoded(ids, tuple(grams) if buckets else (), bag)
 
 
 def forward_batch(model: Classifier, rows: Sequence[Encoded], device: torch.device) -> torch.Tensor:
@@ -82,11 +96,20 @@ def forward_batch(model: Classifier, rows: Sequence[Encoded], device: torch.devi
     token_ids = torch.from_numpy(ids)
     if device.type == "cuda":
         token_ids = token_ids.pin_memory().to(device, non_blocking=True)
-    if not model.config.subword_buckets:
-        result: torch.Tensor = model(token_ids, lengths)
-        return result
-    flat, offsets = subword_batch([row.subwords for row in rows], width)
-    return model(token_ids, lengths, flat.to(device), offsets.to(device))  # type: ignore[no-any-return]
+    subword_ids = subword_offsets = None
+    if model.config.subword_buckets:
+        flat, offsets = subword_batch([row.subwords for row in rows], width)
+        subword_ids, subword_offsets = flat.to(device), offsets.to(device)
+    wide: dict[str, torch.Tensor] = {}
+    if model.config.wide_buckets:
+        wide_ids, wide_offsets, wide_weights = wide_batch([row.wide for row in rows])
+        wide = {
+            "wide_ids": wide_ids.to(device),
+            "wide_offsets": wide_offsets.to(device),
+            "wide_weights": wide_weights.to(device),
+        }
+    result: torch.Tensor = model(token_ids, lengths, subword_ids, subword_offsets, **wide)
+    return result
 
 
 @dataclass(frozen=True)
@@ -179,7 +202,7 @@ class Engine:
         self.max_tokens = max_tokens
         self.bucket_width = bucket_width
         self.max_batch_tokens = max_batch_tokens
-        self._token_cache: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self._token_cache: TokenCache = {}
         if device.type == "cpu" and cpu_threads is not None:
             torch.set_num_threads(max(1, cpu_threads))
 

@@ -14,6 +14,8 @@ fingerprint and the evaluation report (`report/`, see `model.report`).
 Training data choices (each a `TrainConfig` field, measured on validation; see README):
 - embeddings start from GloVe 6B 100d when `make glove` has cached it (`model.glove`);
 - hashed character n-grams per token (`model.subword`) for obfuscated spellings;
+- `ema_decay`: validation, early stopping and the saved checkpoint use an exponential
+  moving average of the weights rather than the last step's (less noise, same model);
 - `comments_spam_negative`: insult-corpus comments train the spam head as negatives.
   Assumption: the Kaggle comments are user comments on news/social sites, not bulk
   advertising, so none is spam. Without it the spam head never sees comment-style
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 from model.baseline import BaselineUnavailableError, fit_baseline
 from model.checkpoint import default_checkpoint_dir, save_checkpoint
 from model.data import SOURCE_INSULTS, SOURCE_SMS, DataSplits, Example, label_counts, load_splits
-from model.engine import Engine, encode_text, forward_batch, resolve_device
+from model.engine import Engine, TokenCache, encode_text, forward_batch, resolve_device
 from model.glove import GloveVectors, embedding_matrix, load_glove
 from model.metrics import best_f1_threshold, binary_metrics, precision_threshold, roc_auc
 from model.network import Classifier, ModelConfig, Pooling, RnnKind
@@ -80,6 +82,16 @@ class TrainConfig:
     pooling: Pooling = "meanmax"
     subword_buckets: int = 20_000  # hashed char n-gram rows; 0 = word embeddings only
     subword_dim: int = 32
+    wide_buckets: int = 0  # hashed word/char n-gram bag added to the logits; 0 = off
+    wide_word_max_n: int = 2
+    wide_char_min_n: int = 2
+    wide_char_max_n: int = 5
+    wide_lr: float | None = None  # Adam learning rate of the wide path; None = lr
+    wide_dropout: float = 0.0  # drop each wide-bag entry with this probability (training)
+    wide_weight_decay: float = 0.0  # decoupled weight decay of the wide path, per step
+    # >0: validate and keep an exponential moving average of the weights (this decay per
+    # step, ~200-step horizon at 0.995) instead of the raw weights; 0 = raw weights.
+    ema_decay: float = 0.995
     glove: bool = True  # initialise embeddings from the GloVe cache when present
     glove_dir: str | None = None  # default: $MODSTREAM_GLOVE_DIR or ~/.cache/modstream/glove
     glove_min_freq: int = 0  # >0: also keep tokens this frequent if GloVe knows them
@@ -122,6 +134,7 @@ class TrainConfig:
             freeze_glove=False,
             baseline=False,
             report=False,
+            ema_decay=0.0,
         )
         return cls(**{**base, **overrides})
 
@@ -141,6 +154,11 @@ class TrainConfig:
             pooling=self.pooling,
             subword_buckets=self.subword_buckets,
             subword_dim=self.subword_dim,
+            wide_buckets=self.wide_buckets,
+            wide_word_max_n=self.wide_word_max_n,
+            wide_char_min_n=self.wide_char_min_n,
+            wide_char_max_n=self.wide_char_max_n,
+            wide_dropout=self.wide_dropout,
         )
 
 
@@ -495,7 +513,7 @@ def _train(
     token_lists = [tokenize(ex.text, config.max_tokens) for ex in train_examples]
     vocab = build_vocab(config, token_lists, glove)
     model_config = config.model_config(len(vocab), len(labels))
-    cache: dict[str, tuple[int, tuple[int, ...]]] = {}
+    cache: TokenCache = {}
     encoded = [
         encode_text(vocab, model_config, ex.text, config.max_tokens, cache) for ex in train_examples
     ]
@@ -517,7 +535,7 @@ def _train(
         if config.freeze_glove:
             _freeze_rows(model.embedding.weight, glove_rows(vocab, glove))
         progress(f"GloVe: {found}/{len(vocab)} vocabulary tokens initialised ({glove.source})")
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(_param_groups(model, config), lr=config.lr)
     steps = config.epochs * math.ceil(len(train_examples) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -528,6 +546,7 @@ def _train(
     weights = _pos_weight(config, targets, mask)
     pos_weight = None if weights is None else torch.from_numpy(weights).to(device)
     best_auc, best_epoch, best_state = -math.inf, 0, _cpu_state(model)
+    ema = _Ema(model, config.ema_decay) if config.ema_decay > 0 else None
     history: list[dict[str, float]] = []
     interactive = progress is not _quiet and sys.stderr.isatty()
 
@@ -550,12 +569,22 @@ def _train(
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if model.wide is not None and config.wide_weight_decay > 0:
+                with torch.no_grad():
+                    step_lr = optimizer.param_groups[-1]["lr"]
+                    model.wide.weight.mul_(1.0 - step_lr * config.wide_weight_decay)
             scheduler.step()
+            if ema is not None:
+                ema.update(model)
             total_loss += float(loss.item())
             total_batches += 1
             bar.update(total_batches, total_loss / total_batches)
         bar.close()
 
+        raw_state = None
+        if ema is not None:
+            raw_state = _cpu_state(model)
+            ema.copy_to(model)
         engine = Engine.from_model(
             model, vocab, labels, device=device, max_tokens=config.max_tokens, cpu_threads=None
         )
@@ -582,6 +611,8 @@ def _train(
         elif epoch - best_epoch >= config.patience:
             progress(f"early stop: no improvement since epoch {best_epoch}")
             break
+        if raw_state is not None:
+            model.load_state_dict(raw_state)  # training goes on from the raw weights
 
     model.load_state_dict(best_state)
     model.eval()
@@ -596,6 +627,43 @@ def _train(
         seconds=time.perf_counter() - started,
         embeddings=embeddings,
     )
+
+
+class _Ema:
+    """Exponential moving average of a model's floating-point state with a constant
+    `decay` per optimizer step (a horizon of about 1 / (1 - decay) steps), started at
+    zero and bias-corrected like Adam's moments, so the starting weights never linger."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay, self.steps = decay, 0
+        self.state = {
+            k: torch.zeros_like(v) for k, v in model.state_dict().items() if v.is_floating_point()
+        }
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        current = model.state_dict()
+        for name, average in self.state.items():
+            average.lerp_(current[name].detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        correction = 1.0 / (1.0 - self.decay**self.steps) if self.steps else 1.0
+        current = model.state_dict()
+        for name, average in self.state.items():
+            current[name].copy_(average * correction)
+
+
+def _param_groups(model: Classifier, config: TrainConfig) -> list[dict[str, Any]]:
+    """One Adam group, or two when the wide path has its own learning rate: its bucket
+    weights see few updates each (sparse features), so they may need larger steps."""
+    if model.wide is None or config.wide_lr is None:
+        return [{"params": list(model.parameters())}]
+    wide = list(model.wide.parameters())
+    ids = {id(p) for p in wide}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest}, {"params": wide, "lr": config.wide_lr}]
 
 
 def _masked_log_loss(probabilities: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> float:

@@ -106,9 +106,17 @@ def synthetic_splits(seed: int = 0) -> DataSplits:
     return DataSplits(split(300), split(80), split(80), fingerprint="synthetic")
 
 
-def test_training_is_deterministic_with_a_seed() -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"wide_buckets": 500, "wide_lr": 0.01, "wide_dropout": 0.3, "wide_weight_decay": 0.1},
+        {"ema_decay": 0.9},
+    ],
+)
+def test_training_is_deterministic_with_a_seed(extra: dict[str, float]) -> None:
     splits = synthetic_splits()
-    config = TrainConfig.tiny(limit=120, epochs=2, min_freq=1)
+    config = TrainConfig.tiny(limit=120, epochs=2, min_freq=1, **extra)
     first, second = train(config, splits), train(config, splits)
     for (name, a), (_, b) in zip(
         first.model.state_dict().items(), second.model.state_dict().items(), strict=True
@@ -121,8 +129,11 @@ def test_training_is_deterministic_with_a_seed() -> None:
     assert without_timing(first.history) == without_timing(second.history)
 
 
-def test_retrain_on_synthetic_data_learns_and_writes_a_checkpoint(tmp_path: Path) -> None:
-    config = TrainConfig.tiny(epochs=6, min_freq=1, eval_limit=None, limit=None, lr=0.01)
+@pytest.mark.parametrize("extra", [{}, {"wide_buckets": 2000, "ema_decay": 0.9}])
+def test_retrain_on_synthetic_data_learns_and_writes_a_checkpoint(
+    tmp_path: Path, extra: dict[str, float]
+) -> None:
+    config = TrainConfig.tiny(epochs=6, min_freq=1, eval_limit=None, limit=None, lr=0.01, **extra)
     lines: list[str] = []
     report = retrain(tmp_path / "ckpt", config, lines.append, splits=synthetic_splits())
     assert any("epoch 1/" in line for line in lines)
