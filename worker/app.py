@@ -81,6 +81,11 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+ScoredBatch = tuple[list[Any], float, dict[int, str]]
+"""Per decoded request its scores (None where scoring failed), the batch's inference
+seconds, and per failed request (by `id`) why."""
+
+
 @dataclass
 class StagedBatch:
     """A closed batch decoded and tokenised on the processing thread (steps 0-1)."""
@@ -262,7 +267,9 @@ class Worker:
         try:
             if not self._transactional and self.settings.pipeline_depth > 0:
                 # Transactions stay synchronous: one open transaction at a time.
-                self._pipeline = Pipeline(self._prepare, self._send, self.settings.pipeline_depth)
+                self._pipeline = Pipeline(
+                    self._score_staged, self._prepare, self._send, self.settings.pipeline_depth
+                )
             while not self.stopping:
                 batch = self.batcher.collect(
                     self._poll,
@@ -365,7 +372,8 @@ class Worker:
 
     def process_batch(self, batch: Sequence[SourceRecord]) -> None:
         """Steps 0-5 of the module docstring for one closed batch, synchronously."""
-        prepared = self._prepare(self._stage(batch))
+        staged = self._stage(batch)
+        prepared = self._prepare(staged, self._score_staged(staged))
         publish_start = time.perf_counter()
         if self._transactional:
             acked_at = self._publish_in_transaction(prepared.outputs, batch)
@@ -454,13 +462,18 @@ class Worker:
                 log.error("batch_encoding_failed", error=str(exc), batch_size=len(decoded))
         return StagedBatch(list(batch), items, decoded, encoded, engine, started)
 
-    def _prepare(self, staged: StagedBatch) -> PreparedBatch:
-        """Steps 2-3: score with the batch's engine, build one output per record."""
+    def _score_staged(self, staged: StagedBatch) -> ScoredBatch:
+        """Step 2: score with the batch's engine (the scoring thread when pipelined)."""
+        # Log context is per thread: these threads' lines name the model too.
+        structlog.contextvars.bind_contextvars(model_version=staged.engine.version)
+        return self._score(staged.engine, staged.decoded, staged.encoded)
+
+    def _prepare(self, staged: StagedBatch, scores: ScoredBatch) -> PreparedBatch:
+        """Step 3: one output per record, in consumption order."""
         engine, started, batch = staged.engine, staged.started, staged.batch
-        # Log context is per thread: the scoring thread's lines name the model too.
         structlog.contextvars.bind_contextvars(model_version=engine.version)
         decoded_or_rejected, decoded = staged.items, staged.decoded
-        probabilities, inference_s, failed = self._score(engine, decoded, staged.encoded)
+        probabilities, inference_s, failed = scores
 
         outputs: list[OutputRecord] = []
         scored = iter(zip(decoded, probabilities, strict=True))
@@ -525,7 +538,7 @@ class Worker:
 
     def _score(
         self, engine: Engine, decoded: Sequence[Decoded], encoded: EncodedBatch | None
-    ) -> tuple[list[Any], float, dict[int, str]]:
+    ) -> ScoredBatch:
         """Scores per decoded request (None where scoring failed), the batch's time, errors."""
         if not decoded:
             return [], 0.0, {}
@@ -550,9 +563,7 @@ class Worker:
             {},
         )
 
-    def _score_individually(
-        self, engine: Engine, decoded: Sequence[Decoded]
-    ) -> tuple[list[Any], float, dict[int, str]]:
+    def _score_individually(self, engine: Engine, decoded: Sequence[Decoded]) -> ScoredBatch:
         rows: list[Any] = []
         failed: dict[int, str] = {}
         start = time.perf_counter()

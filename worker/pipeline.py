@@ -1,13 +1,15 @@
-"""Overlaps Kafka I/O with inference: a scoring thread between the consumer and the acks.
+"""Overlaps Kafka I/O with inference: a scoring and a publishing thread between the
+consumer and the acks.
 
 The processing thread owns the KafkaConsumer (kafka-python's consumer is not
-thread-safe): it polls, decodes and tokenises a closed batch (pure Python), hands it to
-the scoring thread, and completes batches strictly in the order it handed them over.
-The scoring thread runs the LSTM (torch releases the GIL, so the processing thread
-polls and tokenises the next batch meanwhile), builds the outputs and sends them
-without waiting. Completing a batch means waiting for its acknowledgements
-(re-sending what failed) and committing its offsets, so invariant 1 holds exactly as in
-the synchronous path: a batch commits only after every earlier batch has.
+thread-safe): it polls, decodes and tokenises a closed batch (pure Python), hands it
+over, and completes batches strictly in the order it handed them over. The scoring
+thread only runs the model (torch releases the GIL inside its calls, so Python work
+goes on meanwhile); the publishing thread builds each scored batch's outputs and sends
+them without waiting, while the scoring thread is already on the next batch.
+Completing a batch means waiting for its acknowledgements (re-sending what failed) and
+committing its offsets, so invariant 1 holds exactly as in the synchronous path: a
+batch commits only after every earlier batch has.
 
 At most `depth` batches are in flight; the processing thread waits for the oldest to
 complete before handing over another (backpressure instead of unbounded memory).
@@ -43,11 +45,14 @@ class PreparedBatch:
 
 @dataclass
 class InFlight:
-    """One handed-over batch; `ready` is set once the scoring thread sent its outputs."""
+    """One handed-over batch: `scored` is set once the model ran on it, `ready` once its
+    outputs were sent (or either step failed)."""
 
     batch: list[SourceRecord]
-    work: Any  # what the processing thread prepared for `prepare` (decoded, encoded)
+    work: Any  # what the processing thread prepared for `score` (decoded, encoded)
+    scored: threading.Event = field(default_factory=threading.Event)
     ready: threading.Event = field(default_factory=threading.Event)
+    scores: Any = None  # what `score` returned, for `prepare`
     prepared: PreparedBatch | None = None
     delivery: Delivery | None = None
     error: BaseException | None = None
@@ -63,25 +68,33 @@ class InFlight:
 
 
 class ScoringFailedError(Exception):
-    """The scoring thread raised: the worker cannot answer this batch."""
+    """The scoring or publishing thread raised: the worker cannot answer this batch."""
 
 
 class Pipeline:
-    """The scoring thread and the ordered window of batches in flight."""
+    """The scoring and publishing threads and the ordered window of batches in flight."""
 
     def __init__(
         self,
-        prepare: Callable[[Any], PreparedBatch],
+        score: Callable[[Any], Any],
+        prepare: Callable[[Any, Any], PreparedBatch],
         send: Callable[[Delivery], None],
         depth: int,
     ) -> None:
+        """`score(work)` runs the model; `prepare(work, scores)` builds the outputs."""
+        self._score = score
         self._prepare = prepare
         self._send = send
         self.depth = depth
         self._inbox: queue.Queue[InFlight | None] = queue.Queue()
+        self._scored: queue.Queue[InFlight | None] = queue.Queue()
         self._window: deque[InFlight] = deque()
-        self._thread = threading.Thread(target=self._run, name="scoring", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run_scoring, name="scoring", daemon=True),
+            threading.Thread(target=self._run_publishing, name="publishing", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def __len__(self) -> int:
         return len(self._window)
@@ -93,7 +106,7 @@ class Pipeline:
     @property
     def scorer_idle(self) -> bool:
         """Nothing handed over is waiting to be scored: a new batch would start at once."""
-        return all(item.ready.is_set() for item in self._window)
+        return all(item.scored.is_set() for item in self._window)
 
     def submit(self, batch: Sequence[SourceRecord], work: Any) -> None:
         """Processing thread: hand over a closed batch and its prepared `work` (the
@@ -110,7 +123,7 @@ class Pipeline:
         if not head.ready.wait(wait_s):
             return None
         if head.error is not None:
-            raise ScoringFailedError(f"scoring thread failed: {head.error!r}") from head.error
+            raise ScoringFailedError(f"scoring failed: {head.error!r}") from head.error
         return head
 
     def pop_oldest(self) -> InFlight:
@@ -118,15 +131,33 @@ class Pipeline:
 
     def close(self) -> None:
         self._inbox.put(None)
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
-    def _run(self) -> None:
+    def _run_scoring(self) -> None:
         while True:
             item = self._inbox.get()
             if item is None:
+                self._scored.put(None)
                 return
             try:
-                prepared = self._prepare(item.work)
+                item.scores = self._score(item.work)
+            except BaseException as exc:  # handed to the processing thread, never lost
+                item.error = exc
+            finally:
+                item.scored.set()
+                self._scored.put(item)
+
+    def _run_publishing(self) -> None:
+        while True:
+            item = self._scored.get()
+            if item is None:
+                return
+            if item.error is not None:
+                item.ready.set()
+                continue
+            try:
+                prepared = self._prepare(item.work, item.scores)
                 delivery = Delivery(prepared.outputs)
                 try:
                     self._send(delivery)
