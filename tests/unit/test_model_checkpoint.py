@@ -4,7 +4,6 @@ import builtins
 import json
 import pickle
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,7 @@ LABELS = ("insult", "spam")
 TEXTS = ["you idiot", "", "free prize, call now!!!", "hello there friend " * 20, "ok"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models score fastest single-threaded, especially on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(seed: int = 0) -> tuple[Classifier, Vocab]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,7 @@ LABELS = ("insult", "spam")
 TEXTS = ["", "you", "you are a m0r0n!!!", "f*ck off 1diot", "a " * 40, "<url> hi", "are you"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(wide_buckets: int, subword_buckets: int = 50) -> tuple[Classifier, Vocab]:
