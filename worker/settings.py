@@ -68,7 +68,7 @@ class WorkerSettings(BaseSettings):
     device: Annotated[Device, Field(description="Inference device: auto, cpu or cuda.")] = "auto"
     max_batch_size: Annotated[
         int, Field(ge=1, le=65_536, description="Close a batch at this many records.")
-    ] = 256
+    ] = 512
     max_batch_wait_ms: Annotated[
         int,
         Field(ge=0, le=60_000, description="Close a batch this long after its first record."),
