@@ -161,7 +161,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_readiness_follows(
     lost = sent - set(ids)
     dups = sum(c - 1 for c in Counter(ids).values())
     print(f"broker restart: {len(sent)} inputs: lost {len(lost)}, duplicates {dups}")
-    assert len(sent) > 700
+    assert len(sent) >= 700  # 500 answered before the stop, 200 after the restart
     assert not lost, sorted(lost)[:5]
 
 

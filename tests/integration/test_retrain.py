@@ -20,9 +20,12 @@ from tests.helpers import REPO_ROOT, committed_offsets, end_offsets, make_checkp
 
 # Tiny, but trained long and hard enough (3 epochs, lr 0.01) for weighted feedback to
 # move the scores of its texts clearly: measured +0.15..0.27 and -0.14..0.25.
+# Like TrainConfig.tiny: a few dozen steps are too few for a weight average (EMA), which
+# would mostly keep the starting weights and hide what the feedback changed.
 TINY = [
     "--epochs", "3", "--lr", "0.01", "--limit", "400", "--eval-limit", "200",
     "--embed-dim", "16", "--hidden-dim", "16", "--max-vocab", "2000", "--device", "cpu",
+    "--ema-decay", "0",
 ]  # fmt: skip
 INSULTS = [
     "zorblat quintessa frumious bandersnatch",
