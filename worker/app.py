@@ -45,13 +45,19 @@ from kafka.errors import (
     ProducerFencedError,
     TransactionalIdAuthorizationFailedError,
 )
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import TopicPartition
 
 from model.engine import EncodedBatch, Engine
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.result import Timings
 from worker.batcher import Batcher
-from worker.commit import CommitError, Committer, first_offsets, next_offsets
+from worker.commit import (
+    CommitError,
+    Committer,
+    as_commit_request,
+    first_offsets,
+    next_offsets,
+)
 from worker.decode import Decoded, Decoder, Rejected, SourceRecord
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
@@ -671,9 +677,7 @@ class Worker:
         """Outputs and offsets in one transaction; None when it was aborted and rewound."""
         assert self._sink is not None and self._consumer is not None
         producer = self._sink.producer
-        offsets = {
-            tp: OffsetAndMetadata(offset, "", -1) for tp, offset in next_offsets(batch).items()
-        }
+        offsets = as_commit_request(next_offsets(batch))
         try:
             producer.begin_transaction()
             acked_at = self._sink.publish(outputs)
@@ -769,11 +773,11 @@ class Worker:
         except CommitError as exc:
             self._commit_failed(exc)
 
-    def _async_commit_done(self, error: BaseException | None) -> None:
+    def _async_commit_done(self, error: CommitError | None) -> None:
         if error is None:
             self.metrics.commits.labels(result="ok").inc()
         else:
-            self._commit_failed(CommitError(describe(error)))
+            self._commit_failed(error)
 
     def _commit_failed(self, exc: CommitError) -> None:
         # The partition moved on; its new owner re-reads from the last commit
@@ -781,7 +785,11 @@ class Worker:
         self.metrics.commits.labels(result="failed").inc()
         kind = type(exc.__cause__).__name__ if exc.__cause__ else "CommitError"
         self.metrics.kafka_errors.labels(kind=kind).inc()
-        log.warning("commit_failed", error=str(exc))
+        log.warning(
+            "commit_failed",
+            error=str(exc),
+            offsets={f"{tp.topic}-{tp.partition}": offset for tp, offset in exc.offsets.items()},
+        )
 
     # -- model reload --------------------------------------------------------------
 

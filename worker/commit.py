@@ -26,6 +26,15 @@ from worker.decode import SourceRecord
 class CommitError(Exception):
     """The group coordinator refused the commit (e.g. the partition moved to another member)."""
 
+    def __init__(self, message: str, offsets: dict[TopicPartition, int]) -> None:
+        super().__init__(message)
+        self.offsets = offsets
+
+
+def as_commit_request(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
+    """`{partition: next offset}` in the form kafka-python's commit calls take."""
+    return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+
 
 def next_offsets(records: Iterable[SourceRecord]) -> dict[TopicPartition, int]:
     """Per partition, one past the highest offset seen."""
@@ -49,10 +58,11 @@ class Committer:
     def __init__(
         self,
         consumer: KafkaConsumer,
-        on_async_result: Callable[[BaseException | None], None] | None = None,
+        on_async_result: Callable[[CommitError | None], None] | None = None,
     ) -> None:
         """`on_async_result` hears of every asynchronous commit: None when it succeeded,
-        else the error (possibly on a Kafka client thread)."""
+        else a CommitError caused by the client's error (possibly on a Kafka client
+        thread)."""
         self._consumer = consumer
         self._on_async_result = on_async_result
         self._unflushed: dict[TopicPartition, int] = {}
@@ -64,8 +74,8 @@ class Committer:
             return offsets
         self._unflushed.update(offsets)
         self._consumer.commit_async(
-            {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()},
-            callback=self._async_done,
+            as_commit_request(offsets),
+            callback=lambda _sent, response: self._async_done(offsets, response),
         )
         return offsets
 
@@ -82,9 +92,15 @@ class Committer:
         for tp in partitions:
             self._unflushed.pop(tp, None)
 
-    def _async_done(self, _offsets: Any, response: Any) -> None:
-        if self._on_async_result is not None:
-            self._on_async_result(response if isinstance(response, BaseException) else None)
+    def _async_done(self, offsets: dict[TopicPartition, int], response: Any) -> None:
+        if self._on_async_result is None:
+            return
+        if not isinstance(response, BaseException):
+            self._on_async_result(None)
+            return
+        error = CommitError(f"{type(response).__name__}: {response}", offsets)
+        error.__cause__ = response
+        self._on_async_result(error)
 
     def commit(self, records: Iterable[SourceRecord]) -> dict[TopicPartition, int]:
         offsets = next_offsets(records)
@@ -94,8 +110,6 @@ class Committer:
 
     def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         try:
-            self._consumer.commit(
-                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
-            )
+            self._consumer.commit(as_commit_request(offsets))
         except Exception as exc:  # kafka-python raises several unrelated classes here
-            raise CommitError(f"{type(exc).__name__}: {exc}") from exc
+            raise CommitError(f"{type(exc).__name__}: {exc}", offsets) from exc

@@ -119,7 +119,9 @@ def test_async_commits_report_their_outcome_and_flush_commits_the_latest_sync() 
     assert consumer.asynchronous == [{TP0: 5, TP1: 3}, {TP0: 10}]
     consumer.callbacks[0](None, object())
     consumer.callbacks[1](None, RuntimeError("coordinator moved"))
-    assert outcomes[0] is None and isinstance(outcomes[1], RuntimeError)
+    assert outcomes[0] is None and isinstance(outcomes[1], CommitError)
+    assert isinstance(outcomes[1].__cause__, RuntimeError)
+    assert outcomes[1].offsets == {TP0: 10}
 
     assert committer.flush() == {TP0: 10, TP1: 3}
     assert consumer.sync == [{TP0: 10, TP1: 3}]
