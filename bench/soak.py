@@ -33,7 +33,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from kafka import KafkaProducer  # noqa: E402
 from kafka.errors import KafkaError  # noqa: E402
 
+from bench.common import wait_until  # noqa: E402
 from tests.conftest import load_kafka_local  # noqa: E402
 from tests.helpers import (  # noqa: E402
     TopicReader,
@@ -51,7 +51,6 @@ from tests.helpers import (  # noqa: E402
     committed_offsets,
     end_offsets,
     request_bytes,
-    wait_for,
     worker_env,
 )
 
@@ -80,10 +79,6 @@ class Outcome:
 def say(message: str) -> None:
     sys.stderr.write(f"[soak {time.strftime('%H:%M:%S')}] {message}\n")
     sys.stderr.flush()
-
-
-def wait_until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    return wait_for(condition, timeout_s, what, step_s=0.25)
 
 
 class PacedProducer:
