@@ -33,6 +33,8 @@ def wait_until(condition: Any, timeout_s: float, what: str, step_s: float = 0.2)
     """`wait_for`, polling less often: each check opens an admin client, and a
     benchmark should not load the broker it measures."""
     return wait_for(condition, timeout_s, what, step_s)
+
+
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 

@@ -8,6 +8,10 @@ most `bucket_width` tokens apart, and at most `max_batch_tokens` padded tokens),
 padding stays small and memory is bounded whatever the mix of lengths. Packing makes
 each row's score independent of its bucket-mates, so batched scores equal one-by-one
 scores (tested to 1e-5) and results come back in input order.
+
+Serving reads each token's input vector from a per-engine cache (`model.vectors`)
+and packs a bucket straight from it; one-by-one scoring and training build the same
+vectors from the embeddings every time (`forward_batch`), which keeps the cache honest.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,7 @@ from model.checkpoint import load_checkpoint
 from model.network import Classifier, ModelConfig
 from model.subword import ngram_ids, subword_batch, token_id
 from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
+from model.vectors import TokenVectors, pack_rows
 from model.vocab import PAD_ID, UNK_TOKEN, Vocab
 from model.wide import text_features, token_features, wide_batch
 
@@ -59,7 +65,17 @@ def encode_text(
     `cache` (see `TokenCache`) must belong to this vocab and config; it saves the
     fallback lookups and hashing for tokens seen before (most of them).
     """
-    tokens = tokenize(text, max_tokens) or [UNK_TOKEN]
+    return encode_tokens(vocab, config, tokenize_text(text, max_tokens), cache)
+
+
+def tokenize_text(text: str, max_tokens: int) -> list[str]:
+    """The tokens the model reads; never empty, so every row has length ≥ 1."""
+    return tokenize(text, max_tokens) or [UNK_TOKEN]
+
+
+def encode_tokens(
+    vocab: Vocab, config: ModelConfig, tokens: Sequence[str], cache: TokenCache | None = None
+) -> Encoded:
     if cache is None:
         cache = {}
     elif len(cache) > TOKEN_CACHE_SIZE:
@@ -87,7 +103,8 @@ def encode_text(
 
 
 def forward_batch(model: Classifier, rows: Sequence[Encoded], device: torch.device) -> torch.Tensor:
-    """Logits for encoded rows, padded to the longest (packing ignores the padding)."""
+    """Logits for encoded rows, padded to the longest (packing ignores the padding).
+    Training's path; serving packs cached token vectors instead (`Engine.score_encoded`)."""
     width = max(len(row.ids) for row in rows)
     ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
     for i, row in enumerate(rows):
@@ -100,26 +117,38 @@ def forward_batch(model: Classifier, rows: Sequence[Encoded], device: torch.devi
     if model.config.subword_buckets:
         flat, offsets = subword_batch([row.subwords for row in rows], width)
         subword_ids, subword_offsets = flat.to(device), offsets.to(device)
-    wide: dict[str, torch.Tensor] = {}
-    if model.config.wide_buckets:
-        wide_ids, wide_offsets, wide_weights = wide_batch([row.wide for row in rows])
-        wide = {
-            "wide_ids": wide_ids.to(device),
-            "wide_offsets": wide_offsets.to(device),
-            "wide_weights": wide_weights.to(device),
-        }
+    wide = wide_inputs(model, [row.wide for row in rows], device)
     result: torch.Tensor = model(token_ids, lengths, subword_ids, subword_offsets, **wide)
     return result
 
 
+def wide_inputs(
+    model: Classifier, bags: Sequence[tuple[int, ...]], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The wide path's keyword arguments for rows with these bags (`Encoded.wide`);
+    none for models without the path."""
+    if not model.config.wide_buckets:
+        return {}
+    wide_ids, wide_offsets, wide_weights = wide_batch(bags)
+    return {
+        "wide_ids": wide_ids.to(device),
+        "wide_offsets": wide_offsets.to(device),
+        "wide_weights": wide_weights.to(device),
+    }
+
+
 @dataclass(frozen=True)
 class EncodedBatch:
-    """Texts encoded by one engine (`version`), ready for `Engine.score_encoded`."""
+    """Texts encoded by one engine (`version`), ready for `Engine.score_encoded`: row i's
+    token vectors are `table[slots[starts[i] : starts[i] + lengths[i]]]`."""
 
-    rows: list[Encoded]
     lengths: np.ndarray  # int64 [n], tokens per row
     version: str
     tokenize_seconds: float
+    slots: np.ndarray  # int64 [sum(lengths)]
+    starts: np.ndarray  # int64 [n]
+    table: torch.Tensor  # [slots, token_dim] on the engine's device
+    wide: list[tuple[int, ...]]  # each row's wide-path bag; empty for models without one
 
 
 class EngineError(Exception):
@@ -203,6 +232,7 @@ class Engine:
         self.bucket_width = bucket_width
         self.max_batch_tokens = max_batch_tokens
         self._token_cache: TokenCache = {}
+        self._vectors = TokenVectors(self.model, device)
         if device.type == "cpu" and cpu_threads is not None:
             torch.set_num_threads(max(1, cpu_threads))
 
@@ -296,23 +326,48 @@ class Engine:
         """The pure-Python half of `score`: a worker runs it on another thread than
         `score_encoded`, whose LSTM releases the GIL, so the two halves overlap."""
         start = time.perf_counter()
-        rows = [self.encode_full(text) for text in texts]
-        lengths = np.fromiter((len(row.ids) for row in rows), dtype=np.int64, count=len(rows))
-        return EncodedBatch(rows, lengths, self.version, time.perf_counter() - start)
+        tokenized = [tokenize_text(text, self.max_tokens) for text in texts]
+        slots, table = self._vectors.assign(list(chain.from_iterable(tokenized)), self._describe)
+        lengths = np.fromiter((len(t) for t in tokenized), dtype=np.int64, count=len(tokenized))
+        starts = np.zeros_like(lengths)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        config = self.model.config
+        wide = (
+            [encode_tokens(self.vocab, config, t, self._token_cache).wide for t in tokenized]
+            if config.wide_buckets
+            else []
+        )
+        return EncodedBatch(
+            lengths, self.version, time.perf_counter() - start, slots, starts, table, wide
+        )
+
+    def _describe(self, tokens: Sequence[str]) -> tuple[list[int], tuple[tuple[int, ...], ...]]:
+        """New tokens' ids and sub-word buckets, for the token-vector cache."""
+        encoded = encode_tokens(self.vocab, self.model.config, tokens, self._token_cache)
+        return encoded.ids, encoded.subwords
 
     def score_encoded(self, batch: EncodedBatch) -> Scores:
         if batch.version != self.version:
             raise EngineError(f"batch encoded for model {batch.version}, not {self.version}")
-        encoded, lengths = batch.rows, batch.lengths
+        lengths = batch.lengths
         start = time.perf_counter()
-        probabilities = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
+        probabilities = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
         padded_tokens = 0
         buckets = self.buckets(lengths)
         with torch.inference_mode():
             for bucket in buckets:
-                width = int(lengths[bucket].max())
-                probabilities[bucket] = self._forward([encoded[i] for i in bucket])
-                padded_tokens += len(bucket) * width
+                longest_first = bucket[::-1]
+                packed = pack_rows(
+                    batch.table, batch.slots, batch.starts[longest_first], lengths[longest_first]
+                )
+                wide = (
+                    wide_inputs(self.model, [batch.wide[i] for i in longest_first], self.device)
+                    if batch.wide
+                    else {}
+                )
+                logits = self.model.forward_packed(packed, **wide)
+                probabilities[longest_first] = torch.sigmoid(logits).float().cpu().numpy()
+                padded_tokens += len(bucket) * int(lengths[longest_first[0]])
         return Scores(
             probabilities=probabilities,
             tokenize_seconds=batch.tokenize_seconds,

@@ -6,8 +6,10 @@ and unseen spellings still carry meaning.
 
 Sequences are packed so the recurrent layer never runs over padding: a message scores
 the same alone or in a padded batch, which is what lets the engine batch freely.
-Pooling must respect the same rule, so `mean`/`max`/`meanmax` mask padded steps out
-explicitly (`meanmax` concatenates the two).
+Pooling must respect the same rule, so `mean`/`max`/`meanmax` pad with each
+pooling's neutral value (0 for the sum, -inf for the max; `meanmax` concatenates the
+two). `forward_packed` is the part after the embeddings, so the serving engine can
+pack cached token vectors itself (`model.vectors`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Literal, cast
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from model.vocab import PAD_ID
 
@@ -151,6 +153,25 @@ class Classifier(nn.Module):
             self.wide = nn.EmbeddingBag(config.wide_buckets, config.num_labels, mode="sum")
             nn.init.zeros_(self.wide.weight)
 
+    def embed(
+        self,
+        token_ids: torch.Tensor,
+        subword_ids: torch.Tensor | None = None,
+        subword_offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each token's input vector before dropout, `[*token_ids.shape, token_dim]`.
+
+        It depends on the token alone (its id and its sub-words), which is what lets
+        the serving engine compute it once per distinct token (`model.vectors`).
+        """
+        x: torch.Tensor = self.embedding(token_ids)
+        if self.subword is not None:
+            if subword_ids is None or subword_offsets is None:
+                raise ValueError("this model needs subword_ids and subword_offsets")
+            bags = self.subword(subword_ids, subword_offsets)  # [numel, S]
+            x = torch.cat([x, bags.view(*token_ids.shape, -1)], dim=-1)
+        return x
+
     def forward(
         self,
         token_ids: torch.Tensor,
@@ -167,14 +188,19 @@ class Classifier(nn.Module):
 
         Returns logits [B, num_labels].
         """
-        x = self.embedding(token_ids)  # [B, T, E]
-        if self.subword is not None:
-            if subword_ids is None or subword_offsets is None:
-                raise ValueError("this model needs subword_ids and subword_offsets")
-            bags = self.subword(subword_ids, subword_offsets)  # [B*T, S]
-            x = torch.cat([x, bags.view(x.shape[0], x.shape[1], -1)], dim=-1)
-        x = self.dropout(x)
+        x = self.dropout(self.embed(token_ids, subword_ids, subword_offsets))  # [B, T, D]
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return self.forward_packed(packed, wide_ids, wide_offsets, wide_weights)
+
+    def forward_packed(
+        self,
+        packed: PackedSequence,
+        wide_ids: torch.Tensor | None = None,
+        wide_offsets: torch.Tensor | None = None,
+        wide_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, num_labels] for token vectors already packed (after dropout), in
+        the packed batch's original row order; the wide inputs follow that order."""
         packed_out, hidden = self.rnn(packed)
 
         if self.config.pooling == "last":
@@ -186,15 +212,16 @@ class Classifier(nn.Module):
             else:
                 features = h_n[-1]
         else:
-            out, _ = pad_packed_sequence(packed_out, batch_first=True)  # [B, T', D]
-            steps = torch.arange(out.shape[1], device=out.device)
-            valid = (steps[None, :] < lengths.to(out.device)[:, None]).unsqueeze(-1)
+            # Padding takes each pooling's neutral value, so padded steps drop out.
             pooled = []
             if self.config.pooling in ("mean", "meanmax"):
-                summed = out.masked_fill(~valid, 0.0).sum(dim=1)
-                pooled.append(summed / lengths.to(out.device, out.dtype)[:, None])
+                out, lengths = pad_packed_sequence(packed_out, batch_first=True)  # [B, T', D]
+                pooled.append(out.sum(dim=1) / lengths.to(out.device, out.dtype)[:, None])
             if self.config.pooling in ("max", "meanmax"):
-                pooled.append(out.masked_fill(~valid, float("-inf")).amax(dim=1))
+                out, _ = pad_packed_sequence(
+                    packed_out, batch_first=True, padding_value=float("-inf")
+                )
+                pooled.append(out.amax(dim=1))
             features = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
 
         logits = cast(torch.Tensor, self.head(self.dropout(features)))

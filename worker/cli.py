@@ -531,8 +531,7 @@ def _run_checkpoints(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except CheckpointError as exc:
         sys.stderr.write(
-            f"modstream checkpoints {args.action}: refusing, the checkpoint does not load: "
-            f"{exc}\n"
+            f"modstream checkpoints {args.action}: refusing, the checkpoint does not load: {exc}\n"
         )
         return EXIT_CHECKPOINT
     except StoreError as exc:

@@ -101,8 +101,7 @@ def validate_engine(engine: Engine, serving_labels: tuple[str, ...]) -> None:
     """Raises ReloadError unless `engine` may replace a model serving `serving_labels`."""
     if set(engine.labels) != set(serving_labels):
         raise ReloadError(
-            f"labels {list(engine.labels)} differ from the serving model's "
-            f"{list(serving_labels)}"
+            f"labels {list(engine.labels)} differ from the serving model's {list(serving_labels)}"
         )
     try:
         probabilities = engine.score(list(CANARY_TEXTS)).probabilities

@@ -128,8 +128,6 @@ def test_kill_9_three_times_loses_nothing(
         assert dups == 0, [i for i, c in Counter(ids).items() if c > 1][:10]
 
 
-
-
 @pytest.mark.parametrize("assignment", ["range", "cooperative-sticky"])
 def test_scaling_one_to_three_to_one_loses_nothing(
     assignment: str,

@@ -34,6 +34,7 @@ def make_engine(
     bucket_width: int = 8,
     max_batch_tokens: int = 16_384,
     max_tokens: int = 256,
+    subword_buckets: int = 0,
 ) -> Engine:
     torch.manual_seed(1)
     vocab = Vocab.build([tokenize(" ".join(WORDS))], min_freq=1)
@@ -45,6 +46,8 @@ def make_engine(
         num_layers=2,
         rnn=rnn,  # type: ignore[arg-type]
         pooling=pooling,  # type: ignore[arg-type]
+        subword_buckets=subword_buckets,
+        subword_dim=6,
     )
     return Engine.from_model(
         Classifier(config),
@@ -58,10 +61,26 @@ def make_engine(
 
 
 @pytest.mark.parametrize(
-    ("pooling", "rnn"), [("max", "lstm"), ("mean", "lstm"), ("last", "lstm"), ("last", "gru")]
+    ("pooling", "rnn", "subword_buckets"),
+    [
+        ("max", "lstm", 0),
+        ("mean", "lstm", 0),
+        ("last", "lstm", 0),
+        ("last", "gru", 0),
+        ("meanmax", "lstm", 50),
+    ],
 )
-def test_bucketed_batch_equals_one_by_one(pooling: str, rnn: str) -> None:
-    engine = make_engine(pooling, rnn, bucket_width=4, max_batch_tokens=400, max_tokens=128)
+def test_bucketed_batch_equals_one_by_one(pooling: str, rnn: str, subword_buckets: int) -> None:
+    """Also checks the cached token vectors (`model.vectors`) against the embeddings:
+    one-by-one scoring computes every vector afresh."""
+    engine = make_engine(
+        pooling,
+        rnn,
+        bucket_width=4,
+        max_batch_tokens=400,
+        max_tokens=128,
+        subword_buckets=subword_buckets,
+    )
     texts = random_texts(120, seed=7)
     scores = engine.score(texts)
     reference = engine.score_one_by_one(texts)
@@ -147,7 +166,7 @@ def test_encoding_apart_from_scoring_gives_the_same_scores() -> None:
     engine = make_engine()
     texts = random_texts(40, seed=5)
     encoded = engine.encode_batch(texts)
-    assert encoded.version == engine.version and len(encoded.rows) == len(texts)
+    assert encoded.version == engine.version and len(encoded.lengths) == len(texts)
     np.testing.assert_array_equal(
         engine.score_encoded(encoded).probabilities, engine.score(texts).probabilities
     )

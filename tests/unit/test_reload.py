@@ -34,9 +34,7 @@ class Slot:
 
 
 def reloads(metrics: WorkerMetrics, result: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "modstream_model_reloads_total", {"result": result}
-    )
+    value = metrics.registry.get_sample_value("modstream_model_reloads_total", {"result": result})
     return value or 0.0
 
 

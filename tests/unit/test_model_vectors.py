@@ -1,0 +1,103 @@
+"""The serving engine's token-vector cache and direct packing (`model.vectors`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from model.engine import Engine
+from model.network import Classifier, ModelConfig
+from model.tokenizer import tokenize
+from model.vectors import TokenVectors, pack_rows
+from model.vocab import Vocab
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+WORDS = [
+    "you",
+    "are",
+    "a",
+    "total",
+    "idiot",
+    "m0r0n",
+    "stuuupid",
+    "free",
+    "prize",
+    "call",
+    "now",
+    "win",
+    "cash",
+]
+
+
+def make_engine() -> Engine:
+    torch.manual_seed(3)
+    vocab = Vocab.build([tokenize(" ".join(WORDS))], min_freq=1)
+    config = ModelConfig(
+        vocab_size=len(vocab), num_labels=2, embed_dim=8, hidden_dim=6, subword_buckets=64,
+        subword_dim=4, pooling="meanmax",
+    )  # fmt: skip
+    return Engine.from_model(Classifier(config), vocab, ("insult", "spam"), device="cpu")
+
+
+def test_pack_rows_matches_pack_padded_sequence() -> None:
+    table = torch.randn(20, 3)
+    lengths = np.array([4, 4, 2, 1], dtype=np.int64)  # longest first
+    starts = np.array([0, 4, 8, 10], dtype=np.int64)
+    slots = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 19], dtype=np.int64)
+    padded = torch.zeros(4, 4, 3)
+    for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+        padded[row, :length] = table[torch.from_numpy(slots[start : start + length])]
+    expected = pack_padded_sequence(padded, torch.from_numpy(lengths), batch_first=True)
+    packed = pack_rows(table, slots, starts, lengths)
+    assert torch.equal(packed.batch_sizes, expected.batch_sizes)
+    assert torch.equal(packed.data, expected.data)
+
+
+def test_a_token_gets_one_slot_and_new_tokens_get_new_rows() -> None:
+    engine = make_engine()
+    first = engine.encode_batch(["you idiot", "you m0r0n you"])
+    assert first.slots.tolist() == [0, 1, 0, 2, 0]
+    assert first.starts.tolist() == [0, 2] and first.lengths.tolist() == [2, 3]
+    second = engine.encode_batch(["cash you"])
+    assert second.slots.tolist() == [3, 0]
+    # The rows equal the model's own embedding of each token.
+    with torch.inference_mode():
+        m0r0n = engine.encode_full("m0r0n")
+        subwords = engine.model.subword
+        assert subwords is not None
+        expected = torch.cat(
+            [
+                engine.model.embedding(torch.tensor(m0r0n.ids)),
+                subwords(torch.tensor(m0r0n.subwords[0]), torch.tensor([0])),
+            ],
+            dim=-1,
+        )
+    torch.testing.assert_close(second.table[2:3], expected, rtol=0, atol=1e-6)
+
+
+def test_growth_and_reset_keep_batches_in_flight_correct() -> None:
+    """A batch encoded before the table grows or starts afresh still scores as if
+    alone: it keeps the table it was encoded against."""
+    engine = make_engine()
+    vectors = engine._vectors = TokenVectors(
+        engine.model, engine.device, max_slots=300, initial_slots=8
+    )
+    texts = ["you are a total idiot", "stuuupid m0r0n", "free prize call now"]
+    reference = engine.score_one_by_one(texts)
+    in_flight = engine.encode_batch(texts)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    sizes, tables = [], []
+    for n in range(4):  # 200 new tokens a batch: grow, grow, reset, grow
+        words = [f"q{letters[n]}{letters[i // 26]}{letters[i % 26]}" for i in range(200)]
+        engine.encode_batch([" ".join(words[k : k + 20]) for k in range(0, 200, 20)])
+        sizes.append(len(vectors._slots))
+        tables.append(vectors._table)
+    assert sizes == [211, 411, 200, 400]
+    assert tables[0].shape[0] >= 211 and tables[1].shape[0] >= 411 and tables[1] is not tables[0]
+    np.testing.assert_allclose(
+        engine.score_encoded(in_flight).probabilities, reference, atol=1e-6, rtol=0
+    )
+    np.testing.assert_allclose(engine.score(texts).probabilities, reference, atol=1e-6, rtol=0)
