@@ -3,14 +3,17 @@
 Keeping a single path means the metrics written into a checkpoint were measured with
 exactly the code that serves it.
 
-Batching: texts are sorted by token count and cut into buckets of similar length (at
-most `bucket_width` tokens apart, and at most `max_batch_tokens` padded tokens), so
-padding stays small and memory is bounded whatever the mix of lengths. Packing makes
-each row's score independent of its bucket-mates, so batched scores equal one-by-one
-scores (tested to 1e-5) and results come back in input order.
+Batching: texts are sorted by token count and cut into buckets (at most
+`bucket_width` tokens apart, and at most `max_batch_tokens` rows x longest row), so
+memory is bounded whatever the mix of lengths. Packing makes each row's score
+independent of its bucket-mates, so batched scores equal one-by-one scores (tested to
+1e-5) and results come back in input order.
 
 Serving reads each token's input vector from a per-engine cache (`model.vectors`)
-and packs a bucket straight from it; one-by-one scoring and training build the same
+and packs a bucket straight from it, and pooling reduces the packed steps: no padding
+is ever computed. So buckets need not be of similar length, and fewer buckets mean
+fewer recurrent time steps, each a pass with its own overhead: by default only
+`max_batch_tokens` splits a batch. One-by-one scoring and training build the same
 vectors from the embeddings every time (`forward_batch`), which keeps the cache honest.
 """
 
@@ -33,7 +36,7 @@ from model.vectors import TokenVectors, pack_rows
 from model.vocab import PAD_ID, UNK_TOKEN, Vocab
 from model.wide import text_features, token_features, wide_batch
 
-DEFAULT_BUCKET_WIDTH = 64
+DEFAULT_BUCKET_WIDTH = DEFAULT_MAX_TOKENS  # no split by length spread (see above)
 DEFAULT_MAX_BATCH_TOKENS = 16_384
 
 

@@ -6,10 +6,10 @@ and unseen spellings still carry meaning.
 
 Sequences are packed so the recurrent layer never runs over padding: a message scores
 the same alone or in a padded batch, which is what lets the engine batch freely.
-Pooling must respect the same rule, so `mean`/`max`/`meanmax` pad with each
-pooling's neutral value (0 for the sum, -inf for the max; `meanmax` concatenates the
-two). `forward_packed` is the part after the embeddings, so the serving engine can
-pack cached token vectors itself (`model.vectors`).
+Pooling must respect the same rule, so `mean`/`max`/`meanmax` reduce over the packed
+steps themselves, per row (`meanmax` concatenates the two). `forward_packed` is the
+part after the embeddings, so the serving engine can pack cached token vectors itself
+(`model.vectors`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Literal, cast
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from model.vocab import PAD_ID
 
@@ -212,16 +212,22 @@ class Classifier(nn.Module):
             else:
                 features = h_n[-1]
         else:
-            # Padding takes each pooling's neutral value, so padded steps drop out.
+            # Pooled straight from the packed steps: no padded copy, so a bucket may mix
+            # any lengths and costs only its real tokens.
+            steps = packed_out.data  # [N, D]
+            rows = packed_rows(packed_out)  # [N], each step's row
+            batch = int(packed_out.batch_sizes[0])
             pooled = []
             if self.config.pooling in ("mean", "meanmax"):
-                out, lengths = pad_packed_sequence(packed_out, batch_first=True)  # [B, T', D]
-                pooled.append(out.sum(dim=1) / lengths.to(out.device, out.dtype)[:, None])
+                summed = steps.new_zeros(batch, steps.shape[1]).index_add_(0, rows, steps)
+                lengths = torch.bincount(rows, minlength=batch).to(steps.dtype)
+                pooled.append(summed / lengths[:, None])
             if self.config.pooling in ("max", "meanmax"):
-                out, _ = pad_packed_sequence(
-                    packed_out, batch_first=True, padding_value=float("-inf")
+                pooled.append(
+                    steps.new_full((batch, steps.shape[1]), float("-inf")).scatter_reduce_(
+                        0, rows[:, None].expand_as(steps), steps, "amax"
+                    )
                 )
-                pooled.append(out.amax(dim=1))
             features = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
 
         logits = cast(torch.Tensor, self.head(self.dropout(features)))
@@ -232,3 +238,17 @@ class Classifier(nn.Module):
                 wide_weights = nn.functional.dropout(wide_weights, self.config.wide_dropout)
             logits = logits + self.wide(wide_ids, wide_offsets, per_sample_weights=wide_weights)
         return logits
+
+
+def packed_rows(packed: PackedSequence) -> torch.Tensor:
+    """The row (in the batch's original order) of every step in `packed.data`.
+
+    Packed data is time-major: step t holds the first `batch_sizes[t]` rows of the
+    length-sorted batch, so the sorted row of each step is its column in that mask.
+    """
+    sizes = packed.batch_sizes
+    present = torch.arange(int(sizes[0]))[None, :] < sizes[:, None]  # [T, B]
+    rows = present.nonzero()[:, 1].to(packed.data.device)
+    if packed.sorted_indices is not None:
+        rows = packed.sorted_indices[rows]
+    return rows
