@@ -302,6 +302,23 @@ class Engine:
     def encode_full(self, text: str) -> Encoded:
         return encode_text(self.vocab, self.model.config, text, self.max_tokens, self._token_cache)
 
+    def warm_up(self) -> float:
+        """Gets a fresh engine to its steady speed before it serves; returns seconds.
+
+        Computes the cached input vector of every vocabulary word (one call), so the
+        first batches do not pay for them, and runs one batch per length up to
+        `max_tokens`, so torch's first-call work (allocations, kernel selection) is
+        done. Without it a worker's first seconds ran several times slower than the
+        rest and built a backlog it then had to drain.
+        """
+        start = time.perf_counter()
+        self._vectors.assign(self.vocab.tokens, self._describe)
+        words = [token for token in self.vocab.tokens[2:] if token.isalpha()][:64] or ["word"]
+        lengths = sorted({1, 4, 16, 64, self.max_tokens})
+        texts = [" ".join(words[i % len(words)] for i in range(n)) for n in lengths]
+        self.score(texts * 8)
+        return time.perf_counter() - start
+
     def buckets(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Input indices grouped by similar length, shortest first."""
         order = np.argsort(lengths, kind="stable")

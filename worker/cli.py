@@ -229,6 +229,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         sys.stderr.write(f"modstream worker: checkpoint {settings.checkpoint_dir}: {exc}\n")
         return EXIT_CHECKPOINT
 
+    log.info("engine_warmed_up", seconds=round(engine.warm_up(), 3), version=engine.version)
     worker = Worker(settings, engine)
     server = HealthServer(
         settings.metrics_host, settings.metrics_port, worker.metrics.registry, worker.health

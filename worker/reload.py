@@ -10,7 +10,8 @@ to work:
    be swapped in), there is nothing to do (e.g. a rollback to the serving version).
 2. Load it fully (`Engine.load`: sizes, JSON, tensor shapes, content hash) on the
    serving device, check that its label set equals the serving model's, and score a
-   canary batch that must give finite scores in [0, 1] of the right shape.
+   canary batch that must give finite scores in [0, 1] of the right shape; then warm
+   it up (`Engine.warm_up`), so the swap does not slow the stream down.
 3. Offer it to the worker (`EngineSlot.offer_engine`). The processing thread swaps it
    in between two batches (`Worker._apply_pending_engine`), so a batch is always
    scored by exactly one complete model, and nothing is dropped or scored twice.
@@ -187,6 +188,7 @@ class Reloader:
                 self._seen = seen
                 return "same_version"
             validate_engine(engine, serving.labels)
+            engine.warm_up()
         except Exception as exc:  # CheckpointError, EngineError, ReloadError, or torch's own
             if not resolved.is_dir():  # replaced while we read it: look again next time
                 return "missing"

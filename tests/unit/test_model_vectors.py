@@ -101,3 +101,14 @@ def test_growth_and_reset_keep_batches_in_flight_correct() -> None:
         engine.score_encoded(in_flight).probabilities, reference, atol=1e-6, rtol=0
     )
     np.testing.assert_allclose(engine.score(texts).probabilities, reference, atol=1e-6, rtol=0)
+
+
+def test_warm_up_caches_the_vocabulary_and_changes_no_score() -> None:
+    engine = make_engine()
+    texts = ["you are a total idiot", "stuuupid m0r0n", "free prize call now", ""]
+    before = engine.score_one_by_one(texts)
+    assert engine.warm_up() > 0
+    assert set(engine.vocab.tokens) <= set(engine._vectors._slots)
+    encoded = engine.encode_batch(["you idiot"])
+    assert encoded.slots.tolist() == [engine._vectors._slots[t] for t in ("you", "idiot")]
+    np.testing.assert_allclose(engine.score(texts).probabilities, before, atol=1e-6, rtol=0)
