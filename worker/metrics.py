@@ -81,7 +81,9 @@ class WorkerMetrics:
         )
         self.padding_efficiency = Histogram(
             "modstream_padding_efficiency_ratio",
-            "Real tokens / padded tokens per scored batch (1 = no padding).",
+            "Real tokens / (rows x longest row) over a scored batch's buckets: how ragged "
+            "they are. Nothing is padded in the computation (packed steps); ragged buckets "
+            "only leave fewer rows in their last time steps.",
             buckets=RATIO_BUCKETS,
             registry=r,
         )
