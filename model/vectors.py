@@ -89,10 +89,9 @@ class TokenVectors:
     def _fill(self, ids: Sequence[int], subwords: Sequence[tuple[int, ...]]) -> None:
         needed = self._filled + len(ids)
         if needed > self._table.shape[0]:
-            grown = torch.empty(
-                (max(needed, 2 * self._table.shape[0]), self._table.shape[1]),
-                device=self.device,
-            )
+            # Doubling, but not past max_slots unless one batch needs more.
+            rows = max(needed, min(2 * self._table.shape[0], self.max_slots))
+            grown = torch.empty((rows, self._table.shape[1]), device=self.device)
             grown[: self._filled] = self._table[: self._filled]
             self._table = grown
         token_ids = torch.tensor(ids, dtype=torch.long, device=self.device)

@@ -112,3 +112,14 @@ def test_warm_up_caches_the_vocabulary_and_changes_no_score() -> None:
     encoded = engine.encode_batch(["you idiot"])
     assert encoded.slots.tolist() == [engine._vectors._slots[t] for t in ("you", "idiot")]
     np.testing.assert_allclose(engine.score(texts).probabilities, before, atol=1e-6, rtol=0)
+
+
+def test_growth_stops_at_max_slots() -> None:
+    engine = make_engine()
+    vectors = engine._vectors = TokenVectors(
+        engine.model, engine.device, max_slots=100, initial_slots=8
+    )
+    engine.encode_batch([" ".join(f"qz{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(90))])
+    assert vectors._table.shape[0] == 90  # what the batch needed
+    engine.encode_batch(["qzzz qzzy"])  # doubling would give 180 rows
+    assert vectors._table.shape[0] == 100
