@@ -54,7 +54,6 @@ class TokenVectors:
         self._table = torch.empty(
             (self.initial_slots, self.model.config.token_dim), device=self.device
         )
-        self._filled = 0
 
     def assign(
         self,
@@ -83,16 +82,23 @@ class TokenVectors:
                             slot = slots[token] = len(slots)
                             new_tokens.append(token)
                         found[position] = slot
-                self._fill(*describe(new_tokens))
+                try:
+                    self._fill(*describe(new_tokens))
+                except BaseException:
+                    for token in new_tokens:  # no slot may point at a row never written
+                        del slots[token]
+                    raise
             return np.array(found, dtype=np.int64), self._table
 
     def _fill(self, ids: Sequence[int], subwords: Sequence[tuple[int, ...]]) -> None:
-        needed = self._filled + len(ids)
+        """Rows for the newest `len(ids)` slots (already in `_slots`)."""
+        needed = len(self._slots)
+        filled = needed - len(ids)
         if needed > self._table.shape[0]:
             # Doubling, but not past max_slots unless one batch needs more.
             rows = max(needed, min(2 * self._table.shape[0], self.max_slots))
             grown = torch.empty((rows, self._table.shape[1]), device=self.device)
-            grown[: self._filled] = self._table[: self._filled]
+            grown[:filled] = self._table[:filled]
             self._table = grown
         token_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         subword_ids = subword_offsets = None
@@ -101,8 +107,7 @@ class TokenVectors:
             subword_ids, subword_offsets = flat.to(self.device), offsets.to(self.device)
         with torch.inference_mode():
             vectors = self.model.embed(token_ids, subword_ids, subword_offsets)
-        self._table[self._filled : needed] = vectors
-        self._filled = needed
+        self._table[filled:needed] = vectors
 
 
 def pack_rows(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,19 @@ def test_growth_stops_at_max_slots() -> None:
     assert vectors._table.shape[0] == 90  # what the batch needed
     engine.encode_batch(["qzzz qzzy"])  # doubling would give 180 rows
     assert vectors._table.shape[0] == 100
+
+
+def test_a_failed_fill_leaves_no_slot_without_its_row() -> None:
+    engine = make_engine()
+    engine.encode_batch(["you idiot"])
+
+    def failing(tokens: Sequence[str]) -> tuple[list[int], tuple[tuple[int, ...], ...]]:
+        raise RuntimeError("describe failed")
+
+    with pytest.raises(RuntimeError, match="describe failed"):
+        engine._vectors.assign(["you", "cash", "prize"], failing)
+    assert set(engine._vectors._slots) == {"you", "idiot"}
+    texts = ["you win cash", "free prize"]
+    np.testing.assert_allclose(
+        engine.score(texts).probabilities, engine.score_one_by_one(texts), atol=1e-6, rtol=0
+    )
