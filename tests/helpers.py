@@ -13,10 +13,14 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
+
+if TYPE_CHECKING:  # torch stays unimported for the Kafka-only users (bench/)
+    from model.network import Classifier
+    from model.vocab import Vocab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -290,6 +294,23 @@ def ids_of(records: Sequence[Consumed]) -> list[str]:
     return [r.value["id"] for r in records]
 
 
+def tiny_model(texts: Sequence[str], seed: int, **config: Any) -> tuple[Classifier, Vocab]:
+    """An untrained small classifier in eval mode (milliseconds to build), the same for
+    the same seed; its vocabulary is the tokens of `texts`. `config` overrides
+    `ModelConfig` fields; two labels, 8-d embeddings and 6 hidden units otherwise."""
+    import torch
+
+    from model.network import Classifier, ModelConfig
+    from model.tokenizer import tokenize
+    from model.vocab import Vocab
+
+    torch.manual_seed(seed)
+    vocab = Vocab.build([tokenize(" ".join(texts))], min_freq=1)
+    defaults: dict[str, Any] = {"num_labels": 2, "embed_dim": 8, "hidden_dim": 6}
+    model = Classifier(ModelConfig(vocab_size=len(vocab), **(defaults | config)))
+    return model.eval(), vocab
+
+
 def make_checkpoint(
     directory: Path,
     seed: int,
@@ -302,14 +323,14 @@ def make_checkpoint(
     import torch
 
     from model.checkpoint import save_checkpoint
-    from model.network import Classifier, ModelConfig
-    from model.tokenizer import tokenize
-    from model.vocab import Vocab
 
-    torch.manual_seed(seed)
-    vocab = Vocab.build([tokenize("you idiot free prize call now hello")], min_freq=1)
-    config = ModelConfig(vocab_size=len(vocab), num_labels=len(labels), embed_dim=4, hidden_dim=3)
-    model = Classifier(config).eval()
+    model, vocab = tiny_model(
+        ["you idiot free prize call now hello"],
+        seed,
+        num_labels=len(labels),
+        embed_dim=4,
+        hidden_dim=3,
+    )
     if nan_weights:
         with torch.no_grad():
             for parameter in model.parameters():

@@ -24,8 +24,8 @@ from model.checkpoint import (
 )
 from model.engine import Engine
 from model.network import Classifier, ModelConfig
-from model.tokenizer import tokenize
 from model.vocab import Vocab
+from tests.helpers import tiny_model
 
 LABELS = ("insult", "spam")
 TEXTS = ["you idiot", "", "free prize, call now!!!", "hello there friend " * 20, "ok"]
@@ -35,10 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(seed: int = 0) -> tuple[Classifier, Vocab]:
-    torch.manual_seed(seed)
-    vocab = Vocab.build([tokenize(" ".join(TEXTS))], min_freq=1)
-    config = ModelConfig(vocab_size=len(vocab), num_labels=2, embed_dim=8, hidden_dim=6)
-    return Classifier(config).eval(), vocab
+    return tiny_model(TEXTS, seed)
 
 
 def save(directory: Path, model: Classifier, vocab: Vocab, **kwargs: Any) -> str:

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from model.engine import Engine, EngineError, resolve_device
-from model.network import Classifier, ModelConfig
 from model.tokenizer import tokenize
-from model.vocab import Vocab
+from tests.helpers import tiny_model
 
 SENTENCE = "you are a total idiot free prize call now win cash the of and to in it is"
 WORDS = tuple(SENTENCE.split())
@@ -36,21 +35,19 @@ def make_engine(
     max_tokens: int = 256,
     subword_buckets: int = 0,
 ) -> Engine:
-    torch.manual_seed(1)
-    vocab = Vocab.build([tokenize(" ".join(WORDS))], min_freq=1)
-    config = ModelConfig(
-        vocab_size=len(vocab),
-        num_labels=2,
+    model, vocab = tiny_model(
+        WORDS,
+        1,
         embed_dim=12,
         hidden_dim=10,
         num_layers=2,
-        rnn=rnn,  # type: ignore[arg-type]
-        pooling=pooling,  # type: ignore[arg-type]
+        rnn=rnn,
+        pooling=pooling,
         subword_buckets=subword_buckets,
         subword_dim=6,
     )
     return Engine.from_model(
-        Classifier(config),
+        model,
         vocab,
         ("insult", "spam"),
         device="cpu",

@@ -10,10 +10,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.engine import Engine
-from model.network import Classifier, ModelConfig
-from model.tokenizer import tokenize
 from model.vectors import TokenVectors, pack_rows
-from model.vocab import Vocab
+from tests.helpers import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,13 +33,8 @@ WORDS = [
 
 
 def make_engine() -> Engine:
-    torch.manual_seed(3)
-    vocab = Vocab.build([tokenize(" ".join(WORDS))], min_freq=1)
-    config = ModelConfig(
-        vocab_size=len(vocab), num_labels=2, embed_dim=8, hidden_dim=6, subword_buckets=64,
-        subword_dim=4, pooling="meanmax",
-    )  # fmt: skip
-    return Engine.from_model(Classifier(config), vocab, ("insult", "spam"), device="cpu")
+    model, vocab = tiny_model(WORDS, 3, subword_buckets=64, subword_dim=4, pooling="meanmax")
+    return Engine.from_model(model, vocab, ("insult", "spam"), device="cpu")
 
 
 def test_pack_rows_matches_pack_padded_sequence() -> None:

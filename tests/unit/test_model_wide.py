@@ -14,6 +14,7 @@ from model.network import WIDE_FIELDS, Classifier, ModelConfig
 from model.tokenizer import tokenize
 from model.vocab import Vocab
 from model.wide import text_features, token_features, wide_batch
+from tests.helpers import tiny_model
 
 LABELS = ("insult", "spam")
 TEXTS = ["", "you", "you are a m0r0n!!!", "f*ck off 1diot", "a " * 40, "<url> hi", "are you"]
@@ -23,18 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(wide_buckets: int, subword_buckets: int = 50) -> tuple[Classifier, Vocab]:
-    torch.manual_seed(0)
-    vocab = Vocab.build([tokenize(" ".join(TEXTS))], min_freq=1)
-    config = ModelConfig(
-        vocab_size=len(vocab),
-        num_labels=2,
-        embed_dim=8,
-        hidden_dim=6,
-        subword_buckets=subword_buckets,
-        subword_dim=4,
-        wide_buckets=wide_buckets,
+    return tiny_model(
+        TEXTS, 0, subword_buckets=subword_buckets, subword_dim=4, wide_buckets=wide_buckets
     )
-    return Classifier(config).eval(), vocab
 
 
 def test_features_are_deterministic_and_order_aware() -> None:
