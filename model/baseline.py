@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from model.data import Example
+from model.errors import ModstreamError
 
 BASELINE_NAME = "tfidf-word12-char25-logreg-C1"
 BASELINE_C = 1.0
 
 
-class BaselineUnavailableError(ImportError):
+class BaselineUnavailableError(ModstreamError, ImportError):
     """scikit-learn is not installed."""
 
 

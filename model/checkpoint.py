@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from model.errors import ExitCode, ModstreamError
 from model.network import Classifier, ModelConfig
 from model.tokenizer import TOKENIZER_VERSION
 from model.vocab import Vocab
@@ -53,7 +54,9 @@ STORE_VERSIONS_DIR = "versions"
 STORE_POINTER = "current"
 
 
-class CheckpointError(Exception):
+class CheckpointError(ModstreamError):
+    exit_code = ExitCode.CHECKPOINT
+
     """Base class: any checkpoint that cannot be served."""
 
 

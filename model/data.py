@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from model.errors import ModstreamError
 from model.tokenizer import normalize
 
 LABELS: tuple[str, ...] = ("insult", "spam")
@@ -43,7 +44,7 @@ SOURCE_SMS = "sms_spam"
 SOURCE_FEEDBACK = "feedback"
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(ModstreamError, FileNotFoundError):
     """A training corpus is not installed; the message names the pip command."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint
+from model.errors import ExitCode, ModstreamError
 from model.network import Classifier, ModelConfig
 from model.subword import ngram_ids, subword_batch, token_id
 from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
@@ -154,7 +155,9 @@ class EncodedBatch:
     wide: list[tuple[int, ...]]  # each row's wide-path bag; empty for models without one
 
 
-class EngineError(Exception):
+class EngineError(ModstreamError):
+    exit_code = ExitCode.CHECKPOINT
+
     """The engine cannot be built as asked (e.g. CUDA requested but unavailable)."""
 
 

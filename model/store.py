@@ -46,6 +46,7 @@ from model.checkpoint import (
     CheckpointError,
     load_checkpoint,
 )
+from model.errors import ExitCode, ModstreamError
 
 DEFAULT_KEEP = 5
 HISTORY_FILE = "history.json"
@@ -56,11 +57,13 @@ MAX_EVENTS = 100
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-class StoreError(Exception):
+class StoreError(ModstreamError):
     """The store cannot do what was asked; the message says why."""
 
 
 class UnknownVersionError(StoreError):
+    exit_code = ExitCode.USAGE
+
     """No such version in the store (or not a valid version name)."""
 
 
@@ -69,6 +72,8 @@ class NoPreviousVersionError(StoreError):
 
 
 class NotAStoreError(StoreError):
+    exit_code = ExitCode.USAGE
+
     """The path is something else (e.g. a plain checkpoint directory)."""
 
 

@@ -48,6 +48,7 @@ from kafka.errors import (
 from kafka.structs import TopicPartition
 
 from model.engine import EncodedBatch, Engine
+from model.errors import ExitCode, ModstreamError
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.result import Timings
 from worker.batcher import Batcher
@@ -104,15 +105,17 @@ class StagedBatch:
     started: float
 
 
-class BrokerUnavailableError(Exception):
+class BrokerUnavailableError(ModstreamError):
+    exit_code = ExitCode.BROKER
+
     """The bootstrap servers could not be reached at start."""
 
 
-class WorkerStoppedError(Exception):
+class WorkerStoppedError(ModstreamError):
     """Shutdown was requested while a batch's outputs were still unacknowledged."""
 
 
-class FatalWorkerError(Exception):
+class FatalWorkerError(ModstreamError):
     """The worker cannot go on safely (fenced by another worker with the same identity)."""
 
 

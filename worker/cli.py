@@ -28,6 +28,8 @@ from typing import Any, Literal, TextIO
 
 from pydantic import ValidationError
 
+from model.errors import ExitCode, ModstreamError
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -36,7 +38,9 @@ EXIT_BROKER = 4
 EXIT_HELD = 10  # retrain: the promotion gate kept the current model
 
 
-class UsageError(Exception):
+class UsageError(ModstreamError):
+    exit_code = ExitCode.USAGE
+
     """Bad configuration; the message names the field and where it came from."""
 
 

@@ -20,10 +20,11 @@ from typing import Any
 from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from model.errors import ModstreamError
 from worker.decode import SourceRecord
 
 
-class CommitError(Exception):
+class CommitError(ModstreamError):
     """The group coordinator refused the commit (e.g. the partition moved to another member)."""
 
     def __init__(self, message: str, offsets: dict[TopicPartition, int]) -> None:

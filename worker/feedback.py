@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import ValidationError
 
+from model.errors import ExitCode, ModstreamError
 from schemas.dead_letter import ErrorKind
 from schemas.feedback import ModeratorFeedback
 from worker.decode import classify
@@ -35,7 +36,9 @@ DEFAULT_FEEDBACK_GROUP = "modstream-retrain"
 UNKNOWN_LABEL = "unknown_label"
 
 
-class FeedbackReadError(Exception):
+class FeedbackReadError(ModstreamError):
+    exit_code = ExitCode.BROKER
+
     """The feedback topic could not be read to its captured end (broker, topic, timeout)."""
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from model.errors import ModstreamError
 from worker.decode import SourceRecord
 from worker.sink import Delivery, OutputRecord, PublishError
 
@@ -67,7 +68,7 @@ class InFlight:
         return all(f is None or f.is_done for f in self.delivery.futures)
 
 
-class ScoringFailedError(Exception):
+class ScoringFailedError(ModstreamError):
     """The scoring or publishing thread raised: the worker cannot answer this batch."""
 
 

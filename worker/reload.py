@@ -40,6 +40,7 @@ from model.checkpoint import (
     resolve_checkpoint_dir,
 )
 from model.engine import Engine
+from model.errors import ModstreamError
 from model.store import peek_version
 from worker.metrics import WorkerMetrics
 
@@ -58,7 +59,7 @@ CANARY_TEXTS: tuple[str, ...] = (
 )
 
 
-class ReloadError(Exception):
+class ReloadError(ModstreamError):
     """The new checkpoint loads but must not serve (labels, canary)."""
 
 

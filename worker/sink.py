@@ -18,6 +18,8 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
+from model.errors import ModstreamError
+
 
 @dataclass(frozen=True, slots=True)
 class OutputRecord:
@@ -27,7 +29,7 @@ class OutputRecord:
     source_timestamp_ms: int | None
 
 
-class PublishError(Exception):
+class PublishError(ModstreamError):
     """Some outputs of a batch were not acknowledged; its offsets must not be committed."""
 
     def __init__(self, message: str, cause: BaseException | None = None) -> None:
