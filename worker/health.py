@@ -7,6 +7,12 @@ pod restarted. Readiness means this pod can do useful work: model loaded, consum
 joined (with partitions, or idle-assigned when there are more workers than partitions),
 producer connected and publishing. Both answer JSON saying why, so a failing probe explains
 itself: 200 when ok, 503 when not.
+
+The server is exposed to whatever can reach the pod's port, so its cost is bounded
+whatever a client does: at most `max_connections` requests are served at once (one
+thread each; a connection beyond that is closed at once, counted, never queued), and a
+connection that sends nothing for `request_timeout_s` is closed. Without these bounds
+500 half-sent requests held 500 threads forever.
 """
 
 from __future__ import annotations
@@ -79,15 +85,60 @@ class HealthState:
             }
 
 
-class HealthServer:
-    """Serves the worker's registry and health state on one port, in a daemon thread."""
+DEFAULT_MAX_CONNECTIONS = 32
+"""Probes and scrapes need a handful; 32 threads of ~8 MiB virtual stack are cheap."""
+DEFAULT_REQUEST_TIMEOUT_S = 5.0
+"""A probe's whole request arrives in one packet; 5 s is far above any honest client."""
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer with a cap on concurrent connections."""
+
+    daemon_threads = True
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, state: HealthState
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], limit: int
     ) -> None:
-        handler = _make_handler(registry, state)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(limit)
+        self.rejected = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.rejected += 1
+            self.shutdown_request(request)  # closes it: the client sees a reset, not a hang
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class HealthServer:
+    """Serves the worker's registry and health state on one port.
+
+    Threads: `serve_forever` on the `health-http` daemon thread, one short-lived thread
+    per connection (at most `max_connections`).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        state: HealthState,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    ) -> None:
+        handler = _make_handler(registry, state, request_timeout_s)
+        self._server = _BoundedHTTPServer((host, port), handler, max_connections)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health-http", daemon=True
         )
@@ -95,6 +146,11 @@ class HealthServer:
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
+
+    @property
+    def rejected_connections(self) -> int:
+        """Connections closed unanswered because `max_connections` were being served."""
+        return self._server.rejected
 
     def start(self) -> None:
         self._thread.start()
@@ -104,8 +160,13 @@ class HealthServer:
         self._server.server_close()
 
 
-def _make_handler(registry: CollectorRegistry, state: HealthState) -> type[BaseHTTPRequestHandler]:
+def _make_handler(
+    registry: CollectorRegistry, state: HealthState, request_timeout_s: float
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Socket timeout: a client silent this long is dropped (http.server catches it).
+        timeout = request_timeout_s
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -131,3 +133,55 @@ def test_metrics_and_unknown_paths(
     assert content_type.startswith("text/plain")
     assert "modstream_probe_total 1.0" in body
     assert get(http.port, "/nope")[0] == 404
+
+
+def _server_threads() -> int:
+    """Connection threads of every HealthServer in this process (socketserver names
+    them `Thread-N (process_request_thread)`)."""
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def _wait_until(condition: Callable[[], bool], deadline_s: float) -> bool:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.01)  # polling a condition under a deadline, not synchronising on time
+    return condition()
+
+
+def test_idle_and_excess_connections_are_bounded_and_dropped() -> None:
+    """An attacker holding many half-sent requests gets at most `max_connections`
+    threads for at most `request_timeout_s`; afterwards the probes answer again."""
+    state = HealthState()
+    state.set(model_version="v1", group_joined=True)
+    limit, timeout_s, attackers = 4, 0.5, 50
+    http = HealthServer(
+        "127.0.0.1",
+        0,
+        CollectorRegistry(),
+        state,
+        max_connections=limit,
+        request_timeout_s=timeout_s,
+    )
+    http.start()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(attackers):
+            conn = socket.create_connection(("127.0.0.1", http.port), timeout=10)
+            conn.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")  # never finishes the headers
+            held.append(conn)
+        # Every held connection is closed by the server (rejected at once, or served by
+        # one of `limit` threads until its timeout): recv sees EOF, never hangs.
+        busiest = 0
+        for conn in held:
+            busiest = max(busiest, _server_threads())
+            assert conn.recv(1024) == b""
+        assert busiest <= limit
+        assert http.rejected_connections >= 1
+        assert _wait_until(lambda: _server_threads() == 0, 10)
+        assert get(http.port, "/readyz")[0] == 200
+    finally:
+        for conn in held:
+            conn.close()
+        http.stop()
