@@ -54,7 +54,8 @@ LOCK_FILE = ".lock"
 INCOMING_DIR = ".incoming"
 MAX_STACK = 50
 MAX_EVENTS = 100
-_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Matched with `fullmatch`: `$` alone would let a trailing newline through.
+_VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class StoreError(ModstreamError):
@@ -177,7 +178,7 @@ class CheckpointStore:
         return self.root / STORE_POINTER
 
     def version_dir(self, version: str) -> Path:
-        if not _VERSION_NAME.match(version):
+        if not _VERSION_NAME.fullmatch(version):
             raise UnknownVersionError(f"{version!r} is not a version name")
         return self.versions_dir / version
 
@@ -354,7 +355,7 @@ class CheckpointStore:
             present = {
                 p.name
                 for p in self.versions_dir.iterdir()
-                if p.is_dir() and _VERSION_NAME.match(p.name)
+                if p.is_dir() and _VERSION_NAME.fullmatch(p.name)
             }
         known = [v for v in history["added"] if v in present]
         # Versions copied in by hand have no recorded addition: treat them as oldest.

@@ -74,10 +74,12 @@ def test_unknown_or_malformed_versions_are_rejected_and_nothing_changes(
 ) -> None:
     version = add(store, tmp_path, 1)
     store.promote(version)
-    for bad in ("deadbeef0000", "../versions", "", ".hidden", "a/b"):
+    for bad in ("deadbeef0000", "../versions", "", ".hidden", "a/b", f"{version}\n"):
         with pytest.raises(UnknownVersionError):
             store.promote(bad)
     assert store.current_version() == version
+    with pytest.raises(UnknownVersionError, match="not a version name"):
+        store.version_dir(f"{version}\n")  # a name pasted with its line end
 
 
 def test_promote_verifies_the_checkpoint_unless_told_not_to(
