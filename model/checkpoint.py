@@ -373,6 +373,13 @@ def _check_tensors(
                 f"{where}: tensor {name!r} is {got.dtype}{list(got.shape)} but the config "
                 f"needs {want.dtype}{list(want.shape)}"
             )
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            # A NaN or infinite weight makes every score NaN: refuse it here rather
+            # than let results fail validation batch after batch.
+            bad = int((~torch.isfinite(got)).sum())
+            raise CheckpointCorruptError(
+                f"{where}: tensor {name!r} holds {bad} NaN or infinite value(s)"
+            )
 
 
 class _MetaReader:

@@ -201,6 +201,17 @@ def test_weights_from_another_model_are_rejected(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "small")
 
 
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused(tmp_path: Path, bad_value: float) -> None:
+    """Saved with a consistent content hash, so only the finiteness check can catch it."""
+    model, vocab = build()
+    with torch.no_grad():
+        model.head.weight[0, 0] = bad_value
+    save(tmp_path / "ckpt", model, vocab)
+    with pytest.raises(CheckpointCorruptError, match="NaN or infinite"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
 def test_tampered_content_fails_the_version_check(tmp_path: Path, checkpoint: Path) -> None:
     edit_meta(checkpoint, thresholds={"insult": 0.1, "spam": 0.7})
     with pytest.raises(CheckpointCorruptError, match="does not match content hash"):
