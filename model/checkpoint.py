@@ -14,6 +14,9 @@ Why this shape:
   loading never reads them. Replacing an existing
   directory takes two renames (old aside, new in); a reader that hits the instant in
   between gets `CheckpointMissingError` and may simply retry.
+- Fields of a removed feature (`RETIRED_CONFIG_FIELDS`) still load at the value that
+  switched the feature off, since such a checkpoint describes exactly today's model;
+  any other value is refused by name, never silently ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import torch
@@ -52,6 +56,18 @@ CHECKPOINT_DIR_ENV = "MODSTREAM_CHECKPOINT_DIR"
 # directory is expected.
 STORE_VERSIONS_DIR = "versions"
 STORE_POINTER = "current"
+# The wide path (a hashed n-gram bag whose linear logits added to the head's; README
+# "What was tried", E10-E17) was removed from the code. Checkpoints written while it
+# existed carry its fields in `config`, at these values when it was off.
+RETIRED_CONFIG_FIELDS: Mapping[str, int | float] = MappingProxyType(
+    {
+        "wide_buckets": 0,
+        "wide_word_max_n": 2,
+        "wide_char_min_n": 2,
+        "wide_char_max_n": 5,
+        "wide_dropout": 0.0,
+    }
+)
 
 
 class CheckpointError(ModstreamError):
@@ -70,6 +86,11 @@ class CheckpointCorruptError(CheckpointError):
 
 class CheckpointVersionError(CheckpointError):
     """Written by an incompatible format or tokenizer version."""
+
+
+class RetiredFeatureError(CheckpointVersionError):
+    """The config switches on a feature this code no longer has (a field of
+    `RETIRED_CONFIG_FIELDS` at any value but its off one)."""
 
 
 @dataclass(frozen=True)
@@ -280,7 +301,9 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
             f"{path}: trained with tokenizer {tokenizer!r}, this code has {TOKENIZER_VERSION!r}"
         )
     version = fields.get("version", str)
-    config = fields.parse("config", dict, ModelConfig.from_dict)
+    config = fields.parse(
+        "config", dict, lambda raw: ModelConfig.from_dict(_without_retired(raw, path / META_FILE))
+    )
     vocab = fields.parse("vocab", dict, Vocab.from_dict)
     labels = tuple(fields.get("labels", list))
     thresholds_raw = fields.get("thresholds", dict)
@@ -339,6 +362,21 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
         version=version,
         path=path,
     )
+
+
+def _without_retired(config: dict[str, Any], where: Path) -> dict[str, Any]:
+    """`config` minus the retired fields, each of which must hold its off value."""
+    kept = dict(config)
+    for name, off in RETIRED_CONFIG_FIELDS.items():
+        if name not in kept:
+            continue
+        value = kept.pop(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != off:
+            raise RetiredFeatureError(
+                f"{where}: field 'config.{name}' is {value!r}, but the wide path it configures "
+                f"was removed from this code; only {off!r} (off) loads. Retrain the model."
+            )
+    return kept
 
 
 def _read_limited(path: Path, limit: int) -> bytes:

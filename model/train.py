@@ -82,13 +82,6 @@ class TrainConfig:
     pooling: Pooling = "meanmax"
     subword_buckets: int = 20_000  # hashed char n-gram rows; 0 = word embeddings only
     subword_dim: int = 32
-    wide_buckets: int = 0  # hashed word/char n-gram bag added to the logits; 0 = off
-    wide_word_max_n: int = 2
-    wide_char_min_n: int = 2
-    wide_char_max_n: int = 5
-    wide_lr: float | None = None  # Adam learning rate of the wide path; None = lr
-    wide_dropout: float = 0.0  # drop each wide-bag entry with this probability (training)
-    wide_weight_decay: float = 0.0  # decoupled weight decay of the wide path, per step
     # >0: validate and keep an exponential moving average of the weights (this decay per
     # step, ~200-step horizon at 0.995) instead of the raw weights; 0 = raw weights.
     ema_decay: float = 0.995
@@ -154,11 +147,6 @@ class TrainConfig:
             pooling=self.pooling,
             subword_buckets=self.subword_buckets,
             subword_dim=self.subword_dim,
-            wide_buckets=self.wide_buckets,
-            wide_word_max_n=self.wide_word_max_n,
-            wide_char_min_n=self.wide_char_min_n,
-            wide_char_max_n=self.wide_char_max_n,
-            wide_dropout=self.wide_dropout,
         )
 
 
@@ -535,7 +523,7 @@ def _train(
         if config.freeze_glove:
             _freeze_rows(model.embedding.weight, glove_rows(vocab, glove))
         progress(f"GloVe: {found}/{len(vocab)} vocabulary tokens initialised ({glove.source})")
-    optimizer = torch.optim.Adam(_param_groups(model, config), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps = config.epochs * math.ceil(len(train_examples) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -569,10 +557,6 @@ def _train(
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            if model.wide is not None and config.wide_weight_decay > 0:
-                with torch.no_grad():
-                    step_lr = optimizer.param_groups[-1]["lr"]
-                    model.wide.weight.mul_(1.0 - step_lr * config.wide_weight_decay)
             scheduler.step()
             if ema is not None:
                 ema.update(model)
@@ -653,17 +637,6 @@ class _Ema:
         current = model.state_dict()
         for name, average in self.state.items():
             current[name].copy_(average * correction)
-
-
-def _param_groups(model: Classifier, config: TrainConfig) -> list[dict[str, Any]]:
-    """One Adam group, or two when the wide path has its own learning rate: its bucket
-    weights see few updates each (sparse features), so they may need larger steps."""
-    if model.wide is None or config.wide_lr is None:
-        return [{"params": list(model.parameters())}]
-    wide = list(model.wide.parameters())
-    ids = {id(p) for p in wide}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": rest}, {"params": wide, "lr": config.wide_lr}]
 
 
 def _masked_log_loss(probabilities: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> float:
