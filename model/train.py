@@ -26,8 +26,6 @@ Training data choices (each a `TrainConfig` field, measured on validation; see R
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -43,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from model.baseline import BaselineUnavailableError, fit_baseline
-from model.checkpoint import default_checkpoint_dir, save_checkpoint
+from model.checkpoint import save_checkpoint
 from model.data import SOURCE_INSULTS, SOURCE_SMS, DataSplits, Example, label_counts, load_splits
 from model.engine import Engine, TokenCache, encode_text, forward_batch, resolve_device
 from model.glove import GloveVectors, embedding_matrix, load_glove
@@ -866,27 +864,3 @@ def _verify_written(directory: str | Path, version: str, engine: Engine, texts: 
         got = loaded.score(texts).probabilities
         if not np.allclose(expected, got, atol=1e-5):
             raise RuntimeError("reloaded checkpoint scores differ from the trained model")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m model.train [--out DIR] [--tiny] [--epochs N] ...`"""
-    parser = argparse.ArgumentParser(description="Train a modstream checkpoint.")
-    parser.add_argument("--out", type=Path, default=None, help="checkpoint directory")
-    parser.add_argument("--tiny", action="store_true", help="seconds-long smoke config")
-    for name, kind in (("epochs", int), ("hidden_dim", int), ("limit", int), ("seed", int)):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args(argv)
-    overrides = {
-        name: getattr(args, name)
-        for name in ("epochs", "hidden_dim", "limit", "seed", "device")
-        if getattr(args, name) is not None
-    }
-    config = TrainConfig.tiny(**overrides) if args.tiny else TrainConfig(**overrides)
-    report = retrain(args.out or default_checkpoint_dir(), config, progress=print)
-    print(json.dumps(report.to_dict(), indent=1, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
