@@ -14,19 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from model.build import RetrainReport, retrain
 from model.checkpoint import CheckpointError
 from model.data import DataSplits, Example
 from model.engine import Engine, EngineError
+from model.evaluation import evaluate, validation_subset
 from model.gate import DEFAULT_TOLERANCE, mean_auc, should_promote
+from model.progress import Progress
 from model.store import CheckpointStore
-from model.train import (
-    Progress,
-    RetrainReport,
-    TrainConfig,
-    evaluate,
-    retrain,
-    validation_subset,
-)
+from model.train import TrainConfig
 
 Status = Literal["promoted", "held", "unchanged"]
 

@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 
 from model.baseline import fit_baseline
+from model.build import retrain
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.data import LABELS, SOURCE_INSULTS, SOURCE_SMS, Example
 from model.engine import Engine
+from model.evaluation import choose_thresholds, parse_target_precision
 from model.metrics import precision_recall_f1, precision_threshold, roc_auc
 from model.report import JSON_FILE, MARKDOWN_FILE, REPORT_DIR
-from model.train import (
-    TrainConfig,
-    choose_thresholds,
-    parse_target_precision,
-    retrain,
-    spam_negative,
-    training_examples,
-)
+from model.train import TrainConfig
+from model.training_data import spam_negative, training_examples
 from tests.unit.test_model_train import synthetic_splits
 
 # ---------------------------------------------------------------------- thresholds

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.build import retrain
 from model.checkpoint import load_checkpoint
 from model.data import (
     LABELS,
@@ -22,7 +23,8 @@ from model.data import (
 )
 from model.engine import Engine
 from model.metrics import best_f1_threshold, precision_recall_f1, roc_auc
-from model.train import TrainConfig, length_bucketed_batches, retrain, train
+from model.train import TrainConfig, train
+from model.training_data import length_bucketed_batches
 
 # ------------------------------------------------------------------------- metrics
 
