@@ -119,6 +119,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         parse_target_precision(self.target_precision)
+        if not self.ema_decay < 1.0:  # 1 would never move from zero (and divide by zero)
+            raise ValueError(f"ema_decay must be below 1 (0 = off), got {self.ema_decay!r}")
 
     def model_config(self, vocab_size: int, num_labels: int) -> ModelConfig:
         return ModelConfig(
@@ -275,7 +277,7 @@ def _train(
     weights = _pos_weight(config, targets, mask)
     pos_weight = None if weights is None else torch.from_numpy(weights).to(device)
     best_auc, best_epoch, best_state = -math.inf, 0, _cpu_state(model)
-    ema = Ema(model, config.ema_decay) if config.ema_decay > 0 else None
+    ema = Ema(model, config.ema_decay)
     history: list[dict[str, float]] = []
     interactive = progress is not quiet and sys.stderr.isatty()
 
@@ -299,45 +301,40 @@ def _train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            if ema is not None:
-                ema.update(model)
+            ema.update(model)
             total_loss += float(loss.item())
             total_batches += 1
             bar.update(total_batches, total_loss / total_batches)
         bar.close()
 
-        raw_state = None
-        if ema is not None:
-            raw_state = _cpu_state(model)
-            ema.copy_to(model)
-        engine = Engine.from_model(
-            model, vocab, labels, device=device, max_tokens=config.max_tokens, cpu_threads=None
-        )
-        val_probs = engine.score(val_texts).probabilities
-        aucs = per_label_auc(val_probs, val_targets, val_mask, labels)
-        mean_auc = mean_finite(list(aucs.values()))
-        record = {
-            "epoch": float(epoch),
-            "train_loss": total_loss / max(total_batches, 1),
-            "validation_loss": masked_log_loss(val_probs, val_targets, val_mask),
-            "validation_mean_auc": mean_auc,
-            **{f"validation_auc_{label}": auc for label, auc in aucs.items()},
-            "lr": float(scheduler.get_last_lr()[0]),
-            "seconds": time.perf_counter() - epoch_start,
-        }
-        history.append(record)
-        auc_text = " ".join(f"{label}={auc:.4f}" for label, auc in aucs.items())
-        progress(
-            f"epoch {epoch}/{config.epochs} loss {record['train_loss']:.4f} "
-            f"val loss {record['validation_loss']:.4f} auc {auc_text} ({record['seconds']:.1f}s)"
-        )
-        if mean_auc > best_auc or (best_epoch == 0 and not math.isfinite(best_auc)):
-            best_auc, best_epoch, best_state = mean_auc, epoch, _cpu_state(model)
-        elif epoch - best_epoch >= config.patience:
-            progress(f"early stop: no improvement since epoch {best_epoch}")
-            break
-        if raw_state is not None:
-            model.load_state_dict(raw_state)  # training goes on from the raw weights
+        with ema.applied(model):  # validate, and keep, the averaged weights
+            engine = Engine.from_model(
+                model, vocab, labels, device=device, max_tokens=config.max_tokens, cpu_threads=None
+            )
+            val_probs = engine.score(val_texts).probabilities
+            aucs = per_label_auc(val_probs, val_targets, val_mask, labels)
+            mean_auc = mean_finite(list(aucs.values()))
+            record = {
+                "epoch": float(epoch),
+                "train_loss": total_loss / max(total_batches, 1),
+                "validation_loss": masked_log_loss(val_probs, val_targets, val_mask),
+                "validation_mean_auc": mean_auc,
+                **{f"validation_auc_{label}": auc for label, auc in aucs.items()},
+                "lr": float(scheduler.get_last_lr()[0]),
+                "seconds": time.perf_counter() - epoch_start,
+            }
+            history.append(record)
+            auc_text = " ".join(f"{label}={auc:.4f}" for label, auc in aucs.items())
+            progress(
+                f"epoch {epoch}/{config.epochs} loss {record['train_loss']:.4f} "
+                f"val loss {record['validation_loss']:.4f} auc {auc_text} "
+                f"({record['seconds']:.1f}s)"
+            )
+            if mean_auc > best_auc or (best_epoch == 0 and not math.isfinite(best_auc)):
+                best_auc, best_epoch, best_state = mean_auc, epoch, _cpu_state(model)
+            elif epoch - best_epoch >= config.patience:
+                progress(f"early stop: no improvement since epoch {best_epoch}")
+                break
 
     model.load_state_dict(best_state)
     model.eval()
