@@ -24,15 +24,17 @@ from model.checkpoint import save_checkpoint
 from model.data import DataSplits, Example, label_counts, load_splits
 from model.engine import Engine, resolve_device
 from model.evaluation import (
+    EVAL_SPLITS,
     LABEL_SOURCES,
     choose_thresholds,
+    evaluation_examples,
     metrics_from_scores,
     parse_target_precision,
 )
 from model.progress import Progress, quiet
 from model.report import REPORT_DIR, Scored, SplitData, build_report, cross_domain, report_files
 from model.train import TrainConfig, TrainResult, torch_settings, train
-from model.training_data import label_arrays, subset, training_examples
+from model.training_data import label_arrays, training_examples
 
 
 @dataclass
@@ -99,9 +101,8 @@ def _evaluate_and_save(
         max_tokens=config.max_tokens,
         cpu_threads=None,
     )
-    parts = {
-        "validation": subset(splits.validation, config.eval_limit, config.seed + 1),
-        "test": subset(splits.test, config.eval_limit, config.seed + 2),
+    parts: dict[str, list[Example]] = {
+        name: evaluation_examples(config, splits, name) for name in EVAL_SPLITS
     }
     data = {
         name: SplitData(*label_arrays(examples), [ex.source for ex in examples])

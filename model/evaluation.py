@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # train.py imports this module
     from model.train import TrainConfig
 
 LABEL_SOURCES = {"insult": SOURCE_INSULTS, "spam": SOURCE_SMS}  # the corpus labelling each
+EvalSplit = Literal["validation", "test"]
+EVAL_SPLITS: tuple[EvalSplit, ...] = ("validation", "test")
+_SEED_OFFSETS: dict[str, int] = {"validation": 1, "test": 2}  # the train subset uses the seed
 
 
 def parse_target_precision(spec: str) -> dict[str, float]:
@@ -119,7 +122,10 @@ def masked_log_loss(probabilities: np.ndarray, targets: np.ndarray, mask: np.nda
     return float(losses[known].mean()) if known.any() else math.nan
 
 
-def validation_subset(config: TrainConfig, splits: DataSplits) -> list[Example]:
-    """The validation examples `retrain` measures on, so another model can be compared
-    on exactly the same data (the promotion gate)."""
-    return subset(splits.validation, config.eval_limit, config.seed + 1)
+def evaluation_examples(config: TrainConfig, splits: DataSplits, split: EvalSplit) -> list[Example]:
+    """The examples of `split` a run measures on: all of them, or `config.eval_limit`
+    picked at random with a seed of their own. Early stopping, the checkpoint's
+    metrics and the promotion gate (which measures the serving model on the
+    candidate's validation examples) all call this, so they see the same data."""
+    examples = splits.validation if split == "validation" else splits.test
+    return subset(examples, config.eval_limit, config.seed + _SEED_OFFSETS[split])

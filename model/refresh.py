@@ -18,7 +18,7 @@ from model.build import RetrainReport, retrain
 from model.checkpoint import CheckpointError
 from model.data import DataSplits, Example
 from model.engine import Engine, EngineError
-from model.evaluation import evaluate, validation_subset
+from model.evaluation import evaluate, evaluation_examples
 from model.gate import DEFAULT_TOLERANCE, mean_auc, should_promote
 from model.progress import Progress
 from model.store import CheckpointStore
@@ -129,4 +129,5 @@ def _measure_current(
     if engine.labels != splits.labels:
         # Different labels cannot be measured on this data; the gate holds on them.
         return {label: {} for label in engine.labels}, None
-    return evaluate(engine, validation_subset(config, splits), engine.thresholds), None
+    validation = evaluation_examples(config, splits, "validation")  # the candidate's
+    return evaluate(engine, validation, engine.thresholds), None

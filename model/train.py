@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from model.data import DataSplits, Example
 from model.ema import Ema
 from model.engine import Engine, TokenCache, encode_text, forward_batch, resolve_device
-from model.evaluation import masked_log_loss, mean_finite, parse_target_precision, per_label_auc
+from model.evaluation import (
+    evaluation_examples,
+    masked_log_loss,
+    mean_finite,
+    parse_target_precision,
+    per_label_auc,
+)
 from model.glove import embedding_matrix, load_glove
 from model.network import Classifier, ModelConfig, Pooling, RnnKind
 from model.progress import Progress, ProgressBar, quiet
@@ -43,7 +49,6 @@ from model.training_data import (
     glove_rows,
     label_arrays,
     length_bucketed_batches,
-    subset,
     training_examples,
 )
 from model.vocab import Vocab
@@ -229,7 +234,7 @@ def _train(
 ) -> TrainResult:
     rng = np.random.default_rng(config.seed)
     train_examples = training_examples(config, splits) + list(extra_examples)
-    validation = subset(splits.validation, config.eval_limit, config.seed + 1)
+    validation = evaluation_examples(config, splits, "validation")
     glove = None
     embeddings: dict[str, Any] = {"glove": False}
     if config.glove:
