@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 
 from model.data import DataSplits, Example
 from model.ema import Ema
-from model.engine import Engine, TokenCache, encode_text, forward_batch, resolve_device
+from model.engine import Engine, forward_batch, resolve_device
 from model.evaluation import (
     evaluation_examples,
     masked_log_loss,
@@ -40,12 +39,14 @@ from model.evaluation import (
     parse_target_precision,
     per_label_auc,
 )
-from model.glove import embedding_matrix, load_glove
+from model.glove import GloveVectors, embedding_matrix
 from model.network import Classifier, ModelConfig, Pooling, RnnKind
 from model.progress import Progress, ProgressBar, quiet
 from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
 from model.training_data import (
     build_vocab,
+    encode_examples,
+    glove_for,
     glove_rows,
     label_arrays,
     length_bucketed_batches,
@@ -156,26 +157,6 @@ class TrainResult:
     embeddings: dict[str, Any] = field(default_factory=dict)  # GloVe coverage etc.
 
 
-def masked_bce(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    mask: torch.Tensor,
-    pos_weight: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mean BCE-with-logits over known (mask=1) entries only.
-
-    `torch.where` rather than multiplying by the mask, so even an infinite masked logit
-    contributes exactly zero loss and zero gradient. `pos_weight` [labels] scales the
-    positive term per label (class weighting); the mean is still over known entries.
-    """
-    known = mask > 0
-    losses = F.binary_cross_entropy_with_logits(
-        logits, targets, reduction="none", pos_weight=pos_weight
-    )
-    losses = torch.where(known, losses, torch.zeros_like(losses))
-    return losses.sum() / known.sum().clamp_min(1)
-
-
 def train(
     config: TrainConfig,
     splits: DataSplits,
@@ -190,39 +171,6 @@ def train(
         return _train(config, splits, splits.labels, device, progress, started, extra_examples)
 
 
-@contextmanager
-def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
-    """Process-wide torch knobs for the duration of a run, restored afterwards."""
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(max(1, config.num_threads))
-    if device.type == "cpu":
-        # CUDA would additionally need CUBLAS_WORKSPACE_CONFIG; seeded CPU runs are exact.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic_before)
-        torch.set_num_threads(threads_before)
-
-
-def _freeze_rows(weight: torch.Tensor, rows: torch.Tensor) -> None:
-    """Zero the gradient of `rows` on every backward pass: Adam then never moves them
-    (its moments stay zero), while the other rows train."""
-    keep = (~rows).to(weight.dtype).unsqueeze(1)
-    weight.register_hook(lambda grad: grad * keep.to(grad.device))  # type: ignore[no-untyped-call]
-
-
-def _pos_weight(config: TrainConfig, targets: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
-    if config.pos_weight == "none":
-        return None
-    known = mask > 0
-    positives = ((targets > 0.5) & known).sum(axis=0).clip(min=1)
-    negatives = ((targets <= 0.5) & known).sum(axis=0).clip(min=1)
-    ratio = negatives / positives
-    return np.asarray(np.sqrt(ratio) if config.pos_weight == "sqrt" else ratio, np.float32)
-
-
 def _train(
     config: TrainConfig,
     splits: DataSplits,
@@ -232,67 +180,41 @@ def _train(
     started: float,
     extra_examples: Sequence[Example] = (),
 ) -> TrainResult:
-    rng = np.random.default_rng(config.seed)
-    train_examples = training_examples(config, splits) + list(extra_examples)
+    # 1. Data: examples, vocabulary, encoded inputs (see model.training_data).
+    rng = np.random.default_rng(config.seed)  # batch order; torch's seed is set by `train`
+    examples = training_examples(config, splits) + list(extra_examples)
     validation = evaluation_examples(config, splits, "validation")
-    glove = None
-    embeddings: dict[str, Any] = {"glove": False}
-    if config.glove:
-        glove = load_glove(Path(config.glove_dir) if config.glove_dir else None)
-        if glove is None:
-            progress(
-                "GloVe: no converted vectors found (run `make glove`); word embeddings start random"
-            )
-        elif glove.dimensions != config.embed_dim:
-            progress(f"GloVe: {glove.dimensions}d vectors but embed_dim {config.embed_dim}; unused")
-            glove = None
-    token_lists = [tokenize(ex.text, config.max_tokens) for ex in train_examples]
-    vocab = build_vocab(config, token_lists, glove)
+    glove = glove_for(config, progress)
+    vocab = build_vocab(config, [tokenize(ex.text, config.max_tokens) for ex in examples], glove)
     model_config = config.model_config(len(vocab), len(labels))
-    cache: TokenCache = {}
-    encoded = [
-        encode_text(vocab, model_config, ex.text, config.max_tokens, cache) for ex in train_examples
-    ]
-    lengths = np.asarray([len(e.ids) for e in encoded], dtype=np.int64)
-    targets, mask = label_arrays(train_examples)
-    val_targets, val_mask = label_arrays(validation)
-    val_texts = [ex.text for ex in validation]
+    encoded, lengths = encode_examples(vocab, model_config, examples, config.max_tokens)
+    targets, mask = label_arrays(examples)
     progress(
-        f"training on {len(train_examples)} examples, vocab {len(vocab)}, "
+        f"training on {len(examples)} examples, vocab {len(vocab)}, "
         f"validating on {len(validation)}, device {device}"
     )
 
+    # 2. Model, optimiser, schedule, loss weights, weight average.
     model = Classifier(model_config).to(device)
-    if glove is not None:
-        matrix, found = embedding_matrix(vocab, glove, np.random.default_rng(config.seed))
-        with torch.no_grad():
-            model.embedding.weight.copy_(torch.from_numpy(matrix))
-        embeddings = {"glove": True, "source": glove.source, "covered": found, "vocab": len(vocab)}
-        if config.freeze_glove:
-            _freeze_rows(model.embedding.weight, glove_rows(vocab, glove))
-        progress(f"GloVe: {found}/{len(vocab)} vocabulary tokens initialised ({glove.source})")
+    embeddings = _start_from_glove(model, vocab, glove, config, progress)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    steps = config.epochs * math.ceil(len(train_examples) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        (lambda step: 1.0 - 0.9 * min(step, steps) / max(steps, 1))
-        if config.lr_schedule == "linear"
-        else (lambda step: 1.0),
-    )
-    weights = _pos_weight(config, targets, mask)
-    pos_weight = None if weights is None else torch.from_numpy(weights).to(device)
-    best_auc, best_epoch, best_state = -math.inf, 0, _cpu_state(model)
+    scheduler = _lr_scheduler(optimizer, config, len(examples))
+    pos_weight = _pos_weight(config, targets, mask, device)
     ema = Ema(model, config.ema_decay)
+    validate = _Validator(validation, vocab, labels, config.max_tokens, device)
+    best_auc, best_epoch, best_state = -math.inf, 0, _cpu_state(model)
     history: list[dict[str, float]] = []
     interactive = progress is not quiet and sys.stderr.isatty()
 
+    # 3. Epochs: train on length-bucketed batches, then validate the averaged weights;
+    #    keep the best epoch, stop after `patience` epochs without improvement.
     for epoch in range(1, config.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
-        total_loss, total_batches = 0.0, 0
+        total_loss = 0.0
         batches = length_bucketed_batches(lengths, config.batch_size, rng)
         bar = ProgressBar(len(batches), f"epoch {epoch}/{config.epochs}", interactive)
-        for batch in batches:
+        for step, batch in enumerate(batches, start=1):
             logits = forward_batch(model, [encoded[i] for i in batch], device)
             loss = masked_bce(
                 logits,
@@ -308,21 +230,16 @@ def _train(
             scheduler.step()
             ema.update(model)
             total_loss += float(loss.item())
-            total_batches += 1
-            bar.update(total_batches, total_loss / total_batches)
+            bar.update(step, total_loss / step)
         bar.close()
 
         with ema.applied(model):  # validate, and keep, the averaged weights
-            engine = Engine.from_model(
-                model, vocab, labels, device=device, max_tokens=config.max_tokens, cpu_threads=None
-            )
-            val_probs = engine.score(val_texts).probabilities
-            aucs = per_label_auc(val_probs, val_targets, val_mask, labels)
+            aucs, validation_loss = validate(model)
             mean_auc = mean_finite(list(aucs.values()))
             record = {
                 "epoch": float(epoch),
-                "train_loss": total_loss / max(total_batches, 1),
-                "validation_loss": masked_log_loss(val_probs, val_targets, val_mask),
+                "train_loss": total_loss / max(len(batches), 1),
+                "validation_loss": validation_loss,
                 "validation_mean_auc": mean_auc,
                 **{f"validation_auc_{label}": auc for label, auc in aucs.items()},
                 "lr": float(scheduler.get_last_lr()[0]),
@@ -356,5 +273,121 @@ def _train(
     )
 
 
+def masked_bce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean BCE-with-logits over known (mask=1) entries only.
+
+    `torch.where` rather than multiplying by the mask, so even an infinite masked logit
+    contributes exactly zero loss and zero gradient. `pos_weight` [labels] scales the
+    positive term per label (class weighting); the mean is still over known entries.
+    """
+    known = mask > 0
+    losses = F.binary_cross_entropy_with_logits(
+        logits, targets, reduction="none", pos_weight=pos_weight
+    )
+    losses = torch.where(known, losses, torch.zeros_like(losses))
+    return losses.sum() / known.sum().clamp_min(1)
+
+
+class _Validator:
+    """Per-label ROC AUC and log loss on the validation examples, scored through
+    `Engine` as served (which leaves the model in eval mode)."""
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        vocab: Vocab,
+        labels: tuple[str, ...],
+        max_tokens: int,
+        device: torch.device,
+    ) -> None:
+        self.texts = [ex.text for ex in examples]
+        self.targets, self.mask = label_arrays(examples)
+        self.vocab, self.labels, self.max_tokens, self.device = vocab, labels, max_tokens, device
+
+    def __call__(self, model: Classifier) -> tuple[dict[str, float], float]:
+        engine = Engine.from_model(
+            model, self.vocab, self.labels, device=self.device, max_tokens=self.max_tokens
+        )
+        probabilities = engine.score(self.texts).probabilities
+        aucs = per_label_auc(probabilities, self.targets, self.mask, self.labels)
+        return aucs, masked_log_loss(probabilities, self.targets, self.mask)
+
+
+def _start_from_glove(
+    model: Classifier,
+    vocab: Vocab,
+    glove: GloveVectors | None,
+    config: TrainConfig,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Copies GloVe's vectors into the word embedding (frozen with `freeze_glove`);
+    returns the coverage recorded in the metrics."""
+    if glove is None:
+        return {"glove": False}
+    matrix, found = embedding_matrix(vocab, glove, np.random.default_rng(config.seed))
+    with torch.no_grad():
+        model.embedding.weight.copy_(torch.from_numpy(matrix))
+    if config.freeze_glove:
+        _freeze_rows(model.embedding.weight, glove_rows(vocab, glove))
+    progress(f"GloVe: {found}/{len(vocab)} vocabulary tokens initialised ({glove.source})")
+    return {"glove": True, "source": glove.source, "covered": found, "vocab": len(vocab)}
+
+
+def _freeze_rows(weight: torch.Tensor, rows: torch.Tensor) -> None:
+    """Zero the gradient of `rows` on every backward pass: Adam then never moves them
+    (its moments stay zero), while the other rows train."""
+    keep = (~rows).to(weight.dtype).unsqueeze(1)
+    weight.register_hook(lambda grad: grad * keep.to(grad.device))  # type: ignore[no-untyped-call]
+
+
+def _lr_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, examples: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Constant, or (`lr_schedule="linear"`) decaying to 10% over `config.epochs`."""
+    steps = config.epochs * math.ceil(examples / config.batch_size)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        (lambda step: 1.0 - 0.9 * min(step, steps) / max(steps, 1))
+        if config.lr_schedule == "linear"
+        else (lambda step: 1.0),
+    )
+
+
+def _pos_weight(
+    config: TrainConfig, targets: np.ndarray, mask: np.ndarray, device: torch.device
+) -> torch.Tensor | None:
+    """The loss weight of each label's positives: none, √(negatives/positives) or the
+    ratio itself, counted on the known entries of the training set."""
+    if config.pos_weight == "none":
+        return None
+    known = mask > 0
+    positives = ((targets > 0.5) & known).sum(axis=0).clip(min=1)
+    negatives = ((targets <= 0.5) & known).sum(axis=0).clip(min=1)
+    ratio = negatives / positives
+    weights = np.asarray(np.sqrt(ratio) if config.pos_weight == "sqrt" else ratio, np.float32)
+    return torch.from_numpy(weights).to(device)
+
+
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+@contextmanager
+def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Process-wide torch knobs for the duration of a run, restored afterwards."""
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(max(1, config.num_threads))
+    if device.type == "cpu":
+        # CUDA would additionally need CUBLAS_WORKSPACE_CONFIG; seeded CPU runs are exact.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+        torch.set_num_threads(threads_before)

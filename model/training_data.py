@@ -10,6 +10,8 @@
   and the cross-domain flag rates (spam on comments) are reported separately.
 - `build_vocab`: the training tokens, plus (optionally) GloVe's most frequent words,
   so words first seen at serving time keep their pre-trained meaning (`model.glove`).
+- `encode_examples`: the model inputs, through the same function that serves
+  (`model.engine.encode_text`).
 - `length_bucketed_batches`: shuffled batches of similar-length examples.
 """
 
@@ -18,13 +20,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from model.data import SOURCE_INSULTS, DataSplits, Example
-from model.glove import GloveVectors
+from model.engine import Encoded, TokenCache, encode_text
+from model.glove import GloveVectors, load_glove
+from model.network import ModelConfig
+from model.progress import Progress
 from model.subword import lookup_forms
 from model.vocab import SPECIAL_TOKENS, UNK_ID, Vocab
 
@@ -130,3 +136,28 @@ def glove_rows(vocab: Vocab, glove: GloveVectors) -> torch.Tensor:
     return torch.tensor(
         [any(form in known for form in lookup_forms(token)) for token in vocab.tokens]
     )
+
+
+def glove_for(config: TrainConfig, progress: Progress) -> GloveVectors | None:
+    """The cached GloVe vectors when `config.glove` asks for them and their size fits
+    `embed_dim`; otherwise None, with a line saying why."""
+    if not config.glove:
+        return None
+    glove = load_glove(Path(config.glove_dir) if config.glove_dir else None)
+    if glove is None:
+        progress(
+            "GloVe: no converted vectors found (run `make glove`); word embeddings start random"
+        )
+    elif glove.dimensions != config.embed_dim:
+        progress(f"GloVe: {glove.dimensions}d vectors but embed_dim {config.embed_dim}; unused")
+        glove = None
+    return glove
+
+
+def encode_examples(
+    vocab: Vocab, config: ModelConfig, examples: Sequence[Example], max_tokens: int
+) -> tuple[list[Encoded], np.ndarray]:
+    """Each example's model input, and its token count (int64) for batching."""
+    cache: TokenCache = {}
+    encoded = [encode_text(vocab, config, ex.text, max_tokens, cache) for ex in examples]
+    return encoded, np.asarray([len(e.ids) for e in encoded], dtype=np.int64)
