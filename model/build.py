@@ -19,22 +19,23 @@ from typing import Any
 
 import numpy as np
 
-from model.baseline import BaselineUnavailableError, fit_baseline
 from model.checkpoint import save_checkpoint
 from model.data import DataSplits, Example, label_counts, load_splits
 from model.engine import Engine, resolve_device
 from model.evaluation import (
     EVAL_SPLITS,
     LABEL_SOURCES,
-    choose_thresholds,
-    evaluation_examples,
-    metrics_from_scores,
+    BaselineMeasured,
+    EvaluationSet,
+    Measured,
+    measure,
+    measure_baseline,
     parse_target_precision,
 )
 from model.progress import Progress, quiet
-from model.report import REPORT_DIR, Scored, SplitData, build_report, cross_domain, report_files
+from model.report import REPORT_DIR, Scored, build_report, cross_domain, report_files
 from model.train import TrainConfig, TrainResult, torch_settings, train
-from model.training_data import label_arrays, training_examples
+from model.training_data import training_examples
 
 
 @dataclass
@@ -92,112 +93,17 @@ def _evaluate_and_save(
     started: float,
     extra_examples: Sequence[Example] = (),
 ) -> RetrainReport:
-    labels = result.labels
+    """Steps 2-5 of the module docstring."""
     engine = Engine.from_model(
         result.model,
         result.vocab,
-        labels,
+        result.labels,
         device=config.device,
         max_tokens=config.max_tokens,
         cpu_threads=None,
     )
-    parts: dict[str, list[Example]] = {
-        name: evaluation_examples(config, splits, name) for name in EVAL_SPLITS
-    }
-    data = {
-        name: SplitData(*label_arrays(examples), [ex.source for ex in examples])
-        for name, examples in parts.items()
-    }
-    texts = {name: [ex.text for ex in examples] for name, examples in parts.items()}
-    probs = {name: engine.score(texts[name]).probabilities for name in parts}
-    rules = parse_target_precision(config.target_precision)
-    notes: dict[str, str] = {}
-    val = data["validation"]
-    thresholds = choose_thresholds(probs["validation"], val.targets, val.mask, labels, rules, notes)
-    lstm = {name: Scored(probs[name], thresholds) for name in parts}
-    measured = {
-        name: metrics_from_scores(probs[name], d.targets, d.mask, labels, thresholds)
-        for name, d in data.items()
-    }
-    models = {"lstm": lstm}
-
-    baseline_metrics: dict[str, Any] = {}
-    baseline_seconds = 0.0
-    if config.baseline:
-        try:
-            baseline = fit_baseline(
-                training_examples(config, splits) + list(extra_examples), labels, config.seed
-            )
-        except BaselineUnavailableError as e:
-            progress(f"baseline: skipped ({e})")
-        else:
-            baseline_seconds = baseline.seconds
-            b_probs = {name: baseline.predict(texts[name]) for name in parts}
-            b_thresholds = choose_thresholds(
-                b_probs["validation"], val.targets, val.mask, labels, rules
-            )
-            models["baseline"] = {name: Scored(b_probs[name], b_thresholds) for name in parts}
-            baseline_metrics = {
-                "name": baseline.name,
-                **{
-                    name: metrics_from_scores(
-                        b_probs[name], d.targets, d.mask, labels, b_thresholds
-                    )
-                    for name, d in data.items()
-                },
-            }
-    crossed = {
-        model_name: {
-            name: cross_domain(data[name], scored[name], labels, LABEL_SOURCES) for name in parts
-        }
-        for model_name, scored in models.items()
-    }
-
-    metrics = {
-        "validation": measured["validation"],
-        "test": measured["test"],
-        "training": {
-            "best_epoch": result.best_epoch,
-            "best_validation_mean_auc": result.best_validation_auc,
-            "seconds": result.seconds,
-            "train_examples": min(len(splits.train), config.limit or len(splits.train)),
-            "history": result.history,
-            "embeddings": result.embeddings,
-        },
-        "train_config": asdict(config),
-        "threshold_rules": notes,
-        "baseline": baseline_metrics,
-        "cross_domain": crossed,
-    }
-    report: dict[str, Any] | None = None
-    if config.report:
-        report = build_report(
-            labels,
-            data,
-            models,
-            LABEL_SOURCES,
-            {
-                "data_fingerprint": splits.fingerprint,
-                "data": {
-                    "fingerprint": splits.fingerprint,
-                    **{
-                        f"{name} examples (known, positive)": label_counts(examples)
-                        for name, examples in (("train", splits.train), *parts.items())
-                    },
-                    "embeddings": result.embeddings,
-                },
-                "thresholds": thresholds,
-                "threshold_rules": notes,
-                "best_epoch": result.best_epoch,
-                "history": result.history,
-                "config": asdict(config),
-                "timings": {
-                    "lstm training": result.seconds,
-                    "baseline fit": baseline_seconds,
-                    "until report": time.perf_counter() - started,
-                },
-            },
-        )
+    evaluated = _evaluate(engine, config, splits, extra_examples, progress)
+    report = _report(config, splits, result, evaluated, started) if config.report else None
 
     def extra_files(version: str, created_at: str) -> dict[str, bytes]:
         if report is None:
@@ -208,26 +114,14 @@ def _evaluate_and_save(
         output_dir,
         result.model,
         result.vocab,
-        labels,
-        thresholds,
-        metrics=metrics,
+        result.labels,
+        evaluated.lstm.thresholds,
+        metrics=_checkpoint_metrics(config, splits, result, evaluated),
         data_fingerprint=splits.fingerprint,
         extra_files=extra_files,
     )
-    _verify_written(output_dir, version, engine, texts["validation"][:64])
-    for split_name in parts:
-        for model_name, split_metrics in (
-            ("lstm", measured[split_name]),
-            ("baseline", baseline_metrics.get(split_name, {})),
-        ):
-            for label, m in split_metrics.items():
-                progress(
-                    f"{split_name} {label} {model_name}: auc {m['roc_auc']:.4f} f1 {m['f1']:.4f} "
-                    f"precision {m['precision']:.4f} recall {m['recall']:.4f} "
-                    f"@ {m['threshold']:.3f} (n={m['examples']})"
-                )
-    for what, c in crossed["lstm"]["validation"].items():
-        progress(f"validation {what} lstm: flag rate {c['flag_rate']:.4f} (n={c['examples']})")
+    _verify_written(output_dir, version, engine, evaluated.evaluation.texts["validation"][:64])
+    _log_results(progress, evaluated)
     report_dir = str(Path(output_dir) / REPORT_DIR) if report is not None else None
     progress(
         f"wrote checkpoint {version} to {output_dir}"
@@ -236,19 +130,148 @@ def _evaluate_and_save(
     return RetrainReport(
         output_dir=str(output_dir),
         version=version,
-        labels=labels,
-        thresholds=thresholds,
-        validation=measured["validation"],
-        test=measured["test"],
+        labels=result.labels,
+        thresholds=evaluated.lstm.thresholds,
+        validation=evaluated.lstm.metrics["validation"],
+        test=evaluated.lstm.metrics["test"],
         data_fingerprint=splits.fingerprint,
         best_epoch=result.best_epoch,
         train_seconds=result.seconds,
         total_seconds=time.perf_counter() - started,
         config=asdict(config),
-        baseline=baseline_metrics,
-        cross_domain=crossed,
+        baseline=evaluated.baseline_metrics,
+        cross_domain=evaluated.crossed,
         report_dir=report_dir,
     )
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    """Steps 2-3: the trained model and the baseline on the evaluation splits."""
+
+    evaluation: EvaluationSet
+    lstm: Measured
+    threshold_rules: dict[str, str]  # label → the rule that chose its threshold
+    baseline: BaselineMeasured | None
+    models: dict[str, dict[str, Scored]]  # "lstm" (and "baseline") → split → scores
+    crossed: dict[str, dict[str, Any]]  # model → split → cross-domain flag rates
+
+    @property
+    def baseline_metrics(self) -> dict[str, Any]:
+        """`{"name": …, split: label → metrics}`, or {} without a baseline."""
+        if self.baseline is None:
+            return {}
+        return {"name": self.baseline.name, **self.baseline.measured.metrics}
+
+
+def _evaluate(
+    engine: Engine,
+    config: TrainConfig,
+    splits: DataSplits,
+    extra_examples: Sequence[Example],
+    progress: Progress,
+) -> _Evaluated:
+    labels = engine.labels
+    evaluation = EvaluationSet.of(config, splits)
+    rules = parse_target_precision(config.target_precision)
+    notes: dict[str, str] = {}
+    probabilities = {
+        name: engine.score(texts).probabilities for name, texts in evaluation.texts.items()
+    }
+    lstm = measure(probabilities, evaluation, labels, rules, notes)
+    baseline = None
+    if config.baseline:
+        training = training_examples(config, splits) + list(extra_examples)
+        baseline = measure_baseline(training, evaluation, labels, rules, config.seed, progress)
+    models = {"lstm": lstm.scored}
+    if baseline is not None:
+        models["baseline"] = baseline.measured.scored
+    crossed: dict[str, dict[str, Any]] = {
+        model_name: {
+            name: cross_domain(evaluation.data[name], scored[name], labels, LABEL_SOURCES)
+            for name in EVAL_SPLITS
+        }
+        for model_name, scored in models.items()
+    }
+    return _Evaluated(evaluation, lstm, notes, baseline, models, crossed)
+
+
+def _checkpoint_metrics(
+    config: TrainConfig, splits: DataSplits, result: TrainResult, evaluated: _Evaluated
+) -> dict[str, Any]:
+    """`model.json`'s metrics (README: Evaluation report)."""
+    return {
+        "validation": evaluated.lstm.metrics["validation"],
+        "test": evaluated.lstm.metrics["test"],
+        "training": {
+            "best_epoch": result.best_epoch,
+            "best_validation_mean_auc": result.best_validation_auc,
+            "seconds": result.seconds,
+            "train_examples": min(len(splits.train), config.limit or len(splits.train)),
+            "history": result.history,
+            "embeddings": result.embeddings,
+        },
+        "train_config": asdict(config),
+        "threshold_rules": evaluated.threshold_rules,
+        "baseline": evaluated.baseline_metrics,
+        "cross_domain": evaluated.crossed,
+    }
+
+
+def _report(
+    config: TrainConfig,
+    splits: DataSplits,
+    result: TrainResult,
+    evaluated: _Evaluated,
+    started: float,
+) -> dict[str, Any]:
+    """The evaluation report (`model.report`) before its version is known."""
+    counts = {
+        f"{name} examples (known, positive)": label_counts(examples)
+        for name, examples in (("train", splits.train), *evaluated.evaluation.examples.items())
+    }
+    baseline_seconds = evaluated.baseline.seconds if evaluated.baseline is not None else 0.0
+    return build_report(
+        result.labels,
+        evaluated.evaluation.data,
+        evaluated.models,
+        LABEL_SOURCES,
+        {
+            "data_fingerprint": splits.fingerprint,
+            "data": {
+                "fingerprint": splits.fingerprint,
+                **counts,
+                "embeddings": result.embeddings,
+            },
+            "thresholds": evaluated.lstm.thresholds,
+            "threshold_rules": evaluated.threshold_rules,
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+            "config": asdict(config),
+            "timings": {
+                "lstm training": result.seconds,
+                "baseline fit": baseline_seconds,
+                "until report": time.perf_counter() - started,
+            },
+        },
+    )
+
+
+def _log_results(progress: Progress, evaluated: _Evaluated) -> None:
+    """One line per split, label and model, then the LSTM's cross-domain flag rates."""
+    for split_name in EVAL_SPLITS:
+        for model_name, split_metrics in (
+            ("lstm", evaluated.lstm.metrics[split_name]),
+            ("baseline", evaluated.baseline_metrics.get(split_name, {})),
+        ):
+            for label, m in split_metrics.items():
+                progress(
+                    f"{split_name} {label} {model_name}: auc {m['roc_auc']:.4f} f1 {m['f1']:.4f} "
+                    f"precision {m['precision']:.4f} recall {m['recall']:.4f} "
+                    f"@ {m['threshold']:.3f} (n={m['examples']})"
+                )
+    for what, c in evaluated.crossed["lstm"]["validation"].items():
+        progress(f"validation {what} lstm: flag rate {c['flag_rate']:.4f} (n={c['examples']})")
 
 
 def _verify_written(directory: str | Path, version: str, engine: Engine, texts: list[str]) -> None:

@@ -3,20 +3,25 @@
 Every label is measured only on the examples that know it (insult comments vs SMS
 spam), through `Engine`, so the numbers written into a checkpoint are those of the
 code that serves it. A threshold per label is chosen on validation: max F1, or the
-lowest cut reaching a configured precision (`TrainConfig.target_precision`).
+lowest cut reaching a configured precision (`TrainConfig.target_precision`). The
+TF-IDF baseline (`model.baseline`) is measured on the same examples the same way.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from model.baseline import BaselineUnavailableError, fit_baseline
 from model.data import SOURCE_INSULTS, SOURCE_SMS, DataSplits, Example
 from model.engine import Engine
 from model.metrics import best_f1_threshold, binary_metrics, precision_threshold, roc_auc
+from model.progress import Progress
+from model.report import Scored, SplitData
 from model.training_data import label_arrays, subset
 
 if TYPE_CHECKING:  # train.py imports this module
@@ -129,3 +134,89 @@ def evaluation_examples(config: TrainConfig, splits: DataSplits, split: EvalSpli
     candidate's validation examples) all call this, so they see the same data."""
     examples = splits.validation if split == "validation" else splits.test
     return subset(examples, config.eval_limit, config.seed + _SEED_OFFSETS[split])
+
+
+Metrics = dict[str, dict[str, Any]]  # label → metrics (`model.metrics.binary_metrics`)
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """The evaluation splits (`evaluation_examples`), as texts and label arrays."""
+
+    examples: dict[str, list[Example]]  # split → examples
+    texts: dict[str, list[str]]
+    data: dict[str, SplitData]
+
+    @classmethod
+    def of(cls, config: TrainConfig, splits: DataSplits) -> EvaluationSet:
+        examples: dict[str, list[Example]] = {
+            name: evaluation_examples(config, splits, name) for name in EVAL_SPLITS
+        }
+        return cls(
+            examples=examples,
+            texts={name: [ex.text for ex in part] for name, part in examples.items()},
+            data={
+                name: SplitData(*label_arrays(part), [ex.source for ex in part])
+                for name, part in examples.items()
+            },
+        )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One model on the evaluation splits, with thresholds chosen on validation."""
+
+    thresholds: dict[str, float]
+    scored: dict[str, Scored]  # split → probabilities and thresholds (for the report)
+    metrics: dict[str, Metrics]  # split → label → metrics
+
+
+def measure(
+    probabilities: Mapping[str, np.ndarray],
+    evaluation: EvaluationSet,
+    labels: Sequence[str],
+    rules: dict[str, float],
+    notes: dict[str, str] | None = None,
+) -> Measured:
+    """Thresholds on validation (`choose_thresholds`, `rules` from
+    `parse_target_precision`), then every split's metrics at those thresholds."""
+    val = evaluation.data["validation"]
+    thresholds = choose_thresholds(
+        probabilities["validation"], val.targets, val.mask, labels, rules, notes
+    )
+    return Measured(
+        thresholds=thresholds,
+        scored={name: Scored(p, thresholds) for name, p in probabilities.items()},
+        metrics={
+            name: metrics_from_scores(probabilities[name], d.targets, d.mask, labels, thresholds)
+            for name, d in evaluation.data.items()
+        },
+    )
+
+
+@dataclass(frozen=True)
+class BaselineMeasured:
+    name: str
+    seconds: float  # fitting time
+    measured: Measured
+
+
+def measure_baseline(
+    train_examples: Sequence[Example],
+    evaluation: EvaluationSet,
+    labels: Sequence[str],
+    rules: dict[str, float],
+    seed: int,
+    progress: Progress,
+) -> BaselineMeasured | None:
+    """The TF-IDF baseline fitted on `train_examples` and measured like the LSTM;
+    None (with a line saying why) without scikit-learn."""
+    try:
+        baseline = fit_baseline(train_examples, labels, seed)
+    except BaselineUnavailableError as e:
+        progress(f"baseline: skipped ({e})")
+        return None
+    probabilities = {name: baseline.predict(texts) for name, texts in evaluation.texts.items()}
+    return BaselineMeasured(
+        baseline.name, baseline.seconds, measure(probabilities, evaluation, labels, rules)
+    )
