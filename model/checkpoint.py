@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -39,7 +38,9 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from model.durable import fsync_dir, write_synced
 from model.errors import ExitCode, ModstreamError
+from model.jsonsafe import json_safe
 from model.network import Classifier, ModelConfig
 from model.tokenizer import TOKENIZER_VERSION
 from model.vocab import Vocab
@@ -159,7 +160,7 @@ def save_checkpoint(
         "config": model.config.to_dict(),
         "labels": list(labels),
         "thresholds": {label: float(thresholds[label]) for label in labels},
-        "metrics": _json_safe(dict(metrics or {})),
+        "metrics": json_safe(dict(metrics or {})),
         "data_fingerprint": data_fingerprint,
         "created_at": created_at or datetime.now(UTC).isoformat(timespec="seconds"),
         "vocab": vocab.to_dict(),
@@ -171,16 +172,16 @@ def save_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
-        _write_synced(staging / WEIGHTS_FILE, weights)
-        _write_synced(staging / META_FILE, meta_bytes.encode("utf-8"))
+        write_synced(staging / WEIGHTS_FILE, weights)
+        write_synced(staging / META_FILE, meta_bytes.encode("utf-8"))
         if extra_files is not None:
             _write_extra(staging, extra_files(version, meta["created_at"]))
-        _fsync_dir(staging)
+        fsync_dir(staging)
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return version
 
 
@@ -194,19 +195,6 @@ def compute_version(weights: bytes, meta: Mapping[str, Any]) -> str:
     return digest.hexdigest()[:VERSION_CHARS]
 
 
-def _json_safe(value: Any) -> Any:
-    """Metrics may hold NaN (e.g. AUC of a one-class split); JSON can't, so use null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return _json_safe(value.item())
-    return value
-
-
 def _write_extra(staging: Path, files: Mapping[str, bytes]) -> None:
     for name, data in files.items():
         relative = Path(name)
@@ -217,22 +205,7 @@ def _write_extra(staging: Path, files: Mapping[str, bytes]) -> None:
         path = staging / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o755)
-        _write_synced(path, data)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_synced(path, data)
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:

@@ -20,15 +20,11 @@ from model.data import DataSplits, Example
 from model.engine import Engine, EngineError
 from model.evaluation import evaluate, evaluation_examples
 from model.gate import DEFAULT_TOLERANCE, mean_auc, should_promote
-from model.progress import Progress
+from model.progress import Progress, quiet
 from model.store import CheckpointStore
 from model.train import TrainConfig
 
 Status = Literal["promoted", "held", "unchanged"]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass
@@ -68,7 +64,7 @@ def refresh(
     extra_examples: list[Example] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> RefreshOutcome:
     """Steps 1-3 of the module docstring. Raises on training or store failures."""
     with store.incoming() as staging:

@@ -46,6 +46,7 @@ from model.checkpoint import (
     CheckpointError,
     load_checkpoint,
 )
+from model.durable import fsync_dir, write_synced
 from model.errors import ExitCode, ModstreamError
 
 DEFAULT_KEEP = 5
@@ -339,14 +340,11 @@ class CheckpointStore:
         body = json.dumps(history, indent=1, sort_keys=True) + "\n"
         tmp = self.root / f".{HISTORY_FILE}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            with open(tmp, "wb") as f:
-                f.write(body.encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
+            write_synced(tmp, body.encode("utf-8"))
             os.replace(tmp, self.root / HISTORY_FILE)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _ordered(self, history: dict[str, Any]) -> list[str]:
         present: set[str] = set()
@@ -377,24 +375,24 @@ class CheckpointStore:
                             os.fsync(f.fileno())
                     elif item.is_dir() and not item.is_symlink():  # e.g. report/
                         shutil.copytree(item, staging / item.name, symlinks=False)
-                _fsync_dir(staging)
+                fsync_dir(staging)
                 os.rename(staging, target)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     def _switch_pointer(self, version: str) -> None:
         """Write a fresh link under a temporary name, then rename it over `current`."""
         tmp = self.root / f".{STORE_POINTER}.tmp-{uuid.uuid4().hex[:8]}"
         os.symlink(f"{STORE_VERSIONS_DIR}/{version}", tmp)
         try:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             os.replace(tmp, self.pointer)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _adopt_legacy(self, history: dict[str, Any]) -> None:
         """Turn a plain checkpoint directory at `current` into a version + pointer."""
@@ -418,7 +416,7 @@ class CheckpointStore:
             shutil.rmtree(aside, ignore_errors=True)
         else:  # unusable: keep it for inspection, out of the way
             os.rename(aside, self.root / f"{STORE_POINTER}.invalid-{_now_compact()}")
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _prune(self, history: dict[str, Any]) -> tuple[str, ...]:
         ordered = self._ordered(history)
@@ -437,7 +435,7 @@ class CheckpointStore:
             shutil.rmtree(doomed, ignore_errors=True)
             pruned.append(version)
         if pruned:
-            _fsync_dir(self.versions_dir)
+            fsync_dir(self.versions_dir)
             history["added"] = [v for v in history["added"] if v not in pruned]
             history["stack"] = [v for v in history["stack"] if v not in pruned]
         return tuple(pruned)
@@ -504,11 +502,3 @@ def _record(history: dict[str, Any], action: str, version: str, previous: str | 
 
 def _now_compact() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -111,23 +110,13 @@ def build_vocab(
 def _glove_aware_vocab(
     config: TrainConfig, token_lists: Sequence[Sequence[str]], glove_words: set[str]
 ) -> Vocab:
-    counts: Counter[str] = Counter()
-    for tokens in token_lists:
-        counts.update(tokens)
-    for special in SPECIAL_TOKENS:
-        counts.pop(special, None)
-
     def keep(token: str, count: int) -> bool:
         if count >= config.min_freq:
             return True
         in_glove = any(form in glove_words for form in lookup_forms(token))
         return count >= config.glove_min_freq and in_glove
 
-    ranked = sorted(
-        (item for item in counts.items() if keep(*item)), key=lambda item: (-item[1], item[0])
-    )
-    kept = [token for token, _ in ranked[: config.max_vocab - len(SPECIAL_TOKENS)]]
-    return Vocab([*SPECIAL_TOKENS, *kept])
+    return Vocab.build(token_lists, max_size=config.max_vocab, keep=keep)
 
 
 def glove_rows(vocab: Vocab, glove: GloveVectors) -> torch.Tensor:

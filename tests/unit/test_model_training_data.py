@@ -1,12 +1,21 @@
-"""model/training_data.py: training examples and their batches."""
+"""model/training_data.py: training examples, vocabulary and batches."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
 from model.data import LABELS, SOURCE_INSULTS, SOURCE_SMS, Example
+from model.glove import GloveVectors
 from model.train import TrainConfig
-from model.training_data import length_bucketed_batches, spam_negative, training_examples
+from model.training_data import (
+    build_vocab,
+    length_bucketed_batches,
+    spam_negative,
+    training_examples,
+)
+from model.vocab import SPECIAL_TOKENS
 from tests.helpers import synthetic_splits
 
 
@@ -34,3 +43,25 @@ def test_comments_become_spam_negatives_in_training_only() -> None:
     without = training_examples(TrainConfig.tiny(comments_spam_negative=False), splits)
     assert len(with_rule) == len(without)
     assert sum(ex.mask[1] for ex in with_rule) > sum(ex.mask[1] for ex in without)
+
+
+def fake_glove(words: list[str]) -> GloveVectors:
+    matrix = np.zeros((len(words), 4), dtype=np.float32)
+    return GloveVectors(words=tuple(words), vectors=matrix, source="test")
+
+
+def test_glove_min_freq_keeps_rare_tokens_only_when_glove_knows_them() -> None:
+    token_lists = [["common"] * 3 + ["m0r0n", "zzqx", "rare"], ["common", "rare", "moron"]]
+    glove = fake_glove(["moron", "rare", "unused"])
+    config = TrainConfig.tiny(min_freq=2, glove_min_freq=1, glove_vocab=0, max_vocab=100)
+    vocab = build_vocab(config, token_lists, glove)
+    # Count order, then token: common (4), rare (2), then the GloVe-known singletons;
+    # "m0r0n" is known through its de-leeted form; "zzqx" is nowhere in GloVe.
+    assert vocab.tokens == (*SPECIAL_TOKENS, "common", "rare", "m0r0n", "moron")
+    assert build_vocab(replace(config, glove_min_freq=0), token_lists, glove).tokens == (
+        *SPECIAL_TOKENS,
+        "common",
+        "rare",
+    )
+    tight = build_vocab(replace(config, max_vocab=4), token_lists, glove)
+    assert tight.tokens == (*SPECIAL_TOKENS, "common", "rare")
