@@ -21,6 +21,7 @@ from kafka.structs import TopicPartition
 if TYPE_CHECKING:  # torch stays unimported for the Kafka-only users (bench/)
     from model.data import DataSplits
     from model.network import Classifier
+    from model.train import TrainConfig
     from model.vocab import Vocab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -419,3 +420,24 @@ def synthetic_splits(seed: int = 0) -> DataSplits:
         return [make(rng.choice(LABELS), rng.random() < 0.4) for _ in range(n)]
 
     return DataSplits(split(300), split(80), split(80), fingerprint="synthetic")
+
+
+def synthetic_config(**overrides: Any) -> TrainConfig:
+    """A `TrainConfig.tiny` that learns `synthetic_splits` well in a few seconds (all of
+    it, 3 epochs), with the baseline and the report unless `overrides` say otherwise."""
+    from model.train import TrainConfig
+
+    base: dict[str, Any] = dict(
+        epochs=3,
+        min_freq=1,
+        eval_limit=None,
+        limit=None,
+        lr=0.01,
+        subword_buckets=512,
+        subword_dim=8,
+        pooling="meanmax",
+        comments_spam_negative=True,
+        baseline=True,
+        report=True,
+    )
+    return TrainConfig.tiny(**(base | overrides))

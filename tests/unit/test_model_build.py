@@ -14,7 +14,7 @@ from model.checkpoint import load_checkpoint
 from model.data import LABELS, DataNotFoundError, load_splits
 from model.engine import Engine
 from model.train import TrainConfig
-from tests.helpers import synthetic_splits
+from tests.helpers import synthetic_config, synthetic_splits
 
 
 @pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9}])
@@ -62,17 +62,7 @@ def test_tiny_run_on_real_data(tmp_path: Path) -> None:
 
 
 def test_same_seed_gives_the_same_metrics(tmp_path: Path) -> None:
-    config = TrainConfig.tiny(
-        epochs=3,
-        min_freq=1,
-        eval_limit=None,
-        limit=None,
-        lr=0.01,
-        subword_buckets=512,
-        subword_dim=8,
-        pooling="meanmax",
-        comments_spam_negative=True,
-    )
+    config = synthetic_config(baseline=False, report=False)
     first = retrain(tmp_path / "a", config, lambda _: None, synthetic_splits())
     second = retrain(tmp_path / "b", config, lambda _: None, synthetic_splits())
     for split in ("validation", "test"):

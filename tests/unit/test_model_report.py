@@ -12,29 +12,12 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.data import LABELS
 from model.report import JSON_FILE, MARKDOWN_FILE, REPORT_DIR
 from model.train import TrainConfig
-from tests.helpers import synthetic_splits
-
-
-def report_config(**overrides: object) -> TrainConfig:
-    base: dict[str, object] = dict(
-        epochs=3,
-        min_freq=1,
-        eval_limit=None,
-        limit=None,
-        lr=0.01,
-        subword_buckets=512,
-        subword_dim=8,
-        pooling="meanmax",
-        comments_spam_negative=True,
-        baseline=True,
-        report=True,
-    )
-    return TrainConfig.tiny(**(base | overrides))
+from tests.helpers import synthetic_config, synthetic_splits
 
 
 def test_retrain_writes_report_inside_a_loadable_checkpoint(tmp_path: Path) -> None:
     lines: list[str] = []
-    report = retrain(tmp_path / "ckpt", report_config(), lines.append, splits=synthetic_splits())
+    report = retrain(tmp_path / "ckpt", synthetic_config(), lines.append, splits=synthetic_splits())
     directory = tmp_path / "ckpt"
     assert report.report_dir == str(directory / REPORT_DIR)
     loaded = load_checkpoint(directory)  # report/ beside the files does not disturb loading
@@ -84,7 +67,7 @@ def test_retrain_writes_report_inside_a_loadable_checkpoint(tmp_path: Path) -> N
     assert any("baseline" in line for line in lines)
 
     # Replacing the checkpoint replaces the report with it.
-    again = retrain(directory, report_config(seed=7), lambda _: None, splits=synthetic_splits())
+    again = retrain(directory, synthetic_config(seed=7), lambda _: None, splits=synthetic_splits())
     assert json.loads((directory / REPORT_DIR / JSON_FILE).read_text())["version"] == again.version
 
 
@@ -101,7 +84,7 @@ def test_report_without_matplotlib_still_writes_json_and_markdown(
         return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    retrain(tmp_path / "ckpt", report_config(baseline=False), lambda _: None, synthetic_splits())
+    retrain(tmp_path / "ckpt", synthetic_config(baseline=False), lambda _: None, synthetic_splits())
     files = sorted(p.name for p in (tmp_path / "ckpt" / REPORT_DIR).iterdir())
     assert files == [JSON_FILE, MARKDOWN_FILE]
     assert (
@@ -132,7 +115,7 @@ def test_extra_files_cannot_escape_or_replace_checkpoint_files(tmp_path: Path) -
 def test_report_travels_with_the_checkpoint_into_a_store(tmp_path: Path, move: bool) -> None:
     from model.store import CheckpointStore
 
-    config = report_config(baseline=False, epochs=1)
+    config = synthetic_config(baseline=False, epochs=1)
     report = retrain(tmp_path / "ckpt", config, lambda _: None, synthetic_splits())
     store = CheckpointStore(tmp_path / "store")
     version = store.add(tmp_path / "ckpt", move=move)
