@@ -299,7 +299,8 @@ def checkpoint_dir(given: Path | None, workdir: Path) -> Path:
     default = REPO_ROOT / "checkpoints" / "current"
     if (default / "model.json").is_file():
         return default
-    from model.train import TrainConfig, retrain
+    from model.build import retrain
+    from model.train import TrainConfig
 
     say("no checkpoint: training the tiny one used by the tests")
     target = workdir / "checkpoint"

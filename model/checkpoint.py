@@ -14,13 +14,15 @@ Why this shape:
   loading never reads them. Replacing an existing
   directory takes two renames (old aside, new in); a reader that hits the instant in
   between gets `CheckpointMissingError` and may simply retry.
+- Fields of a removed feature (`RETIRED_CONFIG_FIELDS`) still load at the value that
+  switched the feature off, since such a checkpoint describes exactly today's model;
+  any other value is refused by name, never silently ignored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -29,13 +31,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from model.durable import fsync_dir, write_synced
 from model.errors import ExitCode, ModstreamError
+from model.jsonsafe import json_safe
 from model.network import Classifier, ModelConfig
 from model.tokenizer import TOKENIZER_VERSION
 from model.vocab import Vocab
@@ -52,6 +57,18 @@ CHECKPOINT_DIR_ENV = "MODSTREAM_CHECKPOINT_DIR"
 # directory is expected.
 STORE_VERSIONS_DIR = "versions"
 STORE_POINTER = "current"
+# The wide path (a hashed n-gram bag whose linear logits added to the head's; README
+# "What was tried", E10-E17) was removed from the code. Checkpoints written while it
+# existed carry its fields in `config`, at these values when it was off.
+RETIRED_CONFIG_FIELDS: Mapping[str, int | float] = MappingProxyType(
+    {
+        "wide_buckets": 0,
+        "wide_word_max_n": 2,
+        "wide_char_min_n": 2,
+        "wide_char_max_n": 5,
+        "wide_dropout": 0.0,
+    }
+)
 
 
 class CheckpointError(ModstreamError):
@@ -70,6 +87,11 @@ class CheckpointCorruptError(CheckpointError):
 
 class CheckpointVersionError(CheckpointError):
     """Written by an incompatible format or tokenizer version."""
+
+
+class RetiredFeatureError(CheckpointVersionError):
+    """The config switches on a feature this code no longer has (a field of
+    `RETIRED_CONFIG_FIELDS` at any value but its off one)."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +160,7 @@ def save_checkpoint(
         "config": model.config.to_dict(),
         "labels": list(labels),
         "thresholds": {label: float(thresholds[label]) for label in labels},
-        "metrics": _json_safe(dict(metrics or {})),
+        "metrics": json_safe(dict(metrics or {})),
         "data_fingerprint": data_fingerprint,
         "created_at": created_at or datetime.now(UTC).isoformat(timespec="seconds"),
         "vocab": vocab.to_dict(),
@@ -150,16 +172,16 @@ def save_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
-        _write_synced(staging / WEIGHTS_FILE, weights)
-        _write_synced(staging / META_FILE, meta_bytes.encode("utf-8"))
+        write_synced(staging / WEIGHTS_FILE, weights)
+        write_synced(staging / META_FILE, meta_bytes.encode("utf-8"))
         if extra_files is not None:
             _write_extra(staging, extra_files(version, meta["created_at"]))
-        _fsync_dir(staging)
+        fsync_dir(staging)
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return version
 
 
@@ -173,19 +195,6 @@ def compute_version(weights: bytes, meta: Mapping[str, Any]) -> str:
     return digest.hexdigest()[:VERSION_CHARS]
 
 
-def _json_safe(value: Any) -> Any:
-    """Metrics may hold NaN (e.g. AUC of a one-class split); JSON can't, so use null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return _json_safe(value.item())
-    return value
-
-
 def _write_extra(staging: Path, files: Mapping[str, bytes]) -> None:
     for name, data in files.items():
         relative = Path(name)
@@ -196,22 +205,7 @@ def _write_extra(staging: Path, files: Mapping[str, bytes]) -> None:
         path = staging / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o755)
-        _write_synced(path, data)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_synced(path, data)
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:
@@ -280,7 +274,9 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
             f"{path}: trained with tokenizer {tokenizer!r}, this code has {TOKENIZER_VERSION!r}"
         )
     version = fields.get("version", str)
-    config = fields.parse("config", dict, ModelConfig.from_dict)
+    config = fields.parse(
+        "config", dict, lambda raw: ModelConfig.from_dict(_without_retired(raw, path / META_FILE))
+    )
     vocab = fields.parse("vocab", dict, Vocab.from_dict)
     labels = tuple(fields.get("labels", list))
     thresholds_raw = fields.get("thresholds", dict)
@@ -339,6 +335,21 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
         version=version,
         path=path,
     )
+
+
+def _without_retired(config: dict[str, Any], where: Path) -> dict[str, Any]:
+    """`config` minus the retired fields, each of which must hold its off value."""
+    kept = dict(config)
+    for name, off in RETIRED_CONFIG_FIELDS.items():
+        if name not in kept:
+            continue
+        value = kept.pop(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != off:
+            raise RetiredFeatureError(
+                f"{where}: field 'config.{name}' is {value!r}, but the wide path it configures "
+                f"was removed from this code; only {off!r} (off) loads. Retrain the model."
+            )
+    return kept
 
 
 def _read_limited(path: Path, limit: int) -> bytes:

@@ -35,7 +35,6 @@ from model.subword import ngram_ids, subword_batch, token_id
 from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
 from model.vectors import TokenVectors, pack_rows
 from model.vocab import PAD_ID, UNK_TOKEN, Vocab
-from model.wide import text_features, token_features, wide_batch
 
 DEFAULT_BUCKET_WIDTH = DEFAULT_MAX_TOKENS  # no split by length spread (see above)
 DEFAULT_MAX_BATCH_TOKENS = 16_384
@@ -44,17 +43,15 @@ DEFAULT_MAX_BATCH_TOKENS = 16_384
 @dataclass(frozen=True)
 class Encoded:
     """One text as model input: token ids (never empty); for models with sub-words,
-    each token's n-gram bucket ids (else an empty tuple); for models with the wide path,
-    the message's distinct n-gram buckets (`model.wide`, else an empty tuple)."""
+    each token's n-gram bucket ids (else an empty tuple)."""
 
     ids: list[int]
     subwords: tuple[tuple[int, ...], ...]
-    wide: tuple[int, ...] = ()
 
 
 TOKEN_CACHE_SIZE = 200_000
-# token → (vocabulary id, sub-word buckets, wide-path buckets of the token alone)
-TokenCache = dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]]
+# token → (vocabulary id, sub-word buckets)
+TokenCache = dict[str, tuple[int, tuple[int, ...]]]
 
 
 def encode_text(
@@ -85,25 +82,16 @@ def encode_tokens(
     elif len(cache) > TOKEN_CACHE_SIZE:
         cache.clear()
     buckets, low, high = config.subword_buckets, config.subword_min_n, config.subword_max_n
-    wide = config.wide_buckets
     ids: list[int] = []
     grams: list[tuple[int, ...]] = []
-    wide_grams: list[tuple[int, ...]] = []
     for token in tokens:
         known = cache.get(token)
         if known is None:
             subwords = ngram_ids(token, buckets, low, high) if buckets else ()
-            own = (
-                token_features(token, wide, config.wide_char_min_n, config.wide_char_max_n)
-                if wide
-                else ()
-            )
-            known = cache[token] = (token_id(vocab, token), subwords, own)
+            known = cache[token] = (token_id(vocab, token), subwords)
         ids.append(known[0])
         grams.append(known[1])
-        wide_grams.append(known[2])
-    bag = text_features(tokens, wide_grams, wide, config.wide_word_max_n) if wide else ()
-    return Encoded(ids, tuple(grams) if buckets else (), bag)
+    return Encoded(ids, tuple(grams) if buckets else ())
 
 
 def forward_batch(model: Classifier, rows: Sequence[Encoded], device: torch.device) -> torch.Tensor:
@@ -121,24 +109,8 @@ def forward_batch(model: Classifier, rows: Sequence[Encoded], device: torch.devi
     if model.config.subword_buckets:
         flat, offsets = subword_batch([row.subwords for row in rows], width)
         subword_ids, subword_offsets = flat.to(device), offsets.to(device)
-    wide = wide_inputs(model, [row.wide for row in rows], device)
-    result: torch.Tensor = model(token_ids, lengths, subword_ids, subword_offsets, **wide)
+    result: torch.Tensor = model(token_ids, lengths, subword_ids, subword_offsets)
     return result
-
-
-def wide_inputs(
-    model: Classifier, bags: Sequence[tuple[int, ...]], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """The wide path's keyword arguments for rows with these bags (`Encoded.wide`);
-    none for models without the path."""
-    if not model.config.wide_buckets:
-        return {}
-    wide_ids, wide_offsets, wide_weights = wide_batch(bags)
-    return {
-        "wide_ids": wide_ids.to(device),
-        "wide_offsets": wide_offsets.to(device),
-        "wide_weights": wide_weights.to(device),
-    }
 
 
 @dataclass(frozen=True)
@@ -152,7 +124,6 @@ class EncodedBatch:
     slots: np.ndarray  # int64 [sum(lengths)]
     starts: np.ndarray  # int64 [n]
     table: torch.Tensor  # [slots, token_dim] on the engine's device
-    wide: list[tuple[int, ...]]  # each row's wide-path bag; empty for models without one
 
 
 class EngineError(ModstreamError):
@@ -354,14 +325,8 @@ class Engine:
         lengths = np.fromiter((len(t) for t in tokenized), dtype=np.int64, count=len(tokenized))
         starts = np.zeros_like(lengths)
         np.cumsum(lengths[:-1], out=starts[1:])
-        config = self.model.config
-        wide = (
-            [encode_tokens(self.vocab, config, t, self._token_cache).wide for t in tokenized]
-            if config.wide_buckets
-            else []
-        )
         return EncodedBatch(
-            lengths, self.version, time.perf_counter() - start, slots, starts, table, wide
+            lengths, self.version, time.perf_counter() - start, slots, starts, table
         )
 
     def _describe(self, tokens: Sequence[str]) -> tuple[list[int], tuple[tuple[int, ...], ...]]:
@@ -383,12 +348,7 @@ class Engine:
                 packed = pack_rows(
                     batch.table, batch.slots, batch.starts[longest_first], lengths[longest_first]
                 )
-                wide = (
-                    wide_inputs(self.model, [batch.wide[i] for i in longest_first], self.device)
-                    if batch.wide
-                    else {}
-                )
-                logits = self.model.forward_packed(packed, **wide)
+                logits = self.model.forward_packed(packed)
                 probabilities[longest_first] = torch.sigmoid(logits).float().cpu().numpy()
                 padded_tokens += len(bucket) * int(lengths[longest_first[0]])
         return Scores(

@@ -4,7 +4,7 @@ Both models are measured on the same validation examples, through `Engine`, by t
 retrain job; the decision itself is a pure function of the two metric tables so it can
 be tested and reused (e.g. by an evaluation report) without a model in sight.
 
-Metric tables are what `model.train.evaluate` returns: `{label: {"roc_auc": …, …}}`.
+Metric tables are what `model.evaluation.evaluate` returns: `{label: {"roc_auc": …, …}}`.
 The score compared is the mean validation ROC AUC over labels (NaN labels skipped).
 """
 

@@ -26,14 +26,6 @@ from model.vocab import PAD_ID
 RnnKind = Literal["lstm", "gru"]
 Pooling = Literal["last", "mean", "max", "meanmax"]
 RNN_KINDS: tuple[str, ...] = ("lstm", "gru")
-# Optional in a checkpoint's config (added later; defaults mean "no wide path").
-WIDE_FIELDS: tuple[str, ...] = (
-    "wide_buckets",
-    "wide_word_max_n",
-    "wide_char_min_n",
-    "wide_char_max_n",
-    "wide_dropout",
-)
 POOLINGS: tuple[str, ...] = ("last", "mean", "max", "meanmax")
 
 
@@ -52,26 +44,13 @@ class ModelConfig:
     subword_dim: int = 32
     subword_min_n: int = 3
     subword_max_n: int = 5
-    # The wide path (`model.wide`): a hashed bag of word and character n-grams whose
-    # linear logits are added to the head's. 0 = off, the behaviour before it existed.
-    wide_buckets: int = 0
-    wide_word_max_n: int = 2
-    wide_char_min_n: int = 2
-    wide_char_max_n: int = 5
-    wide_dropout: float = 0.0  # training only: drop each bag entry with this probability
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_labels", "embed_dim", "hidden_dim", "num_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in (
-            "subword_buckets",
-            "subword_dim",
-            "subword_min_n",
-            "subword_max_n",
-            *(f for f in WIDE_FIELDS if f != "wide_dropout"),
-        ):
+        for name in ("subword_buckets", "subword_dim", "subword_min_n", "subword_max_n"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -79,10 +58,6 @@ class ModelConfig:
             raise ValueError("subword n-gram sizes must satisfy 1 <= subword_min_n <= max_n")
         if self.subword_buckets and self.subword_dim < 1:
             raise ValueError("subword_dim must be positive when subword_buckets > 0")
-        if self.wide_buckets and self.wide_word_max_n < 1:
-            raise ValueError("wide_word_max_n must be at least 1 when wide_buckets > 0")
-        if self.wide_buckets and self.wide_char_min_n > self.wide_char_max_n > 0:
-            raise ValueError("wide n-gram sizes must satisfy wide_char_min_n <= wide_char_max_n")
         if self.vocab_size < 2:
             raise ValueError("vocab_size must be at least 2 (PAD and UNK)")
         if self.rnn not in RNN_KINDS:
@@ -91,12 +66,11 @@ class ModelConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if not isinstance(self.bidirectional, bool):
             raise ValueError(f"bidirectional must be a bool, got {self.bidirectional!r}")
-        for name in ("dropout", "wide_dropout"):
-            dropout = getattr(self, name)
-            if isinstance(dropout, bool) or not isinstance(dropout, int | float):
-                raise ValueError(f"{name} must be a number, got {dropout!r}")
-            if not 0.0 <= dropout < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {dropout!r}")
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+            raise ValueError(f"dropout must be a number, got {dropout!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
     @property
     def num_directions(self) -> int:
@@ -112,13 +86,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Strict: unknown or missing keys are errors, so a checkpoint can't half-load.
-        The exception is the fields added after checkpoints existed (`WIDE_FIELDS`):
-        absent, they take their defaults, which reproduce the older model exactly."""
+        (Fields of removed features are the checkpoint loader's business, see
+        `model.checkpoint.RETIRED_CONFIG_FIELDS`.)"""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}")
-        missing = sorted(known - set(data) - set(WIDE_FIELDS))
+        missing = sorted(known - set(data))
         if missing:
             raise ValueError(f"missing field(s) {missing}")
         return cls(**data)
@@ -147,11 +121,6 @@ class Classifier(nn.Module):
         if config.pooling == "meanmax":
             features *= 2
         self.head = nn.Linear(features, config.num_labels)
-        self.wide: nn.EmbeddingBag | None = None
-        if config.wide_buckets:
-            # Starts at zero: the wide path adds nothing until training gives it weight.
-            self.wide = nn.EmbeddingBag(config.wide_buckets, config.num_labels, mode="sum")
-            nn.init.zeros_(self.wide.weight)
 
     def embed(
         self,
@@ -178,29 +147,19 @@ class Classifier(nn.Module):
         lengths: torch.Tensor,
         subword_ids: torch.Tensor | None = None,
         subword_offsets: torch.Tensor | None = None,
-        wide_ids: torch.Tensor | None = None,
-        wide_offsets: torch.Tensor | None = None,
-        wide_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """token_ids: [B, T] long on the model's device; lengths: [B] long on CPU, ≥ 1;
-        with sub-words, `model.subword.subword_batch` output for the same [B, T] grid;
-        with the wide path, `model.wide.wide_batch` output for the same B rows.
+        with sub-words, `model.subword.subword_batch` output for the same [B, T] grid.
 
         Returns logits [B, num_labels].
         """
         x = self.dropout(self.embed(token_ids, subword_ids, subword_offsets))  # [B, T, D]
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        return self.forward_packed(packed, wide_ids, wide_offsets, wide_weights)
+        return self.forward_packed(packed)
 
-    def forward_packed(
-        self,
-        packed: PackedSequence,
-        wide_ids: torch.Tensor | None = None,
-        wide_offsets: torch.Tensor | None = None,
-        wide_weights: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward_packed(self, packed: PackedSequence) -> torch.Tensor:
         """Logits [B, num_labels] for token vectors already packed (after dropout), in
-        the packed batch's original row order; the wide inputs follow that order."""
+        the packed batch's original row order."""
         packed_out, hidden = self.rnn(packed)
 
         if self.config.pooling == "last":
@@ -230,14 +189,7 @@ class Classifier(nn.Module):
                 )
             features = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
 
-        logits = cast(torch.Tensor, self.head(self.dropout(features)))
-        if self.wide is not None:
-            if wide_ids is None or wide_offsets is None or wide_weights is None:
-                raise ValueError("this model needs wide_ids, wide_offsets and wide_weights")
-            if self.training and self.config.wide_dropout > 0:
-                wide_weights = nn.functional.dropout(wide_weights, self.config.wide_dropout)
-            logits = logits + self.wide(wide_ids, wide_offsets, per_sample_weights=wide_weights)
-        return logits
+        return cast(torch.Tensor, self.head(self.dropout(features)))
 
 
 def packed_rows(packed: PackedSequence) -> torch.Tensor:

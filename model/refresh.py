@@ -14,25 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from model.build import RetrainReport, retrain
 from model.checkpoint import CheckpointError
 from model.data import DataSplits, Example
 from model.engine import Engine, EngineError
+from model.evaluation import evaluate, evaluation_examples
 from model.gate import DEFAULT_TOLERANCE, mean_auc, should_promote
+from model.progress import Progress, quiet
 from model.store import CheckpointStore
-from model.train import (
-    Progress,
-    RetrainReport,
-    TrainConfig,
-    evaluate,
-    retrain,
-    validation_subset,
-)
+from model.train import TrainConfig
 
 Status = Literal["promoted", "held", "unchanged"]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass
@@ -72,7 +64,7 @@ def refresh(
     extra_examples: list[Example] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> RefreshOutcome:
     """Steps 1-3 of the module docstring. Raises on training or store failures."""
     with store.incoming() as staging:
@@ -133,4 +125,5 @@ def _measure_current(
     if engine.labels != splits.labels:
         # Different labels cannot be measured on this data; the gate holds on them.
         return {label: {} for label in engine.labels}, None
-    return evaluate(engine, validation_subset(config, splits), engine.thresholds), None
+    validation = evaluation_examples(config, splits, "validation")  # the candidate's
+    return evaluate(engine, validation, engine.thresholds), None

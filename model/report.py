@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from model.jsonsafe import json_safe
 from model.metrics import average_precision, binary_metrics, brier, confusion
 
 REPORT_DIR = "report"
@@ -393,18 +394,6 @@ def report_files(report: Mapping[str, Any], with_images: bool = True) -> dict[st
     files = {f"{REPORT_DIR}/{name}": data for name, data in images.items()}
     files[f"{REPORT_DIR}/{MARKDOWN_FILE}"] = render_markdown(report, sorted(images)).encode()
     files[f"{REPORT_DIR}/{JSON_FILE}"] = (
-        json.dumps(_finite(report), indent=1, sort_keys=True, allow_nan=False) + "\n"
+        json.dumps(json_safe(report), indent=1, sort_keys=True, allow_nan=False) + "\n"
     ).encode()
     return files
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value

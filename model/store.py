@@ -19,14 +19,15 @@ the one a rollback would return to, whatever their age.
 
 A plain checkpoint directory left at `<root>/current` by an older release is adopted on
 the first change: copied in as a version, then replaced by the pointer.
+
+This module decides what changes (versions, pointer, rollback stack, pruning); how
+each change reaches the disk safely is `model.store_files`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import math
 import os
 import re
 import shutil
@@ -34,7 +35,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,40 +42,31 @@ from model.checkpoint import (
     META_FILE,
     STORE_POINTER,
     STORE_VERSIONS_DIR,
-    CheckpointCorruptError,
     CheckpointError,
     load_checkpoint,
 )
-from model.errors import ExitCode, ModstreamError
+from model.durable import fsync_dir
+from model.store_errors import NoPreviousVersionError as NoPreviousVersionError
+from model.store_errors import NotAStoreError as NotAStoreError
+from model.store_errors import StoreError as StoreError
+from model.store_errors import UnknownVersionError as UnknownVersionError
+from model.store_files import (
+    MAX_STACK,
+    describe,
+    install,
+    locked,
+    now_compact,
+    read_history,
+    record,
+    switch_pointer,
+    verify_version,
+    write_history,
+)
 
 DEFAULT_KEEP = 5
-HISTORY_FILE = "history.json"
-LOCK_FILE = ".lock"
 INCOMING_DIR = ".incoming"
-MAX_STACK = 50
-MAX_EVENTS = 100
 # Matched with `fullmatch`: `$` alone would let a trailing newline through.
 _VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-
-
-class StoreError(ModstreamError):
-    """The store cannot do what was asked; the message says why."""
-
-
-class UnknownVersionError(StoreError):
-    exit_code = ExitCode.USAGE
-
-    """No such version in the store (or not a valid version name)."""
-
-
-class NoPreviousVersionError(StoreError):
-    """Rollback asked for, but there is nothing to roll back to."""
-
-
-class NotAStoreError(StoreError):
-    exit_code = ExitCode.USAGE
-
-    """The path is something else (e.g. a plain checkpoint directory)."""
 
 
 @dataclass(frozen=True)
@@ -203,19 +194,19 @@ class CheckpointStore:
     def previous_version(self) -> str | None:
         """The version `rollback` would return to."""
         current = self.current_version()
-        for version in reversed(self._read_history()["stack"]):
+        for version in reversed(read_history(self.root)["stack"]):
             if version != current and self.version_dir(version).is_dir():
                 return str(version)
         return None
 
     def versions(self) -> list[str]:
         """Versions present, oldest addition first."""
-        history = self._read_history()
+        history = read_history(self.root)
         return self._ordered(history)
 
     def history(self) -> list[dict[str, Any]]:
         """Recent pointer moves, oldest first."""
-        return list(self._read_history()["events"])
+        return list(read_history(self.root)["events"])
 
     # -- changing ------------------------------------------------------------------
 
@@ -239,20 +230,20 @@ class CheckpointStore:
         """
         source = Path(checkpoint_dir)
         version = load_checkpoint(source).version
-        with self._locked() as history:
+        with locked(self.root) as history:
             target = self.version_dir(version)
             if not target.is_dir():
-                self._install(source, target, move)
+                install(source, target, move)
             if version in history["added"]:
                 history["added"].remove(version)
             history["added"].append(version)
             self._prune(history)
-            self._write_history(history)
+            write_history(self.root, history)
         return version
 
     def promote(self, version: str, verify: bool = True) -> PointerChange:
         """Make `version` current. With `verify`, it must load cleanly first."""
-        with self._locked() as history:
+        with locked(self.root) as history:
             target = self.version_dir(version)
             if not target.is_dir():
                 known = ", ".join(self._ordered(history)) or "none"
@@ -260,7 +251,7 @@ class CheckpointStore:
                     f"no version {version!r} in the store at {self.root} (known: {known})"
                 )
             if verify:
-                _verify(target, version)
+                verify_version(target, version)
             self._adopt_legacy(history)
             current = self.current_version()
             if current == version:
@@ -268,18 +259,18 @@ class CheckpointStore:
             if current is not None:
                 history["stack"] = [v for v in history["stack"] if v != current][-MAX_STACK + 1 :]
                 history["stack"].append(current)
-            _record(history, "promote", version, current)
+            record(history, "promote", version, current)
             # History first: a crash before the switch leaves a stack entry equal to the
             # current version, which rollback skips.
-            self._write_history(history)
-            self._switch_pointer(version)
+            write_history(self.root, history)
+            switch_pointer(self.root, version)
             pruned = self._prune(history)
-            self._write_history(history)
+            write_history(self.root, history)
             return PointerChange("promote", version, current, changed=True, pruned=pruned)
 
     def rollback(self, verify: bool = True) -> PointerChange:
         """Make the previously current version current again (pops the stack)."""
-        with self._locked() as history:
+        with locked(self.root) as history:
             self._adopt_legacy(history)
             current = self.current_version()
             stack: list[str] = history["stack"]
@@ -295,59 +286,20 @@ class CheckpointStore:
                     f"(current: {current or 'none'})"
                 )
             if verify:
-                _verify(self.version_dir(target), target)
-            _record(history, "rollback", target, current)
-            self._write_history(history)
-            self._switch_pointer(target)
-            self._write_history(history)
+                verify_version(self.version_dir(target), target)
+            record(history, "rollback", target, current)
+            write_history(self.root, history)
+            switch_pointer(self.root, target)
+            write_history(self.root, history)
             return PointerChange("rollback", target, current, changed=True)
 
     def prune(self) -> list[str]:
-        with self._locked() as history:
+        with locked(self.root) as history:
             pruned = self._prune(history)
-            self._write_history(history)
+            write_history(self.root, history)
             return list(pruned)
 
     # -- internals -----------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield self._read_history()
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-    def _read_history(self) -> dict[str, Any]:
-        empty: dict[str, Any] = {"format": 1, "added": [], "stack": [], "events": []}
-        try:
-            data = json.loads((self.root / HISTORY_FILE).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return empty
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{self.root / HISTORY_FILE} is unreadable: {exc}") from exc
-        if not isinstance(data, dict):
-            raise StoreError(f"{self.root / HISTORY_FILE} must hold a JSON object")
-        for key, kind in (("added", str), ("stack", str), ("events", dict)):
-            value = data.get(key)
-            data[key] = [v for v in value if isinstance(v, kind)] if isinstance(value, list) else []
-        return data
-
-    def _write_history(self, history: dict[str, Any]) -> None:
-        history["events"] = history["events"][-MAX_EVENTS:]
-        body = json.dumps(history, indent=1, sort_keys=True) + "\n"
-        tmp = self.root / f".{HISTORY_FILE}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(body.encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.root / HISTORY_FILE)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.root)
 
     def _ordered(self, history: dict[str, Any]) -> list[str]:
         present: set[str] = set()
@@ -364,39 +316,6 @@ class CheckpointStore:
         )
         return unknown + known
 
-    def _install(self, source: Path, target: Path, move: bool) -> None:
-        if move:
-            os.rename(source, target)
-        else:
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-            try:
-                os.chmod(staging, 0o755)
-                for item in source.iterdir():
-                    if item.is_file():
-                        shutil.copy2(item, staging / item.name)
-                        with open(staging / item.name, "rb") as f:
-                            os.fsync(f.fileno())
-                    elif item.is_dir() and not item.is_symlink():  # e.g. report/
-                        shutil.copytree(item, staging / item.name, symlinks=False)
-                _fsync_dir(staging)
-                os.rename(staging, target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-        _fsync_dir(target.parent)
-
-    def _switch_pointer(self, version: str) -> None:
-        """Write a fresh link under a temporary name, then rename it over `current`."""
-        tmp = self.root / f".{STORE_POINTER}.tmp-{uuid.uuid4().hex[:8]}"
-        os.symlink(f"{STORE_VERSIONS_DIR}/{version}", tmp)
-        try:
-            _fsync_dir(self.root)
-            os.replace(tmp, self.pointer)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.root)
-
     def _adopt_legacy(self, history: dict[str, Any]) -> None:
         """Turn a plain checkpoint directory at `current` into a version + pointer."""
         if self.pointer.is_symlink() or not self.pointer.is_dir():
@@ -409,17 +328,17 @@ class CheckpointStore:
         if version is not None:
             target = self.version_dir(version)
             if not target.is_dir():
-                self._install(self.pointer, target, move=False)
+                install(self.pointer, target, move=False)
             if version not in history["added"]:
                 history["added"].insert(0, version)  # it predates anything added since
-            self._write_history(history)
+            write_history(self.root, history)
         os.rename(self.pointer, aside)
         if version is not None:
-            self._switch_pointer(version)
+            switch_pointer(self.root, version)
             shutil.rmtree(aside, ignore_errors=True)
         else:  # unusable: keep it for inspection, out of the way
-            os.rename(aside, self.root / f"{STORE_POINTER}.invalid-{_now_compact()}")
-        _fsync_dir(self.root)
+            os.rename(aside, self.root / f"{STORE_POINTER}.invalid-{now_compact()}")
+        fsync_dir(self.root)
 
     def _prune(self, history: dict[str, Any]) -> tuple[str, ...]:
         ordered = self._ordered(history)
@@ -438,7 +357,7 @@ class CheckpointStore:
             shutil.rmtree(doomed, ignore_errors=True)
             pruned.append(version)
         if pruned:
-            _fsync_dir(self.versions_dir)
+            fsync_dir(self.versions_dir)
             history["added"] = [v for v in history["added"] if v not in pruned]
             history["stack"] = [v for v in history["stack"] if v not in pruned]
         return tuple(pruned)
@@ -450,7 +369,7 @@ class CheckpointStore:
         infos = []
         for version in self.versions():
             path = self.versions_dir / version
-            created_at, auc, problem = _describe(path)
+            created_at, auc, problem = describe(path)
             infos.append(
                 VersionInfo(
                     version=version,
@@ -463,53 +382,3 @@ class CheckpointStore:
                 )
             )
         return infos
-
-
-def _verify(directory: Path, version: str) -> None:
-    loaded = load_checkpoint(directory)
-    if loaded.version != version:
-        raise CheckpointCorruptError(
-            f"{directory} holds version {loaded.version}, not {version} (renamed by hand?)"
-        )
-
-
-def _describe(path: Path) -> tuple[str | None, float | None, str | None]:
-    try:
-        meta = json.loads((path / META_FILE).read_bytes())
-    except (OSError, ValueError) as exc:
-        return None, None, f"model.json unreadable: {exc}"
-    if not isinstance(meta, dict):
-        return None, None, "model.json is not an object"
-    created = meta.get("created_at")
-    validation = (meta.get("metrics") or {}).get("validation") or {}
-    aucs = [
-        float(m["roc_auc"])
-        for m in validation.values()
-        if isinstance(m, dict) and isinstance(m.get("roc_auc"), int | float)
-    ]
-    finite = [a for a in aucs if math.isfinite(a)]
-    auc = sum(finite) / len(finite) if finite else None
-    return (created if isinstance(created, str) else None), auc, None
-
-
-def _record(history: dict[str, Any], action: str, version: str, previous: str | None) -> None:
-    history["events"].append(
-        {
-            "action": action,
-            "version": version,
-            "previous": previous,
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-    )
-
-
-def _now_compact() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

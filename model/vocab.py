@@ -9,7 +9,7 @@ ids regardless of dict or set iteration order.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 PAD_TOKEN = "<pad>"
@@ -34,9 +34,16 @@ class Vocab:
 
     @classmethod
     def build(
-        cls, token_lists: Iterable[Sequence[str]], min_freq: int = 2, max_size: int = 20_000
+        cls,
+        token_lists: Iterable[Sequence[str]],
+        min_freq: int = 2,
+        max_size: int = 20_000,
+        keep: Callable[[str, int], bool] | None = None,
     ) -> Vocab:
-        """Rare tokens are left to UNK so the model learns a useful UNK embedding."""
+        """Rare tokens are left to UNK so the model learns a useful UNK embedding.
+
+        A token is kept when it occurs `min_freq` times, or, with `keep`, when
+        `keep(token, count)` says so; the most frequent `max_size` ids win."""
         if max_size < len(SPECIAL_TOKENS):
             raise ValueError(f"max_size must be at least {len(SPECIAL_TOKENS)}")
         counts: Counter[str] = Counter()
@@ -44,8 +51,9 @@ class Vocab:
             counts.update(tokens)
         for special in SPECIAL_TOKENS:
             counts.pop(special, None)
+        wanted = keep or (lambda _token, count: count >= min_freq)
         ranked = sorted(
-            (item for item in counts.items() if item[1] >= min_freq),
+            (item for item in counts.items() if wanted(*item)),
             key=lambda item: (-item[1], item[0]),
         )
         kept = [token for token, _ in ranked[: max_size - len(SPECIAL_TOKENS)]]

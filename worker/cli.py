@@ -372,11 +372,12 @@ def _run_retrain(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
+    from model.build import retrain
     from model.checkpoint import STORE_VERSIONS_DIR
     from model.data import LABELS, load_splits, merge_feedback
     from model.gate import DEFAULT_TOLERANCE
     from model.refresh import refresh
-    from model.train import TrainConfig, retrain
+    from model.train import TrainConfig
 
     overrides = {
         key.removeprefix("train_"): value

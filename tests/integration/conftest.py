@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from model.train import TrainConfig, retrain
+from model.build import retrain
+from model.train import TrainConfig
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import builtins
 import json
 import pickle
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,20 @@ import torch
 
 from model.checkpoint import (
     META_FILE,
+    RETIRED_CONFIG_FIELDS,
     WEIGHTS_FILE,
     CheckpointCorruptError,
     CheckpointError,
     CheckpointMissingError,
     CheckpointVersionError,
+    RetiredFeatureError,
+    compute_version,
     default_checkpoint_dir,
     load_checkpoint,
     save_checkpoint,
 )
 from model.engine import Engine
+from model.errors import ExitCode
 from model.network import Classifier, ModelConfig
 from model.vocab import Vocab
 from tests.helpers import tiny_model
@@ -225,8 +230,60 @@ def test_tampered_content_fails_the_version_check(tmp_path: Path, checkpoint: Pa
         load_checkpoint(checkpoint)
 
 
+def add_config_fields(checkpoint: Path, **extra: Any) -> None:
+    """Adds `extra` to model.json's config and re-hashes the version, as the code of
+    that time wrote them (so only the fields themselves can make loading fail)."""
+    path = checkpoint / META_FILE
+    meta = json.loads(path.read_text())
+    meta["config"] |= extra
+    meta["version"] = compute_version((checkpoint / WEIGHTS_FILE).read_bytes(), meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_a_checkpoint_with_the_wide_path_off_still_loads_and_scores_the_same(
+    checkpoint: Path,
+) -> None:
+    before = Engine.load(checkpoint, device="cpu").score(TEXTS).probabilities
+    add_config_fields(checkpoint, **RETIRED_CONFIG_FIELDS)
+    assert '"wide_dropout": 0.0' in (checkpoint / META_FILE).read_text()  # as written then
+    loaded = load_checkpoint(checkpoint)
+    assert loaded.config == build()[0].config
+    assert not any(name.startswith("wide") for name in loaded.model.state_dict())
+    engine = Engine.load(checkpoint, device="cpu")
+    np.testing.assert_array_equal(engine.score(TEXTS).probabilities, before)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("wide_buckets", 262_144),
+        ("wide_word_max_n", 1),
+        ("wide_char_min_n", 3),
+        ("wide_char_max_n", 0),
+        ("wide_dropout", 0.5),
+        ("wide_buckets", False),  # a bool is not the number 0
+        ("wide_buckets", "0"),
+        ("wide_dropout", None),
+    ],
+)
+def test_a_retired_field_at_another_value_is_refused_by_name(
+    checkpoint: Path, field: str, value: Any
+) -> None:
+    add_config_fields(checkpoint, **(dict(RETIRED_CONFIG_FIELDS) | {field: value}))
+    pattern = re.escape(f"field 'config.{field}' is {value!r}") + ".*wide path.*removed"
+    with pytest.raises(RetiredFeatureError, match=pattern) as caught:
+        Engine.load(checkpoint, device="cpu")
+    assert isinstance(caught.value, CheckpointError)
+    assert caught.value.exit_code is ExitCode.CHECKPOINT
+
+
 def test_all_errors_share_a_base_class() -> None:
-    for error in (CheckpointMissingError, CheckpointCorruptError, CheckpointVersionError):
+    for error in (
+        CheckpointMissingError,
+        CheckpointCorruptError,
+        CheckpointVersionError,
+        RetiredFeatureError,
+    ):
         assert issubclass(error, CheckpointError)
 
 

@@ -10,7 +10,7 @@ import pytest
 from model.glove import convert, embedding_matrix, load_glove
 from model.train import TrainConfig, train
 from model.vocab import PAD_ID, UNK_ID, Vocab
-from tests.unit.test_model_train import synthetic_splits
+from tests.helpers import synthetic_splits
 
 
 def wink_json(words: dict[str, list[float]]) -> bytes:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from model.network import POOLINGS, Classifier, ModelConfig
-from model.train import masked_bce
 
 VARIANTS = list(itertools.product(("lstm", "gru"), (True, False), POOLINGS))
 
@@ -94,46 +93,6 @@ def test_config_round_trip_and_strict_keys() -> None:
         ModelConfig.from_dict(config.to_dict() | {"extra": 1})
     with pytest.raises(ValueError, match="missing"):
         ModelConfig.from_dict({"vocab_size": 10})
-
-
-# ------------------------------------------------------------------------ masked loss
-
-
-def test_masked_bce_matches_mean_over_known_labels() -> None:
-    logits = torch.tensor([[0.3, -1.2], [2.0, 0.5]])
-    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    mask = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits[mask > 0], targets[mask > 0]
-    )
-    assert torch.allclose(masked_bce(logits, targets, mask), expected)
-
-
-@pytest.mark.parametrize("masked_value", [-50.0, 0.0, 7.0, float("inf"), float("-inf")])
-def test_masked_logits_contribute_no_loss_and_no_gradient(masked_value: float) -> None:
-    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    reference = torch.tensor([[0.4, 0.0], [0.0, -0.3]], requires_grad=True)
-    changed_values = reference.detach().clone()
-    changed_values[0, 1] = masked_value
-    changed_values[1, 0] = masked_value
-    changed = changed_values.requires_grad_(True)
-
-    loss_a = masked_bce(reference, targets, mask)
-    loss_b = masked_bce(changed, targets, mask)
-    torch.autograd.backward(loss_a)
-    torch.autograd.backward(loss_b)
-    assert torch.isfinite(loss_b)
-    assert torch.allclose(loss_a, loss_b)
-    assert reference.grad is not None and changed.grad is not None
-    assert changed.grad[0, 1] == 0 and changed.grad[1, 0] == 0
-    assert torch.allclose(reference.grad, changed.grad)
-
-
-def test_fully_masked_batch_gives_zero_loss() -> None:
-    logits = torch.randn(3, 2, requires_grad=True)
-    loss = masked_bce(logits, torch.ones(3, 2), torch.zeros(3, 2))
-    assert loss.item() == 0.0
 
 
 def test_meanmax_pooling_concatenates_mean_and_max() -> None:

@@ -6,8 +6,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
-from model.checkpoint import META_FILE, WEIGHTS_FILE
+from model.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointCorruptError
 from model.engine import Engine
 from model.store import CheckpointStore
 from tests.helpers import make_checkpoint
@@ -115,13 +116,14 @@ def test_mismatched_labels_are_refused(store: CheckpointStore, tmp_path: Path) -
     assert slot.offered == [] and reloads(metrics, "failed") == 1
 
 
-def test_a_model_giving_non_finite_scores_is_refused(
+def test_a_checkpoint_with_non_finite_weights_is_refused(
     store: CheckpointStore, tmp_path: Path
 ) -> None:
     _, slot, metrics, reloader = serving(store, tmp_path)
-    store.promote(add(store, tmp_path, 2, nan_weights=True))
-    assert reloader.check() == "failed"
-    assert slot.offered == [] and reloads(metrics, "failed") == 1
+    with pytest.raises(CheckpointCorruptError, match="NaN or infinite"):
+        add(store, tmp_path, 2, nan_weights=True)  # the store refuses to take it in
+    assert reloader.check() == "same_version"
+    assert slot.offered == [] and reloads(metrics, "failed") == 0
 
 
 def test_validate_engine_checks_labels_and_canary(tmp_path: Path) -> None:
@@ -130,9 +132,11 @@ def test_validate_engine_checks_labels_and_canary(tmp_path: Path) -> None:
     validate_engine(engine, ("spam", "insult"))  # order does not matter
     with pytest.raises(ReloadError, match="labels"):
         validate_engine(engine, ("insult",))
-    make_checkpoint(tmp_path / "nan", 2, nan_weights=True)
+    # A model gone non-finite in memory: the canary catches it.
+    with torch.no_grad():
+        engine.model.head.bias.fill_(float("nan"))
     with pytest.raises(ReloadError, match="non-finite"):
-        validate_engine(Engine.load(tmp_path / "nan", device="cpu"), ("insult", "spam"))
+        validate_engine(engine, ("insult", "spam"))
     assert len(CANARY_TEXTS) >= 3
 
 
