@@ -209,7 +209,8 @@ def _run_worker(args: argparse.Namespace) -> int:
     log = structlog.get_logger("modstream.cli")
     from model.checkpoint import CheckpointError
     from model.engine import Engine, EngineError
-    from worker.app import BrokerUnavailableError, Worker
+    from worker.app import Worker
+    from worker.clients import BrokerUnavailableError
     from worker.health import HealthServer
     from worker.reload import Reloader
 
@@ -247,7 +248,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
     reloader = Reloader(
         settings.checkpoint_dir,
-        worker,
+        worker.engines,
         worker.metrics,
         settings.reload_interval_s,
         device=settings.device,
