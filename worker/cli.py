@@ -282,7 +282,11 @@ def _run_worker(args: argparse.Namespace) -> int:
 def _run_score(args: argparse.Namespace) -> int:
     from model.checkpoint import CheckpointError, default_checkpoint_dir
     from model.engine import Engine, EngineError
+    from worker.logs import configure_logging
     from worker.scoring import score_stream
+
+    # Output is the JSON lines on stdout: log lines (errors only) go to stderr.
+    configure_logging("error")
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be ≥ 1, got {args.batch_size}")
