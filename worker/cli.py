@@ -11,6 +11,9 @@ could not be read, 3 when a checkpoint is unusable, 2 for bad arguments, 1 other
 `checkpoints list | promote VERSION | rollback` manage the checkpoint store: 2 for an
 unknown version or a path that is not a store, 3 when the version to serve does not
 load, 1 when there is nothing to roll back to.
+
+A command fails by raising a `ModstreamError` (model/errors.py); `main` turns it into
+`modstream <command>: <message>` on stderr and the error's `exit_code`, in one place.
 """
 
 from __future__ import annotations
@@ -30,29 +33,47 @@ from pydantic import ValidationError
 
 from model.errors import ExitCode, ModstreamError
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_CHECKPOINT = 3
-EXIT_BROKER = 4
-EXIT_HELD = 10  # retrain: the promotion gate kept the current model
-
 
 class UsageError(ModstreamError):
+    """Bad configuration; the message names the field and where it came from."""
+
     exit_code = ExitCode.USAGE
 
-    """Bad configuration; the message names the field and where it came from."""
+
+class CheckpointUnusableError(ModstreamError):
+    """The checkpoint a command was asked to use does not load; the message says which."""
+
+    exit_code = ExitCode.CHECKPOINT
+
+
+class InvalidInputError(ModstreamError):
+    """`score`: some input lines were not valid requests (their dead letters are written)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; the one place an escaping `ModstreamError` becomes an exit code
+    and a line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.handler(args)
-    except UsageError as exc:
-        sys.stderr.write(f"modstream {args.command}: {exc}\n")
-        return EXIT_USAGE
-    return code
+        return int(args.handler(args))
+    except ModstreamError as exc:
+        sys.stderr.write(f"modstream {_failing_step(args, exc)}: {exc}\n")
+        return exit_code_of(exc)
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """A modstream error's own exit code; anything else is a plain failure (1)."""
+    return int(exc.exit_code if isinstance(exc, ModstreamError) else ExitCode.FAILURE)
+
+
+def _failing_step(args: argparse.Namespace, exc: ModstreamError) -> str:
+    """A usage error names the command; any other failure the action too, if it has one
+    (`checkpoints promote`)."""
+    action = getattr(args, "action", None)
+    if exc.exit_code == ExitCode.USAGE or action is None:
+        return str(args.command)
+    return f"{args.command} {action}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,8 +252,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         log.error(
             "checkpoint_unusable", checkpoint_dir=str(settings.checkpoint_dir), error=str(exc)
         )
-        sys.stderr.write(f"modstream worker: checkpoint {settings.checkpoint_dir}: {exc}\n")
-        return EXIT_CHECKPOINT
+        raise CheckpointUnusableError(f"checkpoint {settings.checkpoint_dir}: {exc}") from exc
 
     log.info("engine_warmed_up", seconds=round(engine.warm_up(), 3), version=engine.version)
     worker = Worker(settings, engine)
@@ -265,9 +285,8 @@ def _run_worker(args: argparse.Namespace) -> int:
         worker.connect()
     except BrokerUnavailableError as exc:
         log.error("broker_unreachable", error=str(exc))
-        sys.stderr.write(f"modstream worker: {exc}\n")
         server.stop()
-        return EXIT_BROKER
+        raise
     reloader.start()
     try:
         return worker.run()
@@ -294,8 +313,7 @@ def _run_score(args: argparse.Namespace) -> int:
     try:
         engine = Engine.load(checkpoint, device=args.device)
     except (CheckpointError, EngineError) as exc:
-        sys.stderr.write(f"modstream score: checkpoint {checkpoint}: {exc}\n")
-        return EXIT_CHECKPOINT
+        raise CheckpointUnusableError(f"checkpoint {checkpoint}: {exc}") from exc
     source: TextIO
     if args.input == "-":
         source = sys.stdin
@@ -311,9 +329,8 @@ def _run_score(args: argparse.Namespace) -> int:
                 engine, source, sys.stdout, path.name, args.batch_size, args.max_text_chars
             )
     if invalid:
-        sys.stderr.write(f"modstream score: {invalid} invalid input line(s), see error_kind\n")
-        return EXIT_FAILURE
-    return EXIT_OK
+        raise InvalidInputError(f"{invalid} invalid input line(s), see error_kind")
+    return ExitCode.OK
 
 
 # -- retrain -----------------------------------------------------------------------
@@ -354,18 +371,16 @@ def _run_retrain(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     summary: dict[str, Any] = {"status": "error"}
-    code = EXIT_FAILURE
+    code: int = ExitCode.FAILURE
     try:
         code = _retrain(args, summary)
-    except UsageError as exc:
-        summary["error"] = str(exc)
-        sys.stderr.write(f"modstream retrain: {exc}\n")
-        code = EXIT_USAGE
-    except Exception as exc:
-        code = _retrain_error_code(exc)
-        summary["error"] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # the summary line is written whatever failed
+        code = exit_code_of(exc)
+        summary["error"] = (
+            str(exc) if isinstance(exc, UsageError) else f"{type(exc).__name__}: {exc}"
+        )
         sys.stderr.write(f"modstream retrain: {summary['error']}\n")
-        if code == EXIT_FAILURE:
+        if code == ExitCode.FAILURE:
             import traceback
 
             traceback.print_exc(file=sys.stderr)
@@ -379,6 +394,7 @@ def _run_retrain(args: argparse.Namespace) -> int:
 def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
     from model.checkpoint import STORE_VERSIONS_DIR
     from model.data import LABELS, load_splits, merge_feedback
+    from model.engine import EngineError, resolve_device
     from model.gate import DEFAULT_TOLERANCE
     from model.refresh import refresh
     from model.train import TrainConfig, retrain
@@ -392,6 +408,10 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
         config = TrainConfig(**overrides)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
+    try:
+        resolve_device(config.device)
+    except EngineError as exc:  # e.g. cuda on a machine without it
+        raise UsageError(f"--device {config.device}: {exc}") from exc
     if args.feedback_weight < 1:
         raise UsageError(f"--feedback-weight must be >= 1, got {args.feedback_weight}")
     tolerance = DEFAULT_TOLERANCE if args.gate_tolerance is None else args.gate_tolerance
@@ -443,12 +463,12 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
         report = retrain(args.output, config, progress, splits, extra)
         summary.update(status="written", version=report.version, output=str(args.output))
         summary["report"] = report.to_dict()
-        code = EXIT_OK
+        code = ExitCode.OK
     else:
         summary["store"] = str(store.root)
         outcome = refresh(store, config, splits, extra, tolerance, args.force, progress)
         summary.update(outcome.to_dict())
-        code = EXIT_HELD if outcome.status == "held" else EXIT_OK
+        code = ExitCode.HELD if outcome.status == "held" else ExitCode.OK
 
     if feedback is not None:
         from worker.feedback import commit_feedback_offsets
@@ -458,20 +478,6 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
         if feedback.problems:
             summary["feedback"]["problems"] = feedback.problems
     return code
-
-
-def _retrain_error_code(exc: Exception) -> int:
-    from model.checkpoint import CheckpointError
-    from model.store import NotAStoreError
-    from worker.feedback import FeedbackReadError
-
-    if isinstance(exc, FeedbackReadError):
-        return EXIT_BROKER
-    if isinstance(exc, CheckpointError):
-        return EXIT_CHECKPOINT
-    if isinstance(exc, NotAStoreError):
-        return EXIT_USAGE
-    return EXIT_FAILURE
 
 
 def _kafka_settings(args: argparse.Namespace) -> Any:
@@ -527,26 +533,14 @@ def _open_store(args: argparse.Namespace) -> Any:
 
 def _run_checkpoints(args: argparse.Namespace) -> int:
     from model.checkpoint import CheckpointError
-    from model.store import NoPreviousVersionError, StoreError, UnknownVersionError
 
     store = _open_store(args)
     try:
         if args.action == "list":
             return _list_checkpoints(store, args.json)
         change = store.promote(args.version) if args.action == "promote" else store.rollback()
-    except UnknownVersionError as exc:
-        raise UsageError(str(exc)) from exc
-    except NoPreviousVersionError as exc:
-        sys.stderr.write(f"modstream checkpoints {args.action}: {exc}\n")
-        return EXIT_FAILURE
     except CheckpointError as exc:
-        sys.stderr.write(
-            f"modstream checkpoints {args.action}: refusing, the checkpoint does not load: {exc}\n"
-        )
-        return EXIT_CHECKPOINT
-    except StoreError as exc:
-        sys.stderr.write(f"modstream checkpoints {args.action}: {exc}\n")
-        return EXIT_FAILURE
+        raise CheckpointUnusableError(f"refusing, the checkpoint does not load: {exc}") from exc
     if change.changed:
         sys.stdout.write(
             f"{change.action}: current is now {change.version} (was {change.previous or 'none'})"
@@ -554,7 +548,7 @@ def _run_checkpoints(args: argparse.Namespace) -> int:
         )
     else:
         sys.stdout.write(f"{change.version} is already current\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _list_checkpoints(store: Any, as_json: bool) -> int:
@@ -567,10 +561,10 @@ def _list_checkpoints(store: Any, as_json: bool) -> int:
             "versions": [info.to_dict() for info in infos],
         }
         sys.stdout.write(json.dumps(_json_safe(document), indent=1) + "\n")
-        return EXIT_OK
+        return ExitCode.OK
     if not infos:
         sys.stdout.write(f"no versions in the store at {store.root}\n")
-        return EXIT_OK
+        return ExitCode.OK
     sys.stdout.write(f"  {'VERSION':<14}{'CREATED':<27}{'VAL AUC':<9}\n")
     for info in infos:
         mark = "*" if info.current else " "
@@ -579,7 +573,7 @@ def _list_checkpoints(store: Any, as_json: bool) -> int:
         if info.problem:
             note = f"{note} ({info.problem})".strip()
         sys.stdout.write(f"{mark} {info.version:<14}{info.created_at or '-':<27}{auc:<9}{note}\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 if __name__ == "__main__":
