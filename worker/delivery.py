@@ -70,6 +70,24 @@ class WorkerStoppedError(ModstreamError):
     """Shutdown was requested while a batch's outputs were still unacknowledged."""
 
 
+class Backoff:
+    """The pause between tries: `first_s`, doubling to `MAX_PUBLISH_BACKOFF_S`."""
+
+    def __init__(self, first_s: float) -> None:
+        self.first_s = first_s
+        self.seconds = first_s
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Pause; True when a stop was requested meanwhile (the pause is cut short)."""
+        return stop.wait(self.seconds)
+
+    def grow(self) -> None:
+        self.seconds = min(self.seconds * 2, MAX_PUBLISH_BACKOFF_S)
+
+    def reset(self) -> None:
+        self.seconds = self.first_s
+
+
 class BatchDelivery(Protocol):
     """Publishes a batch's outputs and commits its offsets (the module docstring's steps).
 
@@ -149,7 +167,7 @@ class AtLeastOnceDelivery:
     def _publish_until_acknowledged(
         self, batch: Sequence[SourceRecord], shipment: Shipment
     ) -> float:
-        backoff = self._first_backoff_s
+        backoff = Backoff(self._first_backoff_s)
         last_try = False
         while True:
             try:
@@ -170,7 +188,7 @@ class AtLeastOnceDelivery:
                     offset=first.offset,
                     batch_size=len(batch),
                     acknowledged=shipment.acknowledged(),
-                    retry_in_s=backoff,
+                    retry_in_s=backoff.seconds,
                     committed=False,
                 )
                 if last_try:
@@ -178,11 +196,11 @@ class AtLeastOnceDelivery:
                         f"stopped with {len(shipment.outputs) - shipment.acknowledged()} "
                         f"outputs unacknowledged: {exc}"
                     ) from exc
-                if self._stop.wait(backoff):
+                if backoff.wait(self._stop):
                     # Asked to stop: one more try (the broker may just be back), then give up.
                     last_try = True
                     continue
-                backoff = min(backoff * 2, MAX_PUBLISH_BACKOFF_S)
+                backoff.grow()
                 self._health.tick()
                 continue
             self._health.set(kafka_ok=True, problem=None)  # step 4
@@ -247,8 +265,7 @@ class TransactionalDelivery:
         self._metrics = metrics
         self._health = health
         self._stop = stop
-        self._first_backoff_s = first_backoff_s
-        self._backoff = first_backoff_s
+        self._backoff = Backoff(first_backoff_s)
 
     def deliver(self, batch: Sequence[SourceRecord], shipment: Shipment) -> float | None:
         publish_start = time.perf_counter()
@@ -272,7 +289,7 @@ class TransactionalDelivery:
         except (PublishError, KafkaError) as exc:
             self._abort_and_rewind(batch, exc)  # steps 5-7
             return None
-        self._backoff = self._first_backoff_s
+        self._backoff.reset()
         self._metrics.commits.labels(result="ok").inc()
         self._health.set(kafka_ok=True, problem=None)
         return acked_at
@@ -291,7 +308,7 @@ class TransactionalDelivery:
             partition=first.partition,
             offset=first.offset,
             batch_size=len(batch),
-            retry_in_s=self._backoff,
+            retry_in_s=self._backoff.seconds,
             committed=False,
         )
         # Step 5: abort, or replace a producer that cannot.
@@ -304,8 +321,8 @@ class TransactionalDelivery:
             self._replace_producer()
         self._source.rewind(batch)  # step 6
         self._health.tick()
-        self._stop.wait(self._backoff)  # step 7
-        self._backoff = min(self._backoff * 2, MAX_PUBLISH_BACKOFF_S)
+        self._backoff.wait(self._stop)  # step 7
+        self._backoff.grow()
 
     def _replace_producer(self) -> None:
         try:
@@ -320,10 +337,10 @@ class TransactionalDelivery:
             except FENCING_ERRORS as exc:
                 raise WorkerFencedError(fenced_message(self._settings, exc)) from exc
             except KafkaError as exc:
-                log.error("producer_init_failed", error=str(exc), retry_in_s=self._backoff)
-                if self._stop.wait(self._backoff):
+                log.error("producer_init_failed", error=str(exc), retry_in_s=self._backoff.seconds)
+                if self._backoff.wait(self._stop):
                     raise WorkerStoppedError("stopped while re-creating the producer") from exc
-                self._backoff = min(self._backoff * 2, MAX_PUBLISH_BACKOFF_S)
+                self._backoff.grow()
 
     def flush(self) -> None:
         """Nothing to flush: a committed transaction committed its offsets."""

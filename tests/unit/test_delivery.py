@@ -13,7 +13,12 @@ from kafka.structs import TopicPartition
 from tests.unit.test_source import FakeConsumer
 from worker.clients import WorkerFencedError
 from worker.decode import SourceRecord
-from worker.delivery import AtLeastOnceDelivery, TransactionalDelivery, WorkerStoppedError
+from worker.delivery import (
+    AtLeastOnceDelivery,
+    Backoff,
+    TransactionalDelivery,
+    WorkerStoppedError,
+)
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.settings import WorkerSettings
@@ -213,3 +218,17 @@ def test_a_fenced_producer_stops_the_worker() -> None:
     delivery = parts.transactional(FakeProducer([ProducerFencedError()]))
     with pytest.raises(WorkerFencedError, match=r"'tx-9'.*must be unique"):
         delivery.deliver(batch(), Shipment(outputs(1)))
+
+
+def test_backoff_doubles_to_its_cap_and_a_stop_cuts_it_short() -> None:
+    backoff = Backoff(0.5)
+    seen = []
+    for _ in range(8):
+        seen.append(backoff.seconds)
+        backoff.grow()
+    assert seen == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    backoff.reset()
+    assert backoff.seconds == 0.5
+    stop = threading.Event()
+    stop.set()
+    assert backoff.wait(stop), "a requested stop ends the pause at once"
