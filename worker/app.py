@@ -95,7 +95,7 @@ def package_version() -> str:
 
 @dataclass(frozen=True)
 class Connected:
-    """The parts that exist once the Kafka clients do."""
+    """The parts that exist once the Kafka clients do (see each for its threads)."""
 
     source: Source
     delivery: BatchDelivery
@@ -295,6 +295,8 @@ class Worker:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """kafka-python calls these inside `poll`, on the processing thread."""
+
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
 

@@ -61,6 +61,8 @@ class WorkerFencedError(ModstreamError):
 
 @dataclass(frozen=True)
 class KafkaClients:
+    """What `connect` made, for the worker to wire (its threads: see Source, delivery)."""
+
     consumer: KafkaConsumer
     producer: KafkaProducer
 

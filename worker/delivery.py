@@ -71,7 +71,8 @@ class WorkerStoppedError(ModstreamError):
 
 
 class Backoff:
-    """The pause between tries: `first_s`, doubling to `MAX_PUBLISH_BACKOFF_S`."""
+    """The pause between tries: `first_s`, doubling to `MAX_PUBLISH_BACKOFF_S`.
+    Processing thread (each delivery has its own)."""
 
     def __init__(self, first_s: float) -> None:
         self.first_s = first_s
@@ -144,6 +145,8 @@ class AtLeastOnceDelivery:
         self._sink.send(shipment)
 
     def deliver(self, batch: Sequence[SourceRecord], shipment: Shipment) -> float:
+        """At-least-once steps 1-5; never None: it retries until acknowledged, or raises
+        WorkerStoppedError."""
         publish_start = time.perf_counter()
         acked_at = self._publish_until_acknowledged(batch, shipment)  # steps 1-4
         self._metrics.stage_seconds.labels(stage="publish").observe(
@@ -268,6 +271,7 @@ class TransactionalDelivery:
         self._backoff = Backoff(first_backoff_s)
 
     def deliver(self, batch: Sequence[SourceRecord], shipment: Shipment) -> float | None:
+        """Exactly-once steps 1-4, or 5-7 and None when the transaction was aborted."""
         publish_start = time.perf_counter()
         acked_at = self._transaction(batch, shipment)
         self._metrics.stage_seconds.labels(stage="publish").observe(

@@ -45,7 +45,10 @@ def describe(exc: BaseException) -> str:
 
 
 class Shipment:
-    """The outputs of one batch and, per output, the future of its latest send."""
+    """The outputs of one batch and, per output, the future of its latest send.
+
+    Made on the publishing thread (pipelined) or the processing thread, then handed to
+    the processing thread with its batch: one thread at a time."""
 
     def __init__(self, outputs: Sequence[OutputRecord]) -> None:
         self.outputs = list(outputs)
