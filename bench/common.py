@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 # The offset queries and bounded wait the tests use, so both agree on "drained".
 from tests.helpers import committed_offsets as committed  # noqa: E402
-from tests.helpers import end_offsets, free_port, wait_for  # noqa: E402
+from tests.helpers import end_offsets, free_port, wait_for, worker_process_env  # noqa: E402
 
 __all__ = ["committed", "end_offsets", "free_port"]
 
@@ -121,17 +121,8 @@ class Worker:
     def __init__(self, bootstrap: str, topics: dict[str, str], group: str, **settings: str):
         env = {
             **os.environ,
-            "MODSTREAM_KAFKA_BOOTSTRAP": bootstrap,
-            "MODSTREAM_INPUT_TOPIC": topics["input"],
-            "MODSTREAM_OUTPUT_TOPIC": topics["output"],
-            "MODSTREAM_DEAD_LETTER_TOPIC": topics["dead_letter"],
-            "MODSTREAM_GROUP_ID": group,
-            "MODSTREAM_METRICS_HOST": "127.0.0.1",
-            "MODSTREAM_METRICS_PORT": str(free_port()),
-            "MODSTREAM_LOG_LEVEL": "warning",
-            "MODSTREAM_DEVICE": "cpu",
+            **worker_process_env(bootstrap, topics, group, **({"log_level": "warning"} | settings)),
         }
-        env.update({f"MODSTREAM_{k.upper()}": v for k, v in settings.items()})
         self.port = int(env["MODSTREAM_METRICS_PORT"])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "worker"], cwd=REPO_ROOT, env=env

@@ -241,24 +241,32 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-5000:]
 
 
-def worker_env(
-    bootstrap: str, topics: dict[str, str], checkpoint: Path, group: str, **extra: str
+def worker_process_env(
+    bootstrap: str, topics: dict[str, str], group: str, **settings: str
 ) -> dict[str, str]:
+    """The MODSTREAM_* variables of a `modstream worker` child process (tests and bench/):
+    its broker, topics and group, /metrics on a free loopback port, the CPU. `settings`
+    add or override (`log_level="debug"` is MODSTREAM_LOG_LEVEL)."""
     env = {
         "MODSTREAM_KAFKA_BOOTSTRAP": bootstrap,
         "MODSTREAM_INPUT_TOPIC": topics["input"],
         "MODSTREAM_OUTPUT_TOPIC": topics["output"],
         "MODSTREAM_DEAD_LETTER_TOPIC": topics["dead_letter"],
         "MODSTREAM_GROUP_ID": group,
-        "MODSTREAM_CHECKPOINT_DIR": str(checkpoint),
         "MODSTREAM_METRICS_HOST": "127.0.0.1",
         "MODSTREAM_METRICS_PORT": str(free_port()),
         "MODSTREAM_DEVICE": "cpu",
-        "MODSTREAM_TORCH_THREADS": "1",
-        "MODSTREAM_LOG_LEVEL": "info",
     }
-    env.update({f"MODSTREAM_{k.upper()}": v for k, v in extra.items()})
+    env.update({f"MODSTREAM_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+def worker_env(
+    bootstrap: str, topics: dict[str, str], checkpoint: Path, group: str, **extra: str
+) -> dict[str, str]:
+    """A worker as the tests run it: this checkpoint, one torch thread, info logs."""
+    defaults = {"checkpoint_dir": str(checkpoint), "torch_threads": "1", "log_level": "info"}
+    return worker_process_env(bootstrap, topics, group, **(defaults | extra))
 
 
 def metric_value(exposition: str, name: str, **labels: str) -> float | None:

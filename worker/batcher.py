@@ -25,6 +25,9 @@ PollFn = Callable[[float, int], list[SourceRecord]]
 
 
 class Batcher:
+    """The batch being collected. Processing thread only (the rebalance callbacks that
+    `take` from it run inside poll, on the same thread)."""
+
     def __init__(self, max_size: int, max_wait_s: float, max_bytes: int, idle_poll_s: float = 0.5):
         self.max_size = max_size
         self.max_wait_s = max_wait_s

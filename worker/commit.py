@@ -56,6 +56,12 @@ def first_offsets(records: Iterable[SourceRecord]) -> dict[TopicPartition, int]:
 
 
 class Committer:
+    """Commits the offsets of acknowledged batches with the worker's consumer.
+
+    Processing thread (the consumer is not thread-safe); `on_async_result` may be called
+    on a kafka-python thread.
+    """
+
     def __init__(
         self,
         consumer: KafkaConsumer,

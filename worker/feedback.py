@@ -37,9 +37,9 @@ UNKNOWN_LABEL = "unknown_label"
 
 
 class FeedbackReadError(ModstreamError):
-    exit_code = ExitCode.BROKER
-
     """The feedback topic could not be read to its captured end (broker, topic, timeout)."""
+
+    exit_code = ExitCode.BROKER
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ included, at least every half second) and after every batch, so only a loop stuc
 longer than `liveness_deadline_s` (MODSTREAM_LIVENESS_DEADLINE_S) fails /livez and gets the
 pod restarted. Readiness means this pod can do useful work: model loaded, consumer group
 joined (with partitions, or idle-assigned when there are more workers than partitions),
-producer connected and publishing. Both answer JSON saying why, so a failing probe explains
+Kafka reachable (clients connected, polling and publishing work; the JSON field keeps its
+documented name `producer_ok`). Both answer JSON saying why, so a failing probe explains
 itself: 200 when ok, 503 when not.
 
 The server is exposed to whatever can reach the pod's port, so its cost is bounded
@@ -29,13 +30,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 @dataclass
 class HealthState:
-    """Written by the processing loop, read by the HTTP thread; guarded by one lock."""
+    """Written by the processing thread, read by the HTTP thread; guarded by one lock."""
 
     liveness_deadline_s: float = 60.0
     model_version: str | None = None
     group_joined: bool = False
-    producer_ok: bool = True
-    problem: str | None = None
+    kafka_ok: bool = True  # the clients connected, and polling and publishing work
+    problem: str | None = None  # why not `kafka_ok`
     assigned_partitions: int | None = None
     last_progress: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -47,6 +48,8 @@ class HealthState:
     def set(self, **changes: Any) -> None:
         with self._lock:
             for name, value in changes.items():
+                if name.startswith("_") or not hasattr(self, name):
+                    raise AttributeError(f"HealthState has no field {name!r}")
                 setattr(self, name, value)
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
@@ -72,7 +75,7 @@ class HealthState:
                 reasons.append("model not loaded")
             if not self.group_joined:
                 reasons.append("consumer group not joined")
-            if not self.producer_ok:
+            if not self.kafka_ok:
                 reasons.append(self.problem or "producer failing")
             ok = not reasons
             return ok, {
@@ -80,7 +83,8 @@ class HealthState:
                 "model_version": self.model_version,
                 "group_joined": self.group_joined,
                 "assigned_partitions": self.assigned_partitions,
-                "producer_ok": self.producer_ok,
+                # The documented name; false whenever Kafka I/O fails (see `kafka_ok`).
+                "producer_ok": self.kafka_ok,
                 "reasons": reasons,
             }
 

@@ -41,7 +41,9 @@ COMMIT_RESULTS = ("ok", "failed")
 
 
 class WorkerMetrics:
-    """Every metric the worker exports, documented in the README's catalogue."""
+    """Every metric the worker exports, documented in the README's catalogue. Updated
+    from every worker thread (prometheus_client's metrics are thread-safe), read by the
+    HTTP thread."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()

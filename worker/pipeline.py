@@ -28,20 +28,10 @@ import structlog
 
 from model.errors import ModstreamError
 from worker.decode import SourceRecord
-from worker.sink import Delivery, OutputRecord, PublishError
+from worker.processing import PreparedBatch
+from worker.sink import PublishError, Shipment
 
 log = structlog.get_logger("modstream.pipeline")
-
-
-@dataclass
-class PreparedBatch:
-    """A batch with one output per record, ready to publish."""
-
-    batch: list[SourceRecord]
-    outputs: list[OutputRecord]
-    outcomes: dict[str, int]
-    started: float
-    inference_s: float
 
 
 @dataclass
@@ -55,31 +45,46 @@ class InFlight:
     ready: threading.Event = field(default_factory=threading.Event)
     scores: Any = None  # what `score` returned, for `prepare`
     prepared: PreparedBatch | None = None
-    delivery: Delivery | None = None
-    error: BaseException | None = None
+    shipment: Shipment | None = None
+    error: PipelineError | None = None
 
     def settled(self) -> bool:
         """Nothing of it is still on its way: every output acknowledged, failed or never
         sent. Completing it then waits for nobody but its own retries."""
         if not self.ready.is_set():
             return False
-        if self.delivery is None:
-            return True  # scoring failed: completing raises it
-        return all(f is None or f.is_done for f in self.delivery.futures)
+        if self.shipment is None:
+            return True  # a stage failed: completing raises it
+        return all(f is None or f.is_done for f in self.shipment.futures)
 
 
-class ScoringFailedError(ModstreamError):
-    """The scoring or publishing thread raised: the worker cannot answer this batch."""
+class PipelineError(ModstreamError):
+    """A pipeline thread raised: the worker cannot answer this batch (exit code 1)."""
+
+
+class ScoringFailedError(PipelineError):
+    """The scoring thread raised while running the model on a batch."""
+
+
+class OutputsFailedError(PipelineError):
+    """The publishing thread raised while building or sending a batch's outputs (not a
+    broker refusal: `PublishError`s are retried when the batch completes)."""
 
 
 class Pipeline:
-    """The scoring and publishing threads and the ordered window of batches in flight."""
+    """The scoring and publishing threads and the ordered window of batches in flight.
+
+    Threads: `submit`, `oldest`, `pop_oldest`, `close` and the properties on the
+    processing thread; `score` runs on the scoring thread, `prepare` and `send` on the
+    publishing thread. A batch's `InFlight` is handed between them through queues and
+    its events, never touched by two at once.
+    """
 
     def __init__(
         self,
         score: Callable[[Any], Any],
         prepare: Callable[[Any, Any], PreparedBatch],
-        send: Callable[[Delivery], None],
+        send: Callable[[Shipment], None],
         depth: int,
     ) -> None:
         """`score(work)` runs the model; `prepare(work, scores)` builds the outputs."""
@@ -124,7 +129,7 @@ class Pipeline:
         if not head.ready.wait(wait_s):
             return None
         if head.error is not None:
-            raise ScoringFailedError(f"scoring failed: {head.error!r}") from head.error
+            raise head.error
         return head
 
     def pop_oldest(self) -> InFlight:
@@ -144,7 +149,8 @@ class Pipeline:
             try:
                 item.scores = self._score(item.work)
             except BaseException as exc:  # handed to the processing thread, never lost
-                item.error = exc
+                item.error = ScoringFailedError(f"scoring failed: {exc!r}")
+                item.error.__cause__ = exc
             finally:
                 item.scored.set()
                 self._scored.put(item)
@@ -159,14 +165,15 @@ class Pipeline:
                 continue
             try:
                 prepared = self._prepare(item.work, item.scores)
-                delivery = Delivery(prepared.outputs)
+                shipment = Shipment(prepared.outputs)
                 try:
-                    self._send(delivery)
+                    self._send(shipment)
                 except PublishError as exc:
                     # Completing the batch re-sends what was not sent, with backoff.
                     log.warning("send_failed", error=str(exc), batch_size=len(item.batch))
-                item.prepared, item.delivery = prepared, delivery
+                item.prepared, item.shipment = prepared, shipment
             except BaseException as exc:  # handed to the processing thread, never lost
-                item.error = exc
+                item.error = OutputsFailedError(f"building or sending outputs failed: {exc!r}")
+                item.error.__cause__ = exc
             finally:
                 item.ready.set()

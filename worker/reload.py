@@ -12,9 +12,10 @@ to work:
    serving device, check that its label set equals the serving model's, and score a
    canary batch that must give finite scores in [0, 1] of the right shape; then warm
    it up (`Engine.warm_up`), so the swap does not slow the stream down.
-3. Offer it to the worker (`EngineSlot.offer_engine`). The processing thread swaps it
-   in between two batches (`Worker._apply_pending_engine`), so a batch is always
-   scored by exactly one complete model, and nothing is dropped or scored twice.
+3. Offer it to the worker (`EngineSlot.offer_engine`, worker/engine_slot.py). The
+   processing thread swaps it in between two batches (`EngineSlot.apply`), so a batch
+   is always scored by exactly one complete model, and nothing is dropped or scored
+   twice.
 
 On failure the serving model stays, `modstream_model_reloads_total{result="failed"}`
 counts it, the log says why, and the fingerprint is remembered: the same files are not
@@ -63,8 +64,8 @@ class ReloadError(ModstreamError):
     """The new checkpoint loads but must not serve (labels, canary)."""
 
 
-class EngineSlot(Protocol):
-    """What the reloader needs from the worker."""
+class SwapPoint(Protocol):
+    """What the reloader needs from the worker: its `EngineSlot` (worker/engine_slot.py)."""
 
     def latest_engine(self) -> Engine:
         """The engine that will score the next batch (a pending one, else the serving one)."""
@@ -119,10 +120,13 @@ def validate_engine(engine: Engine, serving_labels: tuple[str, ...]) -> None:
 
 
 class Reloader:
+    """Checks for a new checkpoint and offers it, on its own thread ("checkpoint-reload");
+    `request_check` from a signal handler, `start`/`stop` from the main thread."""
+
     def __init__(
         self,
         checkpoint_dir: Path,
-        slot: EngineSlot,
+        slot: SwapPoint,
         metrics: WorkerMetrics,
         interval_s: float,
         device: str = "auto",

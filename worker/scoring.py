@@ -1,17 +1,20 @@
-"""`modstream score`: the worker's decode → score → result path over JSONL, no Kafka."""
+"""`modstream score`: the worker's decode → score → result path over JSONL, no Kafka.
+
+It runs the worker's own `BatchProcessor` (worker/processing.py), so a line gets the
+same Result or DeadLetter JSON the worker would publish for the same record.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import TextIO
 
 from model.engine import Engine
 from schemas.request import DEFAULT_MAX_TEXT_CHARS
-from schemas.result import Timings
-from worker.decode import Decoded, Decoder, SourceRecord
-from worker.results import build_result
+from worker.decode import Decoder, SourceRecord
+from worker.metrics import WorkerMetrics
+from worker.processing import BatchProcessor
 
 
 def _chunks(lines: Iterable[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
@@ -28,40 +31,28 @@ def score_stream(
     batch_size: int,
     max_text_chars: int | None = None,
 ) -> int:
-    """Writes one JSON line per non-blank input line, in input order; returns #invalid.
+    """Writes one JSON line per non-blank input line, in input order; returns how many
+    became dead letters (invalid, or inference failed for that text).
 
-    Invalid lines produce the same dead-letter JSON the worker would publish, with the
-    line number (0-based) as `offset`.
+    A line is a record of topic `name`, partition 0, its line number (0-based) as
+    `offset`. The processor logs through structlog (a `dead_lettered` warning per
+    invalid line): configure it (worker/logs.py) so that nothing reaches `sink`.
     """
-    decoder = Decoder(max_text_chars or DEFAULT_MAX_TEXT_CHARS)
+    processor = BatchProcessor(
+        Decoder(max_text_chars or DEFAULT_MAX_TEXT_CHARS), WorkerMetrics(), name, name
+    )
     numbered = ((n, line) for n, line in enumerate(source) if line.strip())
-    invalid = 0
+    dead_lettered = 0
     for chunk in _chunks(numbered, batch_size):
-        items = [
-            decoder.decode(
-                SourceRecord(
-                    name,
-                    0,
-                    n,
-                    None,
-                    None,
-                    line.rstrip("\n").encode("utf-8", errors="surrogateescape"),
-                )
+        records = [
+            SourceRecord(
+                name, 0, n, None, None, line.rstrip("\n").encode("utf-8", errors="surrogateescape")
             )
             for n, line in chunk
         ]
-        decoded = [item for item in items if isinstance(item, Decoded)]
-        start = time.perf_counter()
-        scores = engine.score([d.request.text for d in decoded])
-        inference_ms = round((time.perf_counter() - start) * 1000.0, 3)
-        rows = iter(scores.probabilities)
-        for item in items:
-            if isinstance(item, Decoded):
-                timings = Timings(queued_ms=0.0, inference_ms=inference_ms, batch_size=len(decoded))
-                line = build_result(engine, item, next(rows), timings).model_dump_json()
-            else:
-                invalid += 1
-                line = item.dead_letter.model_dump_json()
-            sink.write(line + "\n")
+        prepared = processor.process(records, engine)
+        for output in prepared.outputs:
+            sink.write(output.value.decode("utf-8") + "\n")
+        dead_lettered += prepared.outcomes["invalid"] + prepared.outcomes["error"]
     sink.flush()
-    return invalid
+    return dead_lettered

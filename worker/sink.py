@@ -1,7 +1,7 @@
 """Publishes results and dead letters and waits until the broker acknowledges them all.
 
-A batch's outputs travel as one `Delivery`. When a try fails (deadline passed, broker
-gone, topic missing), the same `Delivery` is completed again: outputs the broker already
+A batch's outputs travel as one `Shipment`. When a try fails (deadline passed, broker
+gone, topic missing), the same `Shipment` is completed again: outputs the broker already
 acknowledged stay acknowledged, outputs still in the producer's hands are waited for
 (the idempotent producer retries them itself, without duplicates), and only outputs
 whose send failed are sent again. A broker restart therefore costs waiting, not
@@ -44,8 +44,11 @@ def describe(exc: BaseException) -> str:
     return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
-class Delivery:
-    """The outputs of one batch and, per output, the future of its latest send."""
+class Shipment:
+    """The outputs of one batch and, per output, the future of its latest send.
+
+    Made on the publishing thread (pipelined) or the processing thread, then handed to
+    the processing thread with its batch: one thread at a time."""
 
     def __init__(self, outputs: Sequence[OutputRecord]) -> None:
         self.outputs = list(outputs)
@@ -64,32 +67,34 @@ class Delivery:
 
 
 class Sink:
-    """A thin, batch-oriented wrapper over KafkaProducer's futures."""
+    """A thin, batch-oriented wrapper over KafkaProducer's futures.
+
+    Threads: `send` on the publishing thread (pipelined) or the processing thread;
+    `complete`, `publish` and `close` on the processing thread. KafkaProducer is
+    thread-safe; a `Shipment` is only touched by one thread at a time (handed over with
+    its batch).
+    """
 
     def __init__(self, producer: KafkaProducer, timeout_s: float) -> None:
         self._producer = producer
         self._timeout_s = timeout_s
-
-    @property
-    def producer(self) -> KafkaProducer:
-        return self._producer
 
     def publish(self, outputs: Sequence[OutputRecord]) -> float:
         """Send all outputs, block until every one is acknowledged; returns the ack time.
 
         Raises PublishError when any send fails or the deadline passes.
         """
-        return self.complete(Delivery(outputs))
+        return self.complete(Shipment(outputs))
 
-    def complete(self, delivery: Delivery) -> float:
+    def complete(self, shipment: Shipment) -> float:
         """(Re)send what is unsent or failed, then wait for every acknowledgement.
 
         Returns the time the last acknowledgement was seen; raises PublishError naming
         the first failure when the deadline passes or a send fails.
         """
         deadline = time.monotonic() + self._timeout_s
-        self.send(delivery)
-        if any(future is None or not future.is_done for future in delivery.futures):
+        self.send(shipment)
+        if any(future is None or not future.is_done for future in shipment.futures):
             # flush() also waits for later batches' records: only when this one needs it.
             try:
                 self._producer.flush(timeout=max(deadline - time.monotonic(), 0.001))
@@ -98,29 +103,29 @@ class Sink:
             except KafkaError as exc:
                 raise PublishError(describe(exc), exc) from exc
         waiting = 0
-        for i, future in enumerate(delivery.futures):
+        for i, future in enumerate(shipment.futures):
             assert future is not None
             if not future.is_done:
                 waiting += 1
             elif future.failed():
                 failure = future.exception
                 raise PublishError(
-                    f"output to {delivery.outputs[i].topic!r} failed: {describe(failure)}",
+                    f"output to {shipment.outputs[i].topic!r} failed: {describe(failure)}",
                     failure,
                 )
         if waiting:
             raise PublishError(
-                f"{waiting} of {len(delivery.outputs)} outputs not acknowledged within "
+                f"{waiting} of {len(shipment.outputs)} outputs not acknowledged within "
                 f"{self._timeout_s:g}s (broker unreachable or topic not writable?)"
             )
         return time.time()
 
-    def send(self, delivery: Delivery) -> None:
+    def send(self, shipment: Shipment) -> None:
         """Send what is unsent or failed, without waiting for acknowledgements."""
-        for i in delivery.unsent():
-            out = delivery.outputs[i]
+        for i in shipment.unsent():
+            out = shipment.outputs[i]
             try:
-                delivery.futures[i] = self._producer.send(out.topic, value=out.value, key=out.key)
+                shipment.futures[i] = self._producer.send(out.topic, value=out.value, key=out.key)
             except KafkaTimeoutError as exc:
                 # send() blocks on topic metadata up to max_block_ms: the topic is
                 # missing, or this client may not see it.

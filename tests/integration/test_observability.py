@@ -179,12 +179,11 @@ def test_consumer_lag_is_end_offset_minus_position(
     )
     worker = Worker(settings, make_engine())
     worker.connect()
-    consumer = worker._consumer
-    assert consumer is not None
+    source, lag = worker.kafka.source, worker.kafka.lag
     tp = TopicPartition(topics["input"], 0)
     try:
         wait_for(
-            lambda: worker._poll(0.2, 1) == [] and tp in consumer.assignment(),
+            lambda: source.poll(0.2, 1) == [] and tp in source.assignment(),
             60,
             "the partition assigned",
         )
@@ -193,16 +192,15 @@ def test_consumer_lag_is_end_offset_minus_position(
             topics["input"],
             [(None, request_bytes(f"l{n}", "x")) for n in range(50)],
         )
-        polled = wait_for(lambda: worker._poll(0.2, 1), 60, "one record polled")
+        polled = wait_for(lambda: source.poll(0.2, 1), 60, "one record polled")
         assert len(polled) == 1
-        lag = wait_for(lambda: worker.refresh_lag().get(tp) == 49, 30, "lag of 49")
-        assert lag
+        assert wait_for(lambda: lag.refresh().get(tp) == 49, 30, "lag of 49")
         value = worker.metrics.registry.get_sample_value(
             "modstream_consumer_lag_records", {"topic": tp.topic, "partition": "0"}
         )
         assert value == 49
     finally:
-        worker._close()
+        worker.close()
 
 
 # -- a real Prometheus -------------------------------------------------------------------

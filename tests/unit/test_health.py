@@ -47,16 +47,23 @@ def test_idle_assigned_member_is_ready() -> None:
     assert state.readiness()[0]
 
 
-def test_producer_failure_makes_not_ready_with_its_problem() -> None:
+def test_kafka_failure_makes_not_ready_with_its_problem() -> None:
     state = HealthState(model_version="v1", group_joined=True)
-    state.set(producer_ok=False, problem="publishing failed: KafkaTimeoutError")
+    state.set(kafka_ok=False, problem="publishing failed: KafkaTimeoutError")
     ok, body = state.readiness()
     assert not ok
     assert body["reasons"] == ["publishing failed: KafkaTimeoutError"]
-    state.set(producer_ok=False, problem=None)
+    state.set(kafka_ok=False, problem=None)
     assert state.readiness()[1]["reasons"] == ["producer failing"]
-    state.set(producer_ok=True)
+    state.set(kafka_ok=True)
     assert state.readiness()[0]
+
+
+def test_setting_a_field_that_does_not_exist_fails_loudly() -> None:
+    state = HealthState()
+    with pytest.raises(AttributeError, match="producer_ok"):
+        state.set(producer_ok=False)  # the JSON name, not a field
+    assert state.readiness()[1]["producer_ok"] is True
 
 
 def test_liveness_fails_past_the_deadline_and_recovers_on_tick() -> None:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from worker.decode import SourceRecord
-from worker.pipeline import Pipeline, PreparedBatch, ScoringFailedError
-from worker.sink import Delivery, OutputRecord
+from worker.pipeline import OutputsFailedError, Pipeline, ScoringFailedError
+from worker.processing import PreparedBatch
+from worker.sink import OutputRecord, Shipment
 
 
 def record(offset: int) -> SourceRecord:
@@ -37,8 +38,8 @@ class Stages:
         outputs = [OutputRecord("out", None, str(scores).encode(), None)]
         return PreparedBatch([record(work)], outputs, {"ok": 1}, 0.0, 0.0)
 
-    def send(self, delivery: Delivery) -> None:
-        self.sent.append([out.value for out in delivery.outputs])
+    def send(self, shipment: Shipment) -> None:
+        self.sent.append([out.value for out in shipment.outputs])
 
 
 def test_batches_are_scored_published_and_completed_in_order() -> None:
@@ -77,7 +78,8 @@ def test_a_failing_stage_reaches_the_processing_thread(stage: str) -> None:
         pipeline.submit([record(2)], 2)
         assert pipeline.oldest(10) is not None
         pipeline.pop_oldest()
-        with pytest.raises(ScoringFailedError, match=r"broke on 2|outputs of 2"):
+        expected = ScoringFailedError if stage == "score" else OutputsFailedError
+        with pytest.raises(expected, match=r"broke on 2|outputs of 2"):
             pipeline.oldest(10)
         assert stages.sent == [[b"10"]]  # the failed batch sent nothing
     finally:

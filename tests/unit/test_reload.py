@@ -1,4 +1,4 @@
-"""Hot reload without a broker: detection, validation, failure memory, the swap slot."""
+"""worker/reload.py without a broker: detection, validation, failure memory, the offer."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from model.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointCorruptError
 from model.engine import Engine
 from model.store import CheckpointStore
 from tests.helpers import make_checkpoint
-from worker.app import Worker
 from worker.metrics import WorkerMetrics
 from worker.reload import CANARY_TEXTS, Reloader, ReloadError, validate_engine
-from worker.settings import WorkerSettings
 
 
 class Slot:
@@ -192,24 +190,3 @@ def test_polling_finds_a_promotion_without_being_asked(
         assert slot.latest_engine().version == new
     finally:
         reloader.stop()
-
-
-def test_worker_swaps_an_offered_engine_between_batches_only(tmp_path: Path) -> None:
-    make_checkpoint(tmp_path / "a", 1)
-    make_checkpoint(tmp_path / "b", 2)
-    old = Engine.load(tmp_path / "a", device="cpu")
-    new = Engine.load(tmp_path / "b", device="cpu")
-    worker = Worker(WorkerSettings(checkpoint_dir=tmp_path / "a"), old)
-    worker.offer_engine(new)
-    assert worker.engine is old, "offering must not touch the serving engine"
-    assert worker.latest_engine() is new
-    worker._apply_pending_engine()
-    assert worker.engine is new
-    assert reloads(worker.metrics, "ok") == 1
-    info = worker.metrics.registry.get_sample_value(
-        "modstream_model_info", {"version": new.version, "labels": "insult,spam", "device": "cpu"}
-    )
-    assert info == 1.0
-    assert worker.health.model_version == new.version
-    worker._apply_pending_engine()  # nothing pending: no change, no count
-    assert reloads(worker.metrics, "ok") == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from worker.app import ASSIGNORS
+from worker.clients import ASSIGNORS
 from worker.settings import WorkerSettings
 
 

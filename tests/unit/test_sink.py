@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 
-from worker.sink import Delivery, OutputRecord, PublishError, Sink
+from worker.sink import OutputRecord, PublishError, Shipment, Sink
 
 
 class FakeFuture:
@@ -56,20 +56,20 @@ def outputs(n: int, topic: str = "results") -> list[OutputRecord]:
 def test_retry_resends_only_failed_outputs_and_waits_for_pending_ones() -> None:
     producer = FakeProducer(["ok", "pending", "failed", "ok"])
     sink = Sink(producer, timeout_s=0.01)  # type: ignore[arg-type]
-    delivery = Delivery(outputs(3))
+    shipment = Shipment(outputs(3))
     with pytest.raises(PublishError, match="leader moved"):
-        sink.complete(delivery)
+        sink.complete(shipment)
     assert producer.sent == [b"v0", b"v1", b"v2"]
-    assert delivery.acknowledged() == 1
+    assert shipment.acknowledged() == 1
 
     with pytest.raises(PublishError, match="1 of 3 outputs not acknowledged"):
-        sink.complete(delivery)  # v2 re-sent; v1 still with the producer
+        sink.complete(shipment)  # v2 re-sent; v1 still with the producer
     assert producer.sent == [b"v0", b"v1", b"v2", b"v2"]
 
     producer.futures[1].outcome = "ok"  # the producer's own retry got through
-    sink.complete(delivery)
+    sink.complete(shipment)
     assert producer.sent == [b"v0", b"v1", b"v2", b"v2"], "nothing sent twice needlessly"
-    assert delivery.acknowledged() == 3
+    assert shipment.acknowledged() == 3
 
 
 def test_missing_topic_is_named_in_the_error() -> None:

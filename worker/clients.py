@@ -1,0 +1,177 @@
+"""The worker's Kafka clients: how they are built, and what their refusals mean.
+
+`connect` builds the consumer and the producer from `WorkerSettings` (bootstrap, group,
+security: `WorkerSettings.kafka_common` hands both clients the same SASL/TLS settings).
+When no broker answers within `MODSTREAM_STARTUP_TIMEOUT_S` it raises
+`BrokerUnavailableError` (exit code 4) saying which step failed: nothing accepts TCP
+connections, or something does but the SASL or TLS handshake never completed.
+
+Runs on the main thread at start; `new_producer` also on the processing thread, when
+exactly-once delivery replaces a producer it could not abort a transaction with.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.errors import (
+    FencedInstanceIdError,
+    KafkaError,
+    ProducerFencedError,
+    TransactionalIdAuthorizationFailedError,
+)
+
+from model.errors import ExitCode, ModstreamError
+from worker.settings import WorkerSettings
+from worker.sink import describe
+
+log = structlog.get_logger("modstream.worker")
+
+ASSIGNORS: dict[str, tuple[type[Any], ...]] = {
+    "range": (RangePartitionAssignor,),
+    "roundrobin": (RoundRobinPartitionAssignor,),
+    "cooperative-sticky": (CooperativeStickyAssignor,),
+}
+# Errors after which this process must not go on: another live worker holds the same
+# transactional id or group instance id (a configuration error), or this one is a zombie.
+FENCING_ERRORS: tuple[type[BaseException], ...] = (
+    ProducerFencedError,
+    FencedInstanceIdError,
+    TransactionalIdAuthorizationFailedError,
+)
+
+
+class BrokerUnavailableError(ModstreamError):
+    """The bootstrap servers could not be reached at start."""
+
+    exit_code = ExitCode.BROKER
+
+
+class WorkerFencedError(ModstreamError):
+    """Another live worker has this one's identity (transactional or group instance id):
+    going on would fight over it, so the worker stops without committing (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class KafkaClients:
+    """What `connect` made, for the worker to wire (its threads: see Source, delivery)."""
+
+    consumer: KafkaConsumer
+    producer: KafkaProducer
+
+
+def connect(settings: WorkerSettings) -> KafkaClients:
+    """Both clients, or BrokerUnavailableError naming the bootstrap and why it failed."""
+    consumer: KafkaConsumer | None = None
+    try:
+        consumer = new_consumer(settings)
+        producer = new_producer(settings)
+    except KafkaError as exc:
+        if consumer is not None:
+            consumer.close(autocommit=False)
+        raise BrokerUnavailableError(
+            f"no usable Kafka broker at {settings.kafka_bootstrap!r} within "
+            f"{settings.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security protocol "
+            f"{settings.security_protocol}): {describe(exc)}{refusal_hint(settings)}"
+        ) from exc
+    return KafkaClients(consumer, producer)
+
+
+def new_consumer(settings: WorkerSettings) -> KafkaConsumer:
+    """A group member that never commits by itself: offsets are committed by the delivery
+    (worker/delivery.py), only for acknowledged outputs."""
+    s = settings
+    transactional = s.delivery == "exactly_once"
+    return KafkaConsumer(
+        group_id=s.group_id,
+        group_instance_id=s.group_instance_id,
+        client_id=f"{s.client_id}-consumer",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=s.max_batch_size,
+        session_timeout_ms=s.session_timeout_ms,
+        max_poll_interval_ms=s.max_poll_interval_ms,
+        partition_assignment_strategy=ASSIGNORS[s.assignment_strategy],
+        isolation_level="read_committed" if transactional else "read_uncommitted",
+        bootstrap_timeout_ms=int(s.startup_timeout_s * 1000),
+        **s.kafka_common(),
+    )
+
+
+def new_producer(settings: WorkerSettings) -> KafkaProducer:
+    """An idempotent producer; in exactly-once mode a transactional one, initialised.
+
+    `init_transactions` with this worker's stable transactional id fences any earlier
+    producer with the same id (e.g. the process before a kill -9) and aborts the
+    transaction it left open, so none of its outputs ever become visible.
+    """
+    s = settings
+    transactional = s.delivery == "exactly_once"
+    options: dict[str, Any] = {
+        "client_id": f"{s.client_id}-producer",
+        "acks": "all",
+        "linger_ms": 5,
+        "max_block_ms": int(s.publish_timeout_s * 1000),
+        "bootstrap_timeout_ms": int(s.startup_timeout_s * 1000),
+        **s.kafka_common(),
+    }
+    if transactional:
+        options["transactional_id"] = s.resolved_transactional_id()
+    producer = KafkaProducer(**options)
+    if transactional:
+        try:
+            producer.init_transactions()
+        except BaseException:
+            producer.close(timeout=1.0)
+            raise
+        log.info("transactions_initialised", transactional_id=options["transactional_id"])
+    return producer
+
+
+def fenced_message(settings: WorkerSettings, exc: BaseException) -> str:
+    """Why a fenced worker stops, naming the ids that must be unique."""
+    return (
+        f"{type(exc).__name__}: {exc}: another live worker uses transactional id "
+        f"{settings.resolved_transactional_id()!r} or group instance id "
+        f"{settings.group_instance_id!r} (MODSTREAM_TRANSACTIONAL_ID / "
+        "MODSTREAM_GROUP_INSTANCE_ID must be unique per worker); stopping without committing"
+    )
+
+
+def refusal_hint(settings: WorkerSettings) -> str:
+    """When the servers accept TCP but the Kafka handshake never completes, say why."""
+    s = settings
+    reachable = [server for server in s.bootstrap_servers() if tcp_reachable(server)]
+    if not reachable:
+        return "; nothing accepts TCP connections there"
+    if s.security_protocol.startswith("SASL_"):
+        return (
+            f"; {reachable[0]} accepts connections but closed them during SASL "
+            f"{s.sasl_mechanism} authentication: check MODSTREAM_SASL_USERNAME "
+            f"({s.sasl_username!r}), MODSTREAM_SASL_PASSWORD and MODSTREAM_SASL_MECHANISM"
+        )
+    if s.security_protocol.endswith("SSL"):
+        return (
+            f"; {reachable[0]} accepts connections but the TLS handshake failed: check "
+            "MODSTREAM_SSL_CAFILE and that the listener speaks TLS"
+        )
+    return (
+        f"; {reachable[0]} accepts connections but no Kafka handshake completed: is it a "
+        "Kafka PLAINTEXT listener (MODSTREAM_SECURITY_PROTOCOL)?"
+    )
+
+
+def tcp_reachable(server: str, timeout_s: float = 2.0) -> bool:
+    host, _, port = server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,363 @@
+"""Delivering a batch: its outputs acknowledged, then its offsets committed (invariant 1).
+
+One interface, `BatchDelivery`, two modes (`MODSTREAM_DELIVERY`):
+
+`AtLeastOnceDelivery.deliver` (the default):
+
+1. Send every output not acknowledged yet (on the first try all of them; pipelined, the
+   publishing thread already sent them with `send`).
+2. Wait until the broker acknowledged every one, at most `MODSTREAM_PUBLISH_TIMEOUT_S`.
+3. On failure: count it, report not-ready, back off (0.5 s doubling to 30 s) and go
+   back to step 1 with the same `Shipment`: acknowledged outputs are not sent again,
+   pending ones are waited for, failed ones are re-sent. Asked to stop: one more try,
+   then `WorkerStoppedError`; nothing is committed.
+4. Ready again.
+5. Commit, per partition, one past the batch's highest offset: synchronously, or
+   (pipelined) asynchronously, `flush` making the latest certain before partitions
+   are handed back (revocation, shutdown).
+
+`TransactionalDelivery.deliver` (exactly-once): steps 1-5 are one Kafka transaction.
+
+1. Begin a transaction.
+2. Send the outputs and wait for every acknowledgement.
+3. Add the batch's offsets with the consumer's group metadata (KIP-447: a zombie
+   whose generation moved on cannot commit them).
+4. Commit the transaction: outputs and offsets become visible together.
+
+On a failure in steps 1-4:
+
+5. Abort the transaction (its outputs stay invisible to `read_committed` readers); a
+   producer that cannot abort is replaced, and initialising the new one with the same
+   transactional id aborts what the old one left.
+6. Rewind the consumer to the batch's first offsets, which are the last committed
+   positions (batches run one at a time, in order): the records come back in a later
+   poll. Not ready until a transaction commits again.
+7. Back off (0.5 s doubling to 30 s) and return None.
+
+A fenced producer (another live worker with the same transactional id) at any step
+raises `WorkerFencedError`: the worker stops without committing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+
+from model.errors import ModstreamError
+from worker.clients import FENCING_ERRORS, WorkerFencedError, fenced_message
+from worker.commit import CommitError, Committer, as_commit_request, next_offsets
+from worker.decode import SourceRecord
+from worker.health import HealthState
+from worker.metrics import WorkerMetrics
+from worker.settings import WorkerSettings
+from worker.sink import PublishError, Shipment, Sink, describe
+from worker.source import Source
+
+log = structlog.get_logger("modstream.worker")
+
+FIRST_PUBLISH_BACKOFF_S = 0.5
+MAX_PUBLISH_BACKOFF_S = 30.0
+
+
+class WorkerStoppedError(ModstreamError):
+    """Shutdown was requested while a batch's outputs were still unacknowledged."""
+
+
+class Backoff:
+    """The pause between tries: `first_s`, doubling to `MAX_PUBLISH_BACKOFF_S`.
+    Processing thread (each delivery has its own)."""
+
+    def __init__(self, first_s: float) -> None:
+        self.first_s = first_s
+        self.seconds = first_s
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Pause; True when a stop was requested meanwhile (the pause is cut short)."""
+        return stop.wait(self.seconds)
+
+    def grow(self) -> None:
+        self.seconds = min(self.seconds * 2, MAX_PUBLISH_BACKOFF_S)
+
+    def reset(self) -> None:
+        self.seconds = self.first_s
+
+
+class BatchDelivery(Protocol):
+    """Publishes a batch's outputs and commits its offsets (the module docstring's steps).
+
+    Processing thread: `deliver`, `flush`, `forget`, `close`.
+    """
+
+    def deliver(self, batch: Sequence[SourceRecord], shipment: Shipment) -> float | None:
+        """Steps 1-5 for one batch; the time its outputs were acknowledged, or None when
+        its records come back in a later poll (transaction aborted and rewound)."""
+        ...
+
+    def flush(self) -> None:
+        """Make every commit sent so far certain (before partitions are handed back)."""
+        ...
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions lost to the group: their offsets can no longer be committed here."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class AtLeastOnceDelivery:
+    """Acknowledged, then committed; retried on the same outputs until acknowledged.
+
+    Threads: `send` on the publishing thread (pipelined); `deliver`, `flush`, `forget`
+    and `close` on the processing thread; the outcome of an asynchronous commit on
+    whichever thread kafka-python reports it (only counted and logged).
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        consumer: KafkaConsumer,
+        metrics: WorkerMetrics,
+        health: HealthState,
+        stop: threading.Event,
+        commit_async: bool = False,
+        first_backoff_s: float = FIRST_PUBLISH_BACKOFF_S,
+    ) -> None:
+        """`consumer` commits the offsets (a KafkaConsumer). `commit_async` (set when
+        batches are pipelined): step 5 does not wait for the broker's answer, so the
+        processing thread never waits a round trip per batch."""
+        self._sink = sink
+        self._committer = Committer(consumer, self._async_commit_done)
+        self._metrics = metrics
+        self._health = health
+        self._stop = stop
+        self.commit_async = commit_async
+        self._first_backoff_s = first_backoff_s
+
+    def send(self, shipment: Shipment) -> None:
+        """Publishing thread: step 1 ahead of `deliver`, without waiting for acks."""
+        self._sink.send(shipment)
+
+    def deliver(self, batch: Sequence[SourceRecord], shipment: Shipment) -> float:
+        """At-least-once steps 1-5; never None: it retries until acknowledged, or raises
+        WorkerStoppedError."""
+        publish_start = time.perf_counter()
+        acked_at = self._publish_until_acknowledged(batch, shipment)  # steps 1-4
+        self._metrics.stage_seconds.labels(stage="publish").observe(
+            time.perf_counter() - publish_start
+        )
+        # Step 5: every output of the batch is acknowledged.
+        commit_start = time.perf_counter()
+        if self.commit_async:
+            self._committer.commit_async(batch)
+        else:
+            try:
+                self._committer.commit(batch)
+                self._metrics.commits.labels(result="ok").inc()
+            except CommitError as exc:
+                self._commit_failed(exc)
+        self._metrics.stage_seconds.labels(stage="commit").observe(
+            time.perf_counter() - commit_start
+        )
+        return acked_at
+
+    def _publish_until_acknowledged(
+        self, batch: Sequence[SourceRecord], shipment: Shipment
+    ) -> float:
+        backoff = Backoff(self._first_backoff_s)
+        last_try = False
+        while True:
+            try:
+                # Steps 1-2, on the same shipment every try.
+                acked_at = self._sink.complete(shipment)
+            except PublishError as exc:
+                # Step 3: count, report, back off; then try again.
+                kind = type(exc.cause).__name__ if exc.cause else "PublishError"
+                self._metrics.kafka_errors.labels(kind=kind).inc()
+                self._metrics.publish_retries.inc()
+                self._health.set(kafka_ok=False, problem=f"publishing failed: {exc}")
+                first = batch[0]
+                log.error(
+                    "publish_failed",
+                    error=str(exc),
+                    topic=first.topic,
+                    partition=first.partition,
+                    offset=first.offset,
+                    batch_size=len(batch),
+                    acknowledged=shipment.acknowledged(),
+                    retry_in_s=backoff.seconds,
+                    committed=False,
+                )
+                if last_try:
+                    raise WorkerStoppedError(
+                        f"stopped with {len(shipment.outputs) - shipment.acknowledged()} "
+                        f"outputs unacknowledged: {exc}"
+                    ) from exc
+                if backoff.wait(self._stop):
+                    # Asked to stop: one more try (the broker may just be back), then give up.
+                    last_try = True
+                    continue
+                backoff.grow()
+                self._health.tick()
+                continue
+            self._health.set(kafka_ok=True, problem=None)  # step 4
+            return acked_at
+
+    def flush(self) -> None:
+        try:
+            self._committer.flush()
+        except CommitError as exc:
+            self._commit_failed(exc)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        self._committer.forget(partitions)
+
+    def close(self) -> None:
+        _close_sink(self._sink)
+
+    def _async_commit_done(self, error: CommitError | None) -> None:
+        if error is None:
+            self._metrics.commits.labels(result="ok").inc()
+        else:
+            self._commit_failed(error)
+
+    def _commit_failed(self, exc: CommitError) -> None:
+        # The partition moved on; its new owner re-reads from the last commit
+        # (at-least-once: a duplicate, never a loss).
+        self._metrics.commits.labels(result="failed").inc()
+        kind = type(exc.__cause__).__name__ if exc.__cause__ else "CommitError"
+        self._metrics.kafka_errors.labels(kind=kind).inc()
+        log.warning(
+            "commit_failed",
+            error=str(exc),
+            offsets={f"{tp.topic}-{tp.partition}": offset for tp, offset in exc.offsets.items()},
+        )
+
+
+class TransactionalDelivery:
+    """Outputs and offsets in one Kafka transaction per batch, one transaction at a time.
+
+    Owns the transactional producer (and replaces it when it cannot abort). Processing
+    thread only.
+    """
+
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        new_producer: Callable[[], KafkaProducer],
+        source: Source,
+        settings: WorkerSettings,
+        metrics: WorkerMetrics,
+        health: HealthState,
+        stop: threading.Event,
+        first_backoff_s: float = FIRST_PUBLISH_BACKOFF_S,
+    ) -> None:
+        """`producer` has its transactions initialised; `new_producer` makes another
+        (initialised the same way) when this one must be replaced."""
+        self._producer = producer
+        self._sink = Sink(producer, settings.publish_timeout_s)
+        self._new_producer = new_producer
+        self._source = source
+        self._settings = settings
+        self._metrics = metrics
+        self._health = health
+        self._stop = stop
+        self._backoff = Backoff(first_backoff_s)
+
+    def deliver(self, batch: Sequence[SourceRecord], shipment: Shipment) -> float | None:
+        """Exactly-once steps 1-4, or 5-7 and None when the transaction was aborted."""
+        publish_start = time.perf_counter()
+        acked_at = self._transaction(batch, shipment)
+        self._metrics.stage_seconds.labels(stage="publish").observe(
+            time.perf_counter() - publish_start
+        )
+        return acked_at
+
+    def _transaction(self, batch: Sequence[SourceRecord], shipment: Shipment) -> float | None:
+        offsets = as_commit_request(next_offsets(batch))
+        try:
+            self._producer.begin_transaction()  # step 1
+            acked_at = self._sink.complete(shipment)  # step 2
+            self._producer.send_offsets_to_transaction(  # step 3
+                offsets, self._source.group_metadata()
+            )
+            self._producer.commit_transaction()  # step 4
+        except FENCING_ERRORS as exc:
+            raise WorkerFencedError(fenced_message(self._settings, exc)) from exc
+        except (PublishError, KafkaError) as exc:
+            self._abort_and_rewind(batch, exc)  # steps 5-7
+            return None
+        self._backoff.reset()
+        self._metrics.commits.labels(result="ok").inc()
+        self._health.set(kafka_ok=True, problem=None)
+        return acked_at
+
+    def _abort_and_rewind(self, batch: Sequence[SourceRecord], exc: Exception) -> None:
+        cause = exc.cause if isinstance(exc, PublishError) else exc
+        self._metrics.kafka_errors.labels(kind=type(cause or exc).__name__).inc()
+        self._metrics.publish_retries.inc()
+        self._metrics.commits.labels(result="aborted").inc()
+        self._health.set(kafka_ok=False, problem=f"transaction aborted: {exc}")
+        first = batch[0]
+        log.error(
+            "transaction_aborted",
+            error=str(exc) if isinstance(exc, PublishError) else describe(exc),
+            topic=first.topic,
+            partition=first.partition,
+            offset=first.offset,
+            batch_size=len(batch),
+            retry_in_s=self._backoff.seconds,
+            committed=False,
+        )
+        # Step 5: abort, or replace a producer that cannot.
+        try:
+            self._producer.abort_transaction()
+        except FENCING_ERRORS as abort_exc:
+            raise WorkerFencedError(fenced_message(self._settings, abort_exc)) from abort_exc
+        except KafkaError as abort_exc:
+            log.warning("abort_failed_replacing_producer", error=str(abort_exc))
+            self._replace_producer()
+        self._source.rewind(batch)  # step 6
+        self._health.tick()
+        self._backoff.wait(self._stop)  # step 7
+        self._backoff.grow()
+
+    def _replace_producer(self) -> None:
+        try:
+            self._sink.close(timeout_s=1.0)
+        except KafkaError as exc:
+            log.warning("producer_close_failed", error=str(exc))
+        while True:
+            try:
+                self._producer = self._new_producer()
+                self._sink = Sink(self._producer, self._settings.publish_timeout_s)
+                return
+            except FENCING_ERRORS as exc:
+                raise WorkerFencedError(fenced_message(self._settings, exc)) from exc
+            except KafkaError as exc:
+                log.error("producer_init_failed", error=str(exc), retry_in_s=self._backoff.seconds)
+                if self._backoff.wait(self._stop):
+                    raise WorkerStoppedError("stopped while re-creating the producer") from exc
+                self._backoff.grow()
+
+    def flush(self) -> None:
+        """Nothing to flush: a committed transaction committed its offsets."""
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Nothing to forget: offsets only travel inside a transaction."""
+
+    def close(self) -> None:
+        _close_sink(self._sink)
+
+
+def _close_sink(sink: Sink) -> None:
+    try:
+        sink.close()
+    except KafkaError as exc:
+        log.warning("producer_close_failed", error=str(exc))

@@ -1,0 +1,242 @@
+"""Stage → score → prepare: one batch of records to one output per record, no Kafka.
+
+1. Stage: decode every record (invalid ones become dead letters, nothing raises) and
+   tokenise the valid texts with the engine the batch was given: that engine also
+   scores them, so a batch is scored by exactly one model version (invariant 4).
+2. Score: run the model on the whole batch; if the batch fails (encoding or inference),
+   score the texts one by one so that one bad text dead-letters only itself.
+3. Prepare: one output per record, in consumption order: a Result, or a DeadLetter
+   (invalid input, or inference failed for that text) (invariant 2).
+
+The worker runs the steps on up to three threads (worker/pipeline.py); `modstream score`
+runs them one after the other (`process`) over JSON lines, so both write identical
+records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from model.engine import EncodedBatch, Engine
+from schemas.dead_letter import DeadLetter, ErrorKind
+from schemas.result import Timings
+from worker.decode import Decoded, Decoder, Rejected, SourceRecord
+from worker.metrics import WorkerMetrics
+from worker.results import build_result
+from worker.sink import OutputRecord
+
+log = structlog.get_logger("modstream.worker")
+
+
+@dataclass
+class StagedBatch:
+    """A closed batch decoded and tokenised (step 1)."""
+
+    batch: list[SourceRecord]
+    items: list[Decoded | Rejected]  # one per record, in consumption order
+    decoded: list[Decoded]
+    encoded: EncodedBatch | None  # the decoded texts; None if encoding raised
+    engine: Engine  # the model that encoded them scores them (invariant 4)
+    started: float
+
+
+@dataclass
+class ScoredBatch:
+    """Step 2's answer for a staged batch."""
+
+    rows: list[Any]  # per decoded request its scores, None where scoring failed
+    inference_s: float  # the batch's tokenise + inference seconds
+    failures: dict[int, str]  # per failed request (by `id()`) why
+
+
+@dataclass
+class PreparedBatch:
+    """A batch with one output per record, ready to publish (step 3)."""
+
+    batch: list[SourceRecord]
+    outputs: list[OutputRecord]
+    outcomes: dict[str, int]
+    started: float
+    inference_s: float
+
+
+class BatchProcessor:
+    """Stages, scores and prepares batches; reports each step to the worker's metrics.
+
+    Threads: `stage` on the processing thread; `score` on the scoring thread and
+    `prepare` on the publishing thread when the worker is pipelined, else both on the
+    processing thread. It keeps no state between calls (the decoder and the metrics are
+    thread-safe), so the three may run on different batches at once.
+    """
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        metrics: WorkerMetrics,
+        result_topic: str,
+        dead_letter_topic: str,
+    ) -> None:
+        self.decoder = decoder
+        self.metrics = metrics
+        self.result_topic = result_topic
+        self.dead_letter_topic = dead_letter_topic
+
+    def process(self, batch: Sequence[SourceRecord], engine: Engine) -> PreparedBatch:
+        """Steps 1-3 one after the other, on the calling thread."""
+        staged = self.stage(batch, engine)
+        return self.prepare(staged, self.score(staged))
+
+    def stage(self, batch: Sequence[SourceRecord], engine: Engine) -> StagedBatch:
+        """Step 1: decode, then encode the valid texts with the model that will score them."""
+        started = time.time()
+        queue_seconds = self.metrics.stage_seconds.labels(stage="queue")
+        for record in batch:
+            queue_seconds.observe(max(started - _arrival(record, started), 0.0))
+        decode_start = time.perf_counter()
+        items = [self.decoder.decode(record) for record in batch]
+        self.metrics.stage_seconds.labels(stage="decode").observe(
+            time.perf_counter() - decode_start
+        )
+        self.metrics.batch_size.observe(len(batch))
+        decoded = [item for item in items if isinstance(item, Decoded)]
+        encoded: EncodedBatch | None = None
+        if decoded:
+            try:
+                encoded = engine.encode_batch([d.request.text for d in decoded])
+            except Exception as exc:  # scored one by one in `score`, never lost
+                log.error("batch_encoding_failed", error=str(exc), batch_size=len(decoded))
+        return StagedBatch(list(batch), items, decoded, encoded, engine, started)
+
+    def score(self, staged: StagedBatch) -> ScoredBatch:
+        """Step 2: score with the batch's engine; one by one when the batch fails."""
+        engine, decoded, encoded = staged.engine, staged.decoded, staged.encoded
+        # Log context is per thread: the scoring thread's lines name the model too.
+        structlog.contextvars.bind_contextvars(model_version=engine.version)
+        if not decoded:
+            return ScoredBatch([], 0.0, {})
+        if encoded is None:  # encoding the batch failed: find the text that fails
+            return self._score_individually(engine, decoded)
+        try:
+            scores = engine.score_encoded(encoded)
+        except Exception as exc:
+            # One bad text must not dead-letter its whole batch: retry one by one.
+            log.error("batch_inference_failed", error=str(exc), batch_size=len(decoded))
+            return self._score_individually(engine, decoded)
+        m = self.metrics
+        m.inference_seconds.observe(scores.tokenize_seconds + scores.inference_seconds)
+        m.stage_seconds.labels(stage="tokenize").observe(scores.tokenize_seconds)
+        m.stage_seconds.labels(stage="inference").observe(scores.inference_seconds)
+        m.batch_tokens.observe(scores.real_tokens)
+        if scores.padded_tokens:
+            m.padding_efficiency.observe(scores.real_tokens / scores.padded_tokens)
+        return ScoredBatch(
+            list(scores.probabilities), scores.tokenize_seconds + scores.inference_seconds, {}
+        )
+
+    def _score_individually(self, engine: Engine, decoded: Sequence[Decoded]) -> ScoredBatch:
+        rows: list[Any] = []
+        failed: dict[int, str] = {}
+        start = time.perf_counter()
+        for item in decoded:
+            try:
+                rows.append(engine.score([item.request.text]).probabilities[0])
+            except Exception as exc:
+                rows.append(None)
+                failed[id(item)] = f"{type(exc).__name__}: {exc}"
+                log.error(
+                    "inference_failed",
+                    topic=item.record.topic,
+                    partition=item.record.partition,
+                    offset=item.record.offset,
+                    error=str(exc),
+                )
+        return ScoredBatch(rows, time.perf_counter() - start, failed)
+
+    def prepare(self, staged: StagedBatch, scores: ScoredBatch) -> PreparedBatch:
+        """Step 3: one output per record, in consumption order."""
+        engine, started, batch = staged.engine, staged.started, staged.batch
+        structlog.contextvars.bind_contextvars(model_version=engine.version)
+        decoded = staged.decoded
+        outputs: list[OutputRecord] = []
+        scored = iter(zip(decoded, scores.rows, strict=True))
+        outcomes: dict[str, int] = {"ok": 0, "invalid": 0, "error": 0}
+        for item in staged.items:
+            if isinstance(item, Rejected):
+                outputs.append(self._dead_letter_output(item.dead_letter, item.record))
+                outcomes["invalid"] += 1
+                self.metrics.dead_letters.labels(reason=item.dead_letter.error_kind).inc()
+                log.warning(
+                    "dead_lettered",
+                    topic=item.record.topic,
+                    partition=item.record.partition,
+                    offset=item.record.offset,
+                    error_kind=item.dead_letter.error_kind.value,
+                    error_message=item.dead_letter.error_message[:200],
+                )
+                continue
+            request_item, row = next(scored)
+            if row is None:
+                why = scores.failures.get(id(request_item), "")
+                rejected = self.decoder.reject(item.record, ErrorKind.INFERENCE_ERROR, why)
+                outputs.append(self._dead_letter_output(rejected.dead_letter, item.record))
+                outcomes["error"] += 1
+                self.metrics.dead_letters.labels(reason=ErrorKind.INFERENCE_ERROR).inc()
+                continue
+            outputs.append(
+                self._result_output(
+                    engine, request_item, row, started, scores.inference_s, len(decoded)
+                )
+            )
+            outcomes["ok"] += 1
+        return PreparedBatch(list(batch), outputs, outcomes, started, scores.inference_s)
+
+    def _result_output(
+        self,
+        engine: Engine,
+        item: Decoded,
+        row: Any,
+        started: float,
+        inference_s: float,
+        batch_size: int,
+    ) -> OutputRecord:
+        record = item.record
+        queued_ms = (
+            (started - record.timestamp_ms / 1000.0) * 1000.0 if record.timestamp_ms else 0.0
+        )
+        timings = Timings(
+            queued_ms=round(queued_ms, 3),
+            inference_ms=round(inference_s * 1000.0, 3),
+            batch_size=batch_size,
+        )
+        result = build_result(engine, item, row, timings)
+        for label, score in result.category_scores.items():
+            self.metrics.scores.labels(category=label).observe(score)
+            if result.categories[label]:
+                self.metrics.flagged.labels(category=label).inc()
+        key = record.key if record.key is not None else item.request.id.encode("utf-8")
+        return OutputRecord(
+            self.result_topic,
+            key,
+            result.model_dump_json().encode("utf-8"),
+            record.timestamp_ms,
+        )
+
+    def _dead_letter_output(self, dead_letter: DeadLetter, record: SourceRecord) -> OutputRecord:
+        return OutputRecord(
+            self.dead_letter_topic,
+            record.key,
+            dead_letter.model_dump_json().encode("utf-8"),
+            record.timestamp_ms,
+        )
+
+
+def _arrival(record: SourceRecord, default: float) -> float:
+    """When a record entered the system: its Kafka timestamp, else when it was polled."""
+    if record.timestamp_ms is not None and record.timestamp_ms > 0:
+        return record.timestamp_ms / 1000.0
+    return record.polled_at if record.polled_at is not None else default
