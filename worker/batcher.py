@@ -63,6 +63,9 @@ class Batcher:
                 timeout = self._first_at + self.max_wait_s - time.monotonic()
                 if timeout <= 0:
                     return self.take()
+                # A poll blocks for its whole timeout when no record comes: never longer
+                # than an idle poll, so a stop is seen as soon as while idle.
+                timeout = min(timeout, self.idle_poll_s)
                 if close_early is not None:  # look again soon: the scorer may free up
                     timeout = min(timeout, EARLY_CLOSE_CHECK_S)
             records = poll(max(timeout, 0.0), self.max_size - len(self._pending))

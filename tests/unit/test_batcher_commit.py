@@ -71,6 +71,17 @@ def test_batch_grows_while_the_scorer_is_busy_and_closes_once_it_is_free() -> No
     assert all(timeout <= 0.002 for timeout, _ in poll.calls[1:])
 
 
+def test_a_stop_is_seen_within_an_idle_poll_while_a_batch_waits_to_close() -> None:
+    """A long max wait must not hold a shutdown: every poll is bounded by the idle poll."""
+    poll = ScriptedPoll([[make(0, 3)]])
+    stop_after = iter([False, False, False, True])
+    batcher = Batcher(max_size=10, max_wait_s=600, max_bytes=10**9, idle_poll_s=0.01)
+    batch = batcher.collect(poll, lambda: next(stop_after))
+    assert [r.offset for r in batch] == [3], "the open batch is handed back at the stop"
+    assert len(poll.calls) == 3
+    assert all(timeout <= 0.01 for timeout, _ in poll.calls)
+
+
 def test_idle_poll_returns_empty_and_keeps_nothing() -> None:
     batcher = Batcher(max_size=10, max_wait_s=1, max_bytes=10**9, idle_poll_s=0.01)
     assert batcher.collect(ScriptedPoll([]), lambda: False) == []
