@@ -67,5 +67,9 @@ def test_non_finite_scores() -> None:
         should_promote(table(insult=0.7), table(insult=0.7), math.inf)
 
 
-def test_default_tolerance_is_small() -> None:
-    assert 0 < DEFAULT_TOLERANCE <= 0.01
+def test_the_default_tolerance_is_the_documented_half_point_of_auc() -> None:
+    """README: promoted unless the mean AUC is lower by more than 0.005 (by default)."""
+    current = table(insult=0.80, spam=0.80)
+    assert should_promote(table(insult=0.796, spam=0.796), current)[0]
+    assert not should_promote(table(insult=0.794, spam=0.794), current)[0]
+    assert should_promote(table(insult=0.796, spam=0.796), current, DEFAULT_TOLERANCE)[0]

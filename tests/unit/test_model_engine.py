@@ -174,3 +174,29 @@ def test_a_batch_encoded_by_another_model_is_refused() -> None:
     other.version = "other-version"
     with pytest.raises(EngineError, match="other-version"):
         engine.score_encoded(other.encode_batch(["you idiot"]))
+
+
+def test_the_token_cache_stays_bounded_and_clearing_it_changes_no_score(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every distinct token ever seen would otherwise stay in memory: a stream of unique
+    words (ids, hashes, attacker text) must not grow it past its bound plus one batch."""
+    monkeypatch.setattr("model.engine.TOKEN_CACHE_SIZE", 50)
+    engine, fresh = make_engine(subword_buckets=64), make_engine(subword_buckets=64)
+    per_batch = 20
+
+    def word(n: int) -> str:  # letters only: the tokenizer folds digits into <num>
+        return "".join(chr(ord("a") + n // 26**i % 26) for i in range(4))
+
+    for batch in range(30):
+        texts = [f"{word(batch * per_batch + n)} idiot" for n in range(per_batch)]
+        engine.score(texts)
+        engine.score_one_by_one(texts[:2])
+        assert len(engine._token_cache) <= 50 + per_batch + 1, batch
+    texts = [f"{word(0)} idiot", f"{word(599)} prize", "never seen before"]
+    np.testing.assert_allclose(
+        engine.score(texts).probabilities, fresh.score(texts).probabilities, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        engine.score_one_by_one(texts), fresh.score_one_by_one(texts), atol=1e-6
+    )
