@@ -153,3 +153,20 @@ def test_flush_skips_lost_partitions_and_raises_commit_error() -> None:
 
 
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+def test_the_byte_budget_closes_a_batch_exactly_at_max_bytes_every_time() -> None:
+    batcher = Batcher(max_size=100, max_wait_s=60, max_bytes=1000, idle_poll_s=0.01)
+    for first in (0, 10):  # the budget starts afresh with each batch
+        poll = ScriptedPoll(
+            [[make(0, first, 999)], [make(0, first + 1, 1)], [make(0, first + 2, 5)]]
+        )
+        batch = batcher.collect(poll, lambda: False)
+        assert [r.offset for r in batch] == [first, first + 1], "999 bytes keep it open"
+
+
+def test_an_idle_worker_polls_half_a_second_at_a_time_by_default() -> None:
+    """/livez and the stop rely on the loop turning at least this often while idle."""
+    poll = ScriptedPoll([])
+    assert Batcher(max_size=10, max_wait_s=1, max_bytes=10**9).collect(poll, lambda: False) == []
+    assert poll.calls == [(0.5, 10)]

@@ -6,7 +6,7 @@ import pytest
 
 from schemas import ErrorKind
 from schemas.dead_letter import decode_bytes
-from worker.decode import Decoded, Decoder, Rejected, SourceRecord
+from worker.decode import MAX_EMBEDDED_BYTES, Decoded, Decoder, Rejected, SourceRecord
 
 
 def record(value: bytes | None, key: bytes | None = b"k") -> SourceRecord:
@@ -55,3 +55,44 @@ def test_message_names_every_failing_field() -> None:
     assert isinstance(outcome, Rejected)
     assert "id:" in outcome.dead_letter.error_message
     assert "text:" in outcome.dead_letter.error_message
+
+
+def test_messages_name_each_field_by_its_path_and_join_errors_with_semicolons() -> None:
+    decoder = Decoder(max_text_chars=100)
+    outcome = decoder.decode(record(b'{"id": 1, "text": "hi", "metadata": {"a": 2}}'))
+    assert isinstance(outcome, Rejected)
+    assert outcome.dead_letter.error_message == (
+        "id: Input should be a valid string; metadata.a: Input should be a valid string"
+    )
+    outcome = decoder.decode(record(b"[1]"))  # an error about the whole value
+    assert isinstance(outcome, Rejected)
+    assert outcome.dead_letter.error_message.startswith("value: ")
+
+
+def test_a_tombstone_says_so_and_a_dead_letter_keeps_the_source_coordinates_and_time() -> None:
+    outcome = Decoder(max_text_chars=100).decode(record(None))
+    assert isinstance(outcome, Rejected)
+    letter = outcome.dead_letter
+    assert letter.error_message == "record value is null (tombstone)"
+    assert letter.timestamp == 1_700_000_000_000
+    assert letter.dead_lettered_at.utcoffset() is not None, "an aware UTC time"
+    assert letter.dead_lettered_at.utcoffset().total_seconds() == 0
+
+
+def test_a_value_of_exactly_the_embedded_limit_is_kept_whole() -> None:
+    value = b"x" * MAX_EMBEDDED_BYTES
+    outcome = Decoder(max_text_chars=100).decode(record(value, key=b"k" * MAX_EMBEDDED_BYTES))
+    assert isinstance(outcome, Rejected)
+    letter = outcome.dead_letter
+    assert not letter.truncated
+    assert decode_bytes(letter.value, letter.value_encoding) == value
+    assert letter.key == "k" * MAX_EMBEDDED_BYTES
+
+
+def test_an_oversized_value_that_is_not_utf8_is_cut_and_marked_truncated() -> None:
+    value = b"\xff" * (MAX_EMBEDDED_BYTES + 1)
+    outcome = Decoder(max_text_chars=100).decode(record(value))
+    assert isinstance(outcome, Rejected)
+    letter = outcome.dead_letter
+    assert letter.truncated and letter.value_encoding == "base64"
+    assert decode_bytes(letter.value, letter.value_encoding) == value[:MAX_EMBEDDED_BYTES]

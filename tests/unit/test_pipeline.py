@@ -6,11 +6,18 @@ import threading
 from typing import Any
 
 import pytest
+import structlog
 
 from worker.decode import SourceRecord
-from worker.pipeline import OutputsFailedError, Pipeline, ScoringFailedError
+from worker.pipeline import (
+    InFlight,
+    OutputsFailedError,
+    Pipeline,
+    PipelineError,
+    ScoringFailedError,
+)
 from worker.processing import PreparedBatch
-from worker.sink import OutputRecord, Shipment
+from worker.sink import OutputRecord, PublishError, Shipment
 
 
 def record(offset: int) -> SourceRecord:
@@ -82,5 +89,97 @@ def test_a_failing_stage_reaches_the_processing_thread(stage: str) -> None:
         with pytest.raises(expected, match=r"broke on 2|outputs of 2"):
             pipeline.oldest(10)
         assert stages.sent == [[b"10"]]  # the failed batch sent nothing
+    finally:
+        pipeline.close()
+
+
+class Done:
+    def __init__(self, is_done: bool) -> None:
+        self.is_done = is_done
+
+
+def test_a_batch_is_settled_once_nothing_of_it_is_on_its_way() -> None:
+    item = InFlight([record(0)], work=0)
+    assert not item.settled(), "not sent yet"
+    item.ready.set()
+    assert item.settled(), "a failed stage: nothing on its way, completing raises"
+    item.shipment = Shipment([OutputRecord("out", None, b"v", None)] * 3)
+    item.shipment.futures = [Done(True), None, Done(True)]
+    assert item.settled(), "acknowledged or failed, and one never sent"
+    item.shipment.futures[1] = Done(False)
+    assert not item.settled(), "one still with the producer"
+
+
+def test_the_threads_are_named_for_profiles_and_never_hold_the_process_open() -> None:
+    stages = Stages()
+    before = set(threading.enumerate())
+    pipeline = Pipeline(stages.score, stages.prepare, stages.send, depth=1)
+    try:
+        started = {t.name: t.daemon for t in set(threading.enumerate()) - before}
+        assert started == {"scoring": True, "publishing": True}
+    finally:
+        stages.release.set()
+        pipeline.close()
+
+
+def test_looking_at_the_oldest_batch_without_waiting_returns_at_once() -> None:
+    stages = Stages()  # the scorer is held
+    pipeline = Pipeline(stages.score, stages.prepare, stages.send, depth=1)
+    try:
+        pipeline.submit([record(1)], 1)
+        looked = threading.Event()
+        looker = threading.Thread(target=lambda: (pipeline.oldest(0), looked.set()))
+        looker.start()
+        assert looked.wait(5), "oldest(0) waited for the held scorer"
+        looker.join(5)
+        assert pipeline.oldest(0) is None
+    finally:
+        stages.release.set()
+        pipeline.close()
+
+
+def test_a_send_the_client_refuses_is_logged_and_left_for_completion_to_retry() -> None:
+    stages = Stages()
+    stages.release.set()
+
+    def refuse(shipment: Shipment) -> None:
+        raise PublishError("cannot send to topic 'out': KafkaTimeoutError: no metadata")
+
+    pipeline = Pipeline(stages.score, stages.prepare, refuse, depth=1)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            pipeline.submit([record(1), record(2)], 1)
+            head = pipeline.oldest(10)
+        assert head is not None and head.error is None
+        assert head.shipment is not None and head.shipment.unsent() == [0]
+        assert logs == [
+            {
+                "event": "send_failed",
+                "log_level": "warning",
+                "error": "cannot send to topic 'out': KafkaTimeoutError: no metadata",
+                "batch_size": 2,
+            }
+        ]
+    finally:
+        pipeline.close()
+
+
+@pytest.mark.parametrize("stage", ["score", "prepare"])
+def test_after_a_failed_batch_the_threads_keep_serving_the_next(stage: str) -> None:
+    stages = Stages()
+    stages.release.set()
+    setattr(stages, f"fail_{stage}_on", 1)
+    pipeline = Pipeline(stages.score, stages.prepare, stages.send, depth=2)
+    try:
+        pipeline.submit([record(1)], 1)
+        pipeline.submit([record(2)], 2)
+        with pytest.raises(PipelineError) as raised:
+            pipeline.oldest(10)
+        assert isinstance(raised.value.__cause__, RuntimeError | ValueError), "the cause kept"
+        assert str(raised.value.__cause__) in {"model broke on 1", "cannot build outputs of 1"}
+        pipeline.pop_oldest()
+        head = pipeline.oldest(10)
+        assert head is not None and head.prepared is not None
+        assert head.prepared.outputs[0].value == b"20"
     finally:
         pipeline.close()

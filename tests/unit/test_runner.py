@@ -1,0 +1,165 @@
+"""worker/runner.py: the books of a delivered batch (latency, outcomes, the debug line), a
+batch whose transaction was rewound, and when the scorer counts as idle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+import structlog
+from kafka.structs import TopicPartition
+
+from tests.helpers import wait_for
+from tests.unit.test_model_engine import make_engine
+from tests.unit.test_worker_loop import Polled, SlowBroker, connect
+from worker.decode import SourceRecord
+from worker.engine_slot import EngineSlot
+from worker.health import HealthState
+from worker.metrics import WorkerMetrics
+from worker.processing import PreparedBatch
+from worker.runner import BatchRunner
+from worker.sink import OutputRecord, Shipment
+from worker.summary import SummaryLog
+
+ACKED_AT = 1_000.0  # epoch seconds the broker acknowledged the batch's outputs
+
+
+class Delivery:
+    """A delivery that acknowledges at ACKED_AT, or (`rewound`) hands the batch back."""
+
+    def __init__(self, rewound: bool = False) -> None:
+        self.rewound = rewound
+        self.delivered: list[int] = []
+
+    def deliver(self, batch: Sequence[SourceRecord], shipment: Shipment) -> float | None:
+        self.delivered.append(len(shipment.outputs))
+        return None if self.rewound else ACKED_AT
+
+    def flush(self) -> None: ...
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Processor:
+    """Prepares every batch as `prepared` says: one output per record."""
+
+    def __init__(self, inference_s: float, started: float) -> None:
+        self.inference_s, self.started = inference_s, started
+
+    def process(self, batch: Sequence[SourceRecord], engine: Any) -> PreparedBatch:
+        outputs = [OutputRecord("out", None, b"{}", r.timestamp_ms) for r in batch]
+        outcomes = {"ok": len(batch) - 1, "invalid": 1, "error": 0}
+        return PreparedBatch(list(batch), outputs, outcomes, self.started, self.inference_s)
+
+
+def runner(delivery: Delivery, processor: Processor) -> tuple[BatchRunner, WorkerMetrics]:
+    metrics = WorkerMetrics()
+    engines = EngineSlot(make_engine(), metrics, HealthState())
+    summary = SummaryLog(metrics, "t", 30.0)
+    made = BatchRunner(processor, engines, delivery, metrics, summary)  # type: ignore[arg-type]
+    return made, metrics
+
+
+def record(partition: int, offset: int, timestamp_ms: int | None) -> SourceRecord:
+    return SourceRecord("t", partition, offset, timestamp_ms, None, b"{}")
+
+
+def value(metrics: WorkerMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_a_delivered_batch_is_booked_latency_outcomes_and_one_debug_line() -> None:
+    started = time.time() - 2.0
+    made, metrics = runner(Delivery(), Processor(inference_s=0.0123456, started=started))
+    batch = [
+        record(0, 7, 1_000_000),  # produced at 1000 s: 0 s to its acknowledgement
+        record(0, 3, 1),  # 1 ms after the epoch: counted, 999.999 s
+        record(1, 2, 0),  # no real timestamp: not counted
+        record(0, 5, None),  # none at all: not counted
+        record(1, 4, 1_010_000),  # 10 s in the future (clock skew): counts as 0
+    ]
+    metrics.in_flight.inc(len(batch))
+    with structlog.testing.capture_logs() as logs:
+        made.process(batch)
+    assert value(metrics, "modstream_end_to_end_latency_seconds_count") == 3
+    latency = value(metrics, "modstream_end_to_end_latency_seconds_sum")
+    assert latency == pytest.approx(999.999, abs=1e-9)
+    assert value(metrics, "modstream_messages_total", outcome="ok") == 4
+    assert value(metrics, "modstream_messages_total", outcome="invalid") == 1
+    assert value(metrics, "modstream_in_flight_messages") == 0
+    (debug,) = logs
+    assert debug["event"] == "batch_processed" and debug["log_level"] == "debug"
+    assert debug["batch_size"] == 5
+    assert debug["outcomes"] == {"ok": 4, "invalid": 1, "error": 0}
+    assert debug["partitions"] == {"t-0": [3, 7], "t-1": [2, 4]}
+    assert debug["inference_ms"] == 12.346
+    assert 2.0 <= debug["seconds"] < 60 and debug["seconds"] == round(debug["seconds"], 4)
+
+
+def test_a_rewound_batch_leaves_the_books_and_is_no_longer_in_flight() -> None:
+    delivery = Delivery(rewound=True)
+    made, metrics = runner(delivery, Processor(inference_s=0.0, started=time.time()))
+    batch = [record(0, n, 5) for n in range(3)]
+    metrics.in_flight.inc(len(batch))
+    made.process(batch)
+    assert delivery.delivered == [3]
+    assert value(metrics, "modstream_in_flight_messages") == 0
+    assert value(metrics, "modstream_messages_total", outcome="ok") == 0
+    assert value(metrics, "modstream_end_to_end_latency_seconds_count") == 0
+
+
+def test_the_scorer_is_idle_only_on_the_pipelined_path_with_nothing_to_score() -> None:
+    synchronous, _ = runner(Delivery(), Processor(inference_s=0.0, started=time.time()))
+    assert synchronous.scorer_idle() is False, "one batch at a time: never close early"
+
+    producer = SlowBroker()
+    worker, consumer = connect(producer)
+    release = threading.Event()
+    score = worker.processor.score
+
+    def held(staged: Any) -> Any:
+        release.wait(10)
+        return score(staged)
+
+    worker.processor.score = held  # type: ignore[method-assign]
+    pipelined = worker.kafka.runner
+    pipelined.start_pipeline(2)
+    try:
+        assert pipelined.pipelined and pipelined.scorer_idle()
+        consumer.polls = [{TopicPartition("moderation.requests", 0): [Polled(0)]}]
+        pipelined.handle(worker.kafka.source.poll(0, 2))
+        assert not pipelined.scorer_idle(), "the batch handed over waits for the scorer"
+        release.set()
+        wait_for(pipelined.scorer_idle, 10, "the scorer done")
+    finally:
+        release.set()
+        pipelined.close()
+
+
+def test_one_look_completes_every_batch_whose_outputs_are_all_acknowledged() -> None:
+    producer = SlowBroker()
+    worker, consumer = connect(producer, pipeline_depth=3)
+    pipelined = worker.kafka.runner
+    pipelined.start_pipeline(3)
+    tp = TopicPartition("moderation.requests", 0)
+    try:
+        consumer.polls = [{tp: [Polled(2 * n), Polled(2 * n + 1)]} for n in range(3)]
+        for _ in range(3):
+            pipelined.handle(worker.kafka.source.poll(0, 2))
+        wait_for(lambda: len(producer.futures) == 6, 10, "all three batches sent")
+        producer.ack(range(6))
+        wait_for(lambda: not pipelined.pipelined or _all_ready(pipelined), 10, "all ready")
+        pipelined.complete_acknowledged()
+        assert consumer.commits == [{0: 2}, {0: 4}, {0: 6}]
+    finally:
+        pipelined.close()
+
+
+def _all_ready(made: BatchRunner) -> bool:
+    pipeline = made._pipeline
+    return pipeline is not None and all(item.ready.is_set() for item in pipeline._window)
