@@ -96,3 +96,12 @@ def test_flush_commits_only_the_partitions_not_forgotten() -> None:
     committer.forget([TP1])
     assert committer.flush() == {TP0: 3}
     assert consumer.sync == [{TP0: OffsetAndMetadata(3, "", -1)}]
+
+
+def test_forgetting_a_partition_with_nothing_to_flush_is_harmless() -> None:
+    consumer = Consumer()
+    committer = Committer(consumer)  # type: ignore[arg-type]
+    committer.forget([TP0, TP1])
+    committer.commit_async([make(0, 1)])
+    committer.forget([TP1])
+    assert committer.flush() == {TP0: 2}

@@ -10,6 +10,7 @@ import pytest
 import structlog
 from kafka.errors import (
     CommitFailedError,
+    CoordinatorNotAvailableError,
     KafkaConnectionError,
     KafkaTimeoutError,
     ProducerFencedError,
@@ -50,12 +51,20 @@ class Consumer(CommittingConsumer):
 
 
 class PendingProducer(FakeProducer):
-    """Sends are never acknowledged: every try runs out of time."""
+    """Sends are never acknowledged (every try runs out of time), except the first
+    `acknowledged` ones."""
 
     class Pending:
         is_done = False
 
+    def __init__(self, acknowledged: int = 0) -> None:
+        super().__init__()
+        self.acknowledged = acknowledged
+
     def send(self, topic: str, value: bytes, key: bytes | None) -> Any:
+        if self.acknowledged:
+            self.acknowledged -= 1
+            return super().send(topic, value, key)
         self.calls.append("send")
         return self.Pending()
 
@@ -125,12 +134,12 @@ def test_stopped_while_outputs_wait_says_how_many_are_unacknowledged(
     made = parts()
     made.stop.set()
     seen = readiness_at_each_pause(made, monkeypatch)
-    producer = PendingProducer()
+    producer = PendingProducer(acknowledged=1)
     delivery = made.at_least_once(producer, commit_async=False)
     shipment = Shipment(outputs())
     with pytest.raises(WorkerStoppedError) as raised:
         delivery.deliver(batch(), shipment)
-    assert str(raised.value).startswith("stopped with 3 outputs unacknowledged: 3 of 3 outputs")
+    assert str(raised.value).startswith("stopped with 2 outputs unacknowledged: 2 of 3 outputs")
     assert len(seen) == 1, "one pause, cut short by the stop, then one last try"
     assert producer.calls == ["send"] * 3, "pending outputs are waited for, not sent again"
     assert sample(made.metrics, "modstream_kafka_errors_total", kind="PublishError") == 2
@@ -209,15 +218,21 @@ def test_a_producer_that_fails_to_close_is_logged_not_raised() -> None:
 # -- exactly-once ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("failing", ["commit", "send"])
+@pytest.mark.parametrize("failing", ["commit", "coordinator", "send"])
 def test_an_aborted_transaction_is_logged_with_coordinates_and_counted(failing: str) -> None:
     made = parts(delivery="exactly_once")
-    if failing == "commit":
-        producer = FakeProducer([CommitFailedError("generation moved")])
-        error, kind = describe(CommitFailedError("generation moved")), "CommitFailedError"
-    else:
+    if failing == "send":
         producer = FakeProducer(failed_sends=1)
-        error, kind = "output to 'out' failed: KafkaTimeoutError: no leader", "KafkaTimeoutError"
+        error = reason = "output to 'out' failed: KafkaTimeoutError: no leader"
+        kind = "KafkaTimeoutError"
+    else:
+        refusal: Exception = (
+            CommitFailedError("generation moved")
+            if failing == "commit"
+            else CoordinatorNotAvailableError("coordinator moving")  # "[Error 15] …"
+        )
+        producer = FakeProducer([refusal])
+        error, reason, kind = describe(refusal), str(refusal), type(refusal).__name__
     delivery = made.transactional(producer)
     with structlog.testing.capture_logs() as logs:
         assert delivery.deliver(batch(), Shipment(outputs())) is None
@@ -234,7 +249,7 @@ def test_an_aborted_transaction_is_logged_with_coordinates_and_counted(failing: 
     }
     ready, body = made.health.readiness()
     assert not ready and body["producer_ok"] is False
-    assert body["reasons"] == [f"transaction aborted: {error}"]
+    assert body["reasons"] == [f"transaction aborted: {reason}"]
     assert sample(made.metrics, "modstream_kafka_errors_total", kind=kind) == 1
     assert sample(made.metrics, "modstream_publish_retries_total") == 1
     assert sample(made.metrics, "modstream_stage_latency_seconds_count", stage="publish") == 1
@@ -317,6 +332,25 @@ def test_replacing_a_stuck_producer_closes_it_briefly_and_retries_creating_the_n
     assert fresh.calls[-1] == "commit"
     delivery.close()
     assert fresh.calls[-1] == "close"
+
+
+def test_a_stuck_producer_that_fails_to_close_is_logged_and_replaced_anyway() -> None:
+    class Unclosable(Stuck):
+        def close(self, timeout: float | None = None) -> None:
+            raise KafkaConnectionError("socket gone")
+
+    made = parts(delivery="exactly_once")
+    fresh = FakeProducer()
+    delivery = made.transactional(Unclosable(), fresh)
+    with structlog.testing.capture_logs() as logs:
+        assert delivery.deliver(batch(), Shipment(outputs())) is None
+    assert only(logs, "producer_close_failed") == {
+        "event": "producer_close_failed",
+        "log_level": "warning",
+        "error": str(KafkaConnectionError("socket gone")),
+    }
+    assert delivery.deliver(batch(), Shipment(outputs())) is not None
+    assert fresh.calls[-1] == "commit"
 
 
 def test_a_stop_while_the_producer_is_being_replaced_ends_the_delivery() -> None:
