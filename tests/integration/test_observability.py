@@ -194,7 +194,7 @@ def test_consumer_lag_is_end_offset_minus_position(
         )
         polled = wait_for(lambda: source.poll(0.2, 1), 60, "one record polled")
         assert len(polled) == 1
-        assert wait_for(lambda: lag.refresh().get(tp) == 49, 30, "lag of 49")
+        wait_for(lambda: lag.refresh().get(tp) == 49, 30, "lag of 49")
         value = worker.metrics.registry.get_sample_value(
             "modstream_consumer_lag_records", {"topic": tp.topic, "partition": "0"}
         )
@@ -343,7 +343,15 @@ def test_prometheus_scrapes_the_worker_and_answers_rate_and_p99(
             "prometheus scraping the worker",
             step_s=0.2,
         )
-        steady_producer(topics["input"], rate, 120.0)
+        steady_producer(topics["input"], rate, 180.0)
+        flowing_since: float = wait_for(
+            lambda: (
+                worker.metric("modstream_messages_total", outcome="ok") > 0 and time.monotonic()
+            ),
+            60,
+            "the first results",
+            step_s=0.2,
+        )
 
         p99_expr = (
             "histogram_quantile(0.99, "
@@ -352,17 +360,21 @@ def test_prometheus_scrapes_the_worker_and_answers_rate_and_p99(
         rate_expr = "sum(rate(modstream_messages_total[30s]))"
 
         def answered() -> tuple[float, float] | None:
-            # rate() divides by the whole 30 s range: wait until samples fill it (the
-            # stream began with the first scrapes), else the rate reads low.
+            # rate() over [30s] reads low while the window still holds the time before
+            # the stream began: ask once results have flowed for a whole window. A loaded
+            # machine may miss some of the 1 s scrapes; rate() extrapolates over the rest,
+            # so a third of them is plenty.
+            if time.monotonic() - flowing_since < 31:
+                return None
             samples = prometheus.scalar(
                 'count_over_time(modstream_messages_total{outcome="ok"}[30s])'
             )
             p99, measured = prometheus.scalar(p99_expr), prometheus.scalar(rate_expr)
-            if samples is None or samples < 30 or p99 is None or measured is None:
+            if samples is None or samples < 10 or p99 is None or measured is None:
                 return None
             return (p99, measured) if p99 > 0 and measured > 0 else None
 
-        p99, measured = wait_for(answered, 90, "p99 and rate from prometheus", step_s=0.5)
+        p99, measured = wait_for(answered, 120, "p99 and rate from prometheus", step_s=0.5)
         print(f"prometheus: p99 {p99:.4f}s, rate {measured:.1f}/s (produced {rate:g}/s)")
         assert 0 < p99 < 10.0, f"p99 end-to-end latency {p99}s"
         assert rate / 2 <= measured <= rate * 2, f"measured {measured}/s, produced {rate}/s"
