@@ -19,6 +19,7 @@ from model.tokenizer import (
     NUM_TOKEN,
     URL_TOKEN,
     USER_TOKEN,
+    _collapsed_head,
     normalize,
     tokenize,
 )
@@ -269,3 +270,22 @@ def test_linear_rules_match_the_reference(text: str) -> None:
         ours = [(m.lastgroup, m.span()) for m in _TOKEN_RE.finditer(prefix + text)]
         reference = [(m.lastgroup, m.span()) for m in _REFERENCE_RE.finditer(prefix + text)]
         assert ours == reference
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("ab1"), st.sampled_from([1, 2, 3, 7, 100])),
+        min_size=20,
+        max_size=400,
+    )
+)
+def test_long_words_collapse_exactly_then_get_cut(runs: list[tuple[str, int]]) -> None:
+    """Only the head of a long word is collapsed; the token is the same as collapsing
+    it whole and cutting."""
+    word = "".join(character * count for character, count in runs)
+    assume(len(word) > MAX_TOKEN_CHARS)
+    expected = re.sub(r"(.)\1{2,}", r"\1\1", word)[:MAX_TOKEN_CHARS]
+    assert _collapsed_head(word) == expected
+    if word.isalpha():
+        assert tokenize(f"x {word}") == ["x", expected]
