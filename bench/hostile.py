@@ -342,7 +342,9 @@ def main() -> None:
     parser.add_argument("--stream", type=int, default=3000, help="unique-word messages (0: skip)")
     parser.add_argument("--messages", type=int, default=20_000, help="throughput messages")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per side")
-    parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
+    parser.add_argument("--throughput-only", action="store_true", help="skip per-class costs")
+    parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
+    parser.add_argument("--tables-from", metavar="PATH", help="print tables from --json output")
     parser.add_argument("--child", choices=["costs", "throughput"], help=argparse.SUPPRESS)
     parser.add_argument("--tree", default=str(REPO_ROOT), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -350,24 +352,48 @@ def main() -> None:
         child(args)
         return
 
+    if args.tables_from:
+        results = json.loads(Path(args.tables_from).read_text())
+    else:
+        results = measure(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+    print_tables(results)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hostile-baseline-") as tmp:
         trees = {"new": REPO_ROOT}
         if args.baseline:
             trees["baseline"] = extract(args.baseline, Path(tmp))
-        results: dict[str, Any] = {}
+        results: dict[str, Any] = {"args": vars(args)}
         for side, tree in trees.items():
             log(f"costs: {side}")
-            results[side] = {"costs": run_child(tree, "costs", args), "throughput": []}
+            costs = {} if args.throughput_only else run_child(tree, "costs", args)
+            results[side] = {"costs": costs, "throughput": []}
         for round_ in range(args.rounds):
             for side, tree in trees.items():
                 log(f"throughput round {round_ + 1}: {side}")
                 results[side]["throughput"].append(run_child(tree, "throughput", args)["msg_per_s"])
+    return results
 
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
+
+def print_tables(results: dict[str, Any]) -> None:
+    settings = results.get("args", {})
+    sides = {side: results[side] for side in ("new", "baseline") if side in results}
     new, base = results["new"], results.get("baseline")
     base_costs = base["costs"] if base else None
+    if new["costs"]:
+        print_costs(new, base_costs, sides, settings)
+    print_throughput(sides, settings)
+
+
+def print_costs(
+    new: dict[str, Any],
+    base_costs: dict[str, Any] | None,
+    sides: dict[str, Any],
+    settings: dict[str, Any],
+) -> None:
     print("Per message (best of the unique messages; (Nx) = against the typical message)\n")
     header = ["class (10,000 characters)", "tokenise", "encode", "score", "longest token"]
     print(table(cost_rows(new["costs"], base_costs), header))
@@ -380,10 +406,10 @@ def main() -> None:
         rows.append([name, f"{cost['bytes']:,}", cell])
     print(table(rows, ["record", "bytes", "decode"]))
     if "stream" in new["costs"]:
-        words = f"{args.stream:,} messages, each one unique 9,000-letter word"
+        words = f"{settings.get('stream', 3000):,} messages, each one unique 9,000-letter word"
         print(f"\nStream of {words}, batches of 64\n")
         rows = []
-        for side, result in results.items():
+        for side, result in sides.items():
             s = result["costs"]["stream"]
             rows.append(
                 [
@@ -396,19 +422,22 @@ def main() -> None:
                 ]
             )
         print(table(rows, ["code", "RSS before MiB", "after", "peak", "peak growth", "msg/s"]))
-    print(
-        f"\nOrdinary throughput, Engine.score, {args.messages:,} corpus texts in batches of 512\n"
-    )
+
+
+def print_throughput(sides: dict[str, Any], settings: dict[str, Any]) -> None:
+    texts = f"{settings.get('messages', 20_000):,} corpus texts"
+    print(f"\nOrdinary throughput, Engine.score, {texts} in batches of 512\n")
     rows = [
         [
             side,
             ", ".join(f"{v:,.0f}" for v in r["throughput"]),
             f"{statistics.median(r['throughput']):,.0f}",
         ]
-        for side, r in results.items()
+        for side, r in sides.items()
     ]
-    if base:
-        ratio = statistics.median(new["throughput"]) / statistics.median(base["throughput"])
+    if "baseline" in sides:
+        new, base = sides["new"]["throughput"], sides["baseline"]["throughput"]
+        ratio = statistics.median(new) / statistics.median(base)
         rows.append(["new / baseline", "", f"{ratio:.2f}"])
     print(table(rows, ["code", "msg/s per round", "median"]))
 

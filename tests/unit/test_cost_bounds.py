@@ -72,22 +72,22 @@ HOSTILE: dict[str, str] = {
 }
 
 
-def best(function: Callable[[], object], runs: int = 3) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
-def ratio(hostile: Callable[[], object], reference: Callable[[], object]) -> float:
-    """Best-of-5 cost of `hostile` over best-of-5 of `reference`, runs interleaved."""
-    hostile_times, reference_times = [], []
-    for _ in range(5):
-        reference_times.append(best(reference, 1))
-        hostile_times.append(best(hostile, 1))
-    return min(hostile_times) / min(reference_times)
+def best_ratio(hostile: Callable[[], object], reference: Callable[[], object]) -> float:
+    """Cost of `hostile` over cost of `reference`, each the best of 5 interleaved runs;
+    up to 3 attempts while over the budget, since a noisy neighbour can slow any one
+    attempt but a real regression (10x-2,000x before the bounds) every one."""
+    ratios = []
+    for _ in range(3):
+        hostile_times, reference_times = [], []
+        for _ in range(5):
+            for function, times in ((reference, reference_times), (hostile, hostile_times)):
+                started = time.perf_counter()
+                function()
+                times.append(time.perf_counter() - started)
+        ratios.append(min(hostile_times) / min(reference_times))
+        if ratios[-1] < BUDGET:
+            break
+    return min(ratios)
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -95,8 +95,7 @@ def test_tokenizing_any_text_costs_at_most_the_budget(name: str) -> None:
     text, reference = HOSTILE[name], ordinary(0)
     tokens = tokenize(text)
     assert len(tokens) <= 256 and max(map(len, tokens), default=0) <= MAX_TOKEN_CHARS
-    tokenize(text)  # warm
-    assert ratio(lambda: tokenize(text), lambda: tokenize(reference)) < BUDGET
+    assert best_ratio(lambda: tokenize(text), lambda: tokenize(reference)) < BUDGET
 
 
 @pytest.fixture(scope="module")
@@ -124,17 +123,20 @@ def test_encoding_unique_hostile_texts_costs_at_most_the_budget(
     the ordinary reference is cached, as most of a running worker's traffic is."""
     rng = random.Random(pattern)
 
-    def hostile() -> None:
+    def make() -> str:
         seed = "".join(rng.choices("abcdefghij", k=12))
-        text = {
+        return {
             "one unique 10,000-letter word": "".join(rng.choices("abcdefghij", k=LENGTH)),
             "unique CJK compatibility (x6)": seed + fill("\u3316"),
             "unique e-mail look-ahead": seed + fill("a.")[:-1] + "@",
             "unique letter and digits": seed + "1" * LENGTH,
             "unique combining marks, two classes": seed + fill("\u0301\u0316"),
         }[pattern][:LENGTH]
-        engine.encode_batch([text])
 
+    texts = iter([make() for _ in range(15)])  # made before timing: each run a new one
     reference = ordinary(1)
     engine.encode_batch([reference])
-    assert ratio(hostile, lambda: engine.encode_batch([reference])) < BUDGET
+    ratio = best_ratio(
+        lambda: engine.encode_batch([next(texts)]), lambda: engine.encode_batch([reference])
+    )
+    assert ratio < BUDGET
