@@ -175,7 +175,7 @@ def _nfkc(text: str) -> str:
 
 def _fold(text: str) -> str:
     """Lower-case, curly apostrophes straight. (`str.translate` with a mapping cost
-    50 ns a character on non-ASCII text; three `replace` that find nothing, ~1.)"""
+    50-200 ns a character on Hebrew text; three `replace` that find nothing, 0.05.)"""
     return text.lower().replace("\u2019", "'").replace("\u2018", "'").replace("\u02bc", "'")
 
 
