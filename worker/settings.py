@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.checkpoint import default_checkpoint_dir
+from model.paths import default_checkpoint_dir
 from schemas.request import DEFAULT_MAX_TEXT_CHARS
 
 RECONNECT_BACKOFF_MAX_MS = 1_000

@@ -85,3 +85,74 @@ def test_only_modstream_errors_carry_their_own_exit_code() -> None:
     assert exit_code_of(BrokerUnavailableError("down")) == ExitCode.BROKER
     assert exit_code_of(NotAStoreError("plain")) == ExitCode.USAGE
     assert exit_code_of(RuntimeError("bug")) == ExitCode.FAILURE
+
+
+@pytest.mark.parametrize(
+    "action", [["list"], ["list", "--json"], ["promote", "0123456789ab"], ["rollback"]]
+)
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_a_path_that_is_not_a_store_exits_2_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: list[str], state: str
+) -> None:
+    typo = tmp_path / "typo"
+    if state == "empty":
+        typo.mkdir()
+    code, out, err = run(capsys, "checkpoints", *action, "--store", str(typo))
+    assert code == ExitCode.USAGE and out == ""
+    assert err.startswith("modstream checkpoints: no checkpoint store at ")
+    assert str(typo) in err and "--store" in err
+    if state == "missing":
+        assert not typo.exists()
+    else:
+        assert list(typo.iterdir()) == [], "no .lock, no versions/"
+
+
+def test_the_default_store_is_named_by_its_variable_when_it_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODSTREAM_CHECKPOINT_DIR", str(tmp_path / "nothing" / "current"))
+    code, _, err = run(capsys, "checkpoints", "list")
+    assert code == ExitCode.USAGE and "MODSTREAM_CHECKPOINT_DIR" in err
+    assert "`modstream retrain` creates one" in err
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_legacy_plain_current_checkpoint_is_listed_and_its_root_accepted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a fresh clone has after `make demo`: `checkpoints/current/` is a plain
+    checkpoint directory. Naming the root or its `current` lists it as current."""
+    version = make_checkpoint(tmp_path / "checkpoints" / "current", 1)
+    for store in (tmp_path / "checkpoints", tmp_path / "checkpoints" / "current"):
+        code, out, _ = run(capsys, "checkpoints", "list", "--store", str(store))
+        assert code == ExitCode.OK
+        (row,) = [line for line in out.splitlines() if version in line]
+        assert row.startswith("* ") and "current" in row and "plain directory" in row
+
+        code, out, _ = run(capsys, "checkpoints", "list", "--json", "--store", str(store))
+        document = json.loads(out)
+        assert document["current"] == version
+        assert [(v["version"], v["current"], v["legacy"]) for v in document["versions"]] == [
+            (version, True, True)
+        ]
+    assert not (tmp_path / "checkpoints" / "versions").exists(), "listing changes nothing"
+
+
+def test_the_store_root_of_a_legacy_checkpoint_loads_as_a_checkpoint(tmp_path: Path) -> None:
+    from model.checkpoint import load_checkpoint
+
+    version = make_checkpoint(tmp_path / "checkpoints" / "current", 1)
+    assert load_checkpoint(tmp_path / "checkpoints").version == version
+
+
+def test_promoting_in_a_legacy_store_root_adopts_its_current_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "checkpoints"
+    legacy = make_checkpoint(root / "current", 1)
+    make_checkpoint(tmp_path / "new", 2)
+    added = CheckpointStore(root).add(tmp_path / "new")
+    code, out, _ = run(capsys, "checkpoints", "promote", added, "--store", str(root))
+    assert code == ExitCode.OK and f"(was {legacy})" in out
+    code, out, _ = run(capsys, "checkpoints", "rollback", "--store", str(root))
+    assert code == ExitCode.OK and f"current is now {legacy}" in out
