@@ -4,7 +4,9 @@
 security: `WorkerSettings.kafka_common` hands both clients the same SASL/TLS settings).
 When no broker answers within `MODSTREAM_STARTUP_TIMEOUT_S` it raises
 `BrokerUnavailableError` (exit code 4) saying which step failed: nothing accepts TCP
-connections, or something does but the SASL or TLS handshake never completed.
+connections (or the host name does not resolve), or something does but the SASL or
+TLS handshake never completed. kafka-python's own retry lines are held back meanwhile
+(worker/logs.py), so the reason is one line, not twenty.
 
 Runs on the main thread at start; `new_producer` also on the processing thread, when
 exactly-once delivery replaces a producer it could not abort a transaction with.
@@ -29,6 +31,7 @@ from kafka.errors import (
 )
 
 from model.errors import ExitCode, ModstreamError
+from worker.logs import client_logs_quieted
 from worker.settings import WorkerSettings
 from worker.sink import describe
 
@@ -71,8 +74,9 @@ def connect(settings: WorkerSettings) -> KafkaClients:
     """Both clients, or BrokerUnavailableError naming the bootstrap and why it failed."""
     consumer: KafkaConsumer | None = None
     try:
-        consumer = new_consumer(settings)
-        producer = new_producer(settings)
+        with client_logs_quieted():  # the error below says it once, and why
+            consumer = new_consumer(settings)
+            producer = new_producer(settings)
     except KafkaError as exc:
         if consumer is not None:
             consumer.close(autocommit=False)
@@ -146,11 +150,18 @@ def fenced_message(settings: WorkerSettings, exc: BaseException) -> str:
 
 
 def refusal_hint(settings: WorkerSettings) -> str:
-    """When the servers accept TCP but the Kafka handshake never completes, say why."""
+    """Why no bootstrap server answered: its name does not resolve, nothing accepts TCP
+    connections there, or the Kafka handshake (SASL, TLS) never completes."""
     s = settings
-    reachable = [server for server in s.bootstrap_servers() if tcp_reachable(server)]
+    servers = s.bootstrap_servers()
+    unresolved = [server for server in servers if not resolves(server)]
+    if len(unresolved) == len(servers):
+        hosts = ", ".join(server.rpartition(":")[0] for server in unresolved)
+        return f"; {hosts} does not resolve (DNS): check the host name"
+    reachable = [server for server in servers if tcp_reachable(server)]
     if not reachable:
-        return "; nothing accepts TCP connections there"
+        also = f" ({', '.join(unresolved)} does not resolve)" if unresolved else ""
+        return f"; nothing accepts TCP connections there{also}"
     if s.security_protocol.startswith("SASL_"):
         return (
             f"; {reachable[0]} accepts connections but closed them during SASL "
@@ -166,6 +177,16 @@ def refusal_hint(settings: WorkerSettings) -> str:
         f"; {reachable[0]} accepts connections but no Kafka handshake completed: is it a "
         "Kafka PLAINTEXT listener (MODSTREAM_SECURITY_PROTOCOL)?"
     )
+
+
+def resolves(server: str) -> bool:
+    """Whether the host of `host:port` has an address (DNS, /etc/hosts, a literal IP)."""
+    host, _, port = server.rpartition(":")
+    try:
+        socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):  # socket.gaierror is an OSError
+        return False
+    return True
 
 
 def tcp_reachable(server: str, timeout_s: float = 2.0) -> bool:

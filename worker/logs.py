@@ -6,8 +6,10 @@ same processors so an operator's log pipeline sees one format.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 import structlog
 
@@ -18,8 +20,13 @@ _SHARED_PROCESSORS: list[structlog.types.Processor] = [
 ]
 
 
+_configured_level = logging.INFO
+
+
 def configure_logging(level: str = "info") -> None:
+    global _configured_level
     numeric = logging.getLevelName(level.upper())
+    _configured_level = numeric
     structlog.configure(
         processors=[
             *_SHARED_PROCESSORS,
@@ -44,3 +51,22 @@ def configure_logging(level: str = "info") -> None:
     root.handlers[:] = [handler]
     # kafka-python is chatty at INFO; its warnings and errors still come through.
     root.setLevel(max(numeric, logging.WARNING))
+
+
+@contextlib.contextmanager
+def client_logs_quieted(logger_name: str = "kafka") -> Iterator[None]:
+    """Silences the Kafka client's own log lines while the worker first connects.
+
+    Bootstrapping against an unreachable broker made kafka-python log ~20 lines (each
+    retry: connection failed, lost, backing off, waiting) before the worker's own
+    one-line diagnosis (worker/clients.py), which says the same and why. At log level
+    debug they still come through.
+    """
+    client = logging.getLogger(logger_name)
+    before = client.level
+    if _configured_level > logging.DEBUG:
+        client.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client.setLevel(before)

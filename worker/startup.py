@@ -46,8 +46,13 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
 
 
 def _closest(name: str, known: Iterable[str]) -> str | None:
-    matches = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    """The known name most like `name`, compared without the shared prefix (which
+    would make any two names look alike)."""
+    by_suffix = {variable.removeprefix(ENV_PREFIX): variable for variable in known}
+    matches = difflib.get_close_matches(
+        name.removeprefix(ENV_PREFIX), sorted(by_suffix), n=1, cutoff=0.6
+    )
+    return by_suffix[matches[0]] if matches else None
 
 
 def effective_settings(settings: WorkerSettings) -> dict[str, Any]:

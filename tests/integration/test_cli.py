@@ -75,9 +75,62 @@ def test_unreachable_broker_exits_4(tiny_checkpoint: Path) -> None:
         "2",
         "--metrics-port",
         "0",
+        env={"MODSTREAM_KAFKA_BOOTSTRAPS": "typo:9092", "MODSTREAM_SASL_PASSWORD": "hunter2"},
     )
     assert done.returncode == 4, done.stderr
-    assert bootstrap in done.stderr
+    *logged, last = done.stderr.splitlines()
+    assert last.startswith(f"modstream worker: no usable Kafka broker at '{bootstrap}'")
+    assert last.endswith("nothing accepts TCP connections there")
+    records = [json.loads(line) for line in logged]
+    assert not [r for r in records if r.get("logger", "").startswith("kafka")], "client flood"
+    (warning,) = [r for r in records if r["event"] == "unknown_variable"]
+    assert warning["variable"] == "MODSTREAM_KAFKA_BOOTSTRAPS"
+    assert warning["did_you_mean"] == "MODSTREAM_KAFKA_BOOTSTRAP"
+    (settings,) = [r for r in records if r["event"] == "settings"]
+    assert settings["kafka_bootstrap"] == bootstrap and settings["metrics_port"] == 0
+    assert settings["sasl_password"] == "**********" and "hunter2" not in done.stderr
+
+
+def test_a_broker_name_that_does_not_resolve_is_said_in_one_line(tiny_checkpoint: Path) -> None:
+    done = modstream(
+        "worker",
+        "--checkpoint-dir",
+        str(tiny_checkpoint),
+        "--kafka-bootstrap",
+        "no-such-broker.invalid:9092",
+        "--startup-timeout-s",
+        "2",
+        "--metrics-port",
+        "0",
+    )
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.splitlines()[-1].endswith(
+        "no-such-broker.invalid does not resolve (DNS): check the host name"
+    )
+    assert "kafka.net" not in done.stderr
+
+
+def test_a_metrics_port_in_use_exits_2_naming_the_setting(tiny_checkpoint: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = modstream(
+            "worker",
+            "--checkpoint-dir",
+            str(tiny_checkpoint),
+            "--metrics-host",
+            "127.0.0.1",
+            env={"MODSTREAM_METRICS_PORT": str(port)},
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"modstream worker: metrics port {port} on 127.0.0.1 is already in use "
+        "(--metrics-port / MODSTREAM_METRICS_PORT; 0 picks a free port)"
+    )
+    assert "Traceback" not in done.stderr
 
 
 def test_score_writes_one_line_per_input_in_order(tiny_checkpoint: Path) -> None:
