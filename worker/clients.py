@@ -6,7 +6,7 @@ When no broker answers within `MODSTREAM_STARTUP_TIMEOUT_S` it raises
 `BrokerUnavailableError` (exit code 4) saying which step failed: nothing accepts TCP
 connections (or the host name does not resolve), or something does but the SASL or
 TLS handshake never completed. kafka-python's own retry lines are held back meanwhile
-(worker/logs.py), so the reason is one line, not twenty.
+(worker/logs.py), so the reason is one line, not 17 (2 s against a closed port).
 
 Runs on the main thread at start; `new_producer` also on the processing thread, when
 exactly-once delivery replaces a producer it could not abort a transaction with.

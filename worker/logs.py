@@ -57,10 +57,11 @@ def configure_logging(level: str = "info") -> None:
 def client_logs_quieted(logger_name: str = "kafka") -> Iterator[None]:
     """Silences the Kafka client's own log lines while the worker first connects.
 
-    Bootstrapping against an unreachable broker made kafka-python log ~20 lines (each
-    retry: connection failed, lost, backing off, waiting) before the worker's own
-    one-line diagnosis (worker/clients.py), which says the same and why. At log level
-    debug they still come through.
+    Bootstrapping against an unreachable broker made kafka-python log 17 lines in 2 s
+    (each retry: connection failed, lost, backing off, waiting; more with a longer
+    MODSTREAM_STARTUP_TIMEOUT_S) before the worker's own one-line diagnosis
+    (worker/clients.py), which says the same and why. At log level debug they still
+    come through.
     """
     client = logging.getLogger(logger_name)
     before = client.level

@@ -42,6 +42,10 @@ class Range:
         )
         return f"must be{self._text()}" if too_low or too_high else None
 
+    def problem_free_text(self) -> str:
+        """The range as documentation: `>= 1`, `in [0, 1)`."""
+        return self._text().strip()
+
     def _text(self) -> str:
         if self.low is not None and self.high is not None:
             open_ = "[" if self.low_inclusive else "("
@@ -241,3 +245,26 @@ def train_problems(
             if why:
                 problems.append(why)
     return problems
+
+
+def train_flags_markdown() -> str:
+    """The README's table of retrain's training flags, generated from the table above."""
+    rows = ["| flag | default | valid | meaning |", "|---|---|---|---|"]
+    for spec in TRAIN_FLAGS:
+        if spec.kind is bool:
+            flag = f"`{spec.flag}` / `--no-{spec.flag[2:]}`"
+            default = "on" if spec.default else "off"
+        else:
+            flag = f"`{spec.flag}`"
+            default = (
+                "—" if spec.default is None else f"`{spec.default!s}`" if spec.default else '`""`'
+            )
+        if spec.choices:
+            valid = ", ".join(f"`{choice}`" for choice in spec.choices)
+        elif spec.valid is not None:
+            valid = spec.valid.problem_free_text()
+        else:
+            valid = ""
+        meaning = spec.help.replace("%%", "%").replace("|", "\\|")
+        rows.append(f"| {flag} | {default} | {valid} | {meaning} |")
+    return "\n".join(rows) + "\n"
