@@ -135,6 +135,12 @@ def add_parsers(sub: Any) -> None:
         "must improve by that much (default: 0.005)",
     )
     retrain.add_argument("--force", action="store_true", help="promote even if the gate says no")
+    retrain.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing (exit 0, status skipped) when the destination already holds a "
+        "model: for a first-run job that must not retrain on every deploy",
+    )
     retrain.add_argument("--keep", type=int, default=None, metavar="N", help=_KEEP_HELP)
     add_train_flags(retrain)
     retrain.set_defaults(handler=run_retrain)
@@ -189,6 +195,40 @@ def add_parsers(sub: Any) -> None:
         "roll back to; 2 not a store; 3 that version does not load.",
         formatter_class=raw,
     )
+    wait = actions.add_parser(
+        "wait",
+        help="wait until a checkpoint is there and loads (e.g. the first model of a fresh install)",
+        description="Wait until the checkpoint at --checkpoint exists and loads, saying "
+        "every --interval-s what it is waiting for. For a worker's init container on a "
+        "fresh install, while the first retrain writes the first model.",
+        epilog="example:\n  modstream checkpoints wait --checkpoint /var/lib/modstream/"
+        "checkpoints/current\n\nexit codes: 0 the checkpoint loads; 3 it is there but does "
+        "not load, or --timeout-s passed without one.",
+        formatter_class=raw,
+    )
+    wait.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="checkpoint directory, store root or its current link (default: "
+        "$MODSTREAM_CHECKPOINT_DIR, else checkpoints/current)",
+    )
+    wait.add_argument(
+        "--timeout-s",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="give up after this long; 0 = wait for ever (default: 0)",
+    )
+    wait.add_argument(
+        "--interval-s",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="look this often, and say what it is waiting for (default: 10)",
+    )
+    wait.set_defaults(handler=run_wait)
     checkpoints.set_defaults(handler=run_checkpoints)
 
 
@@ -270,6 +310,11 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
         raise UsageError(f"--device {config.device}: {exc}") from exc
     tolerance = DEFAULT_TOLERANCE if args.gate_tolerance is None else args.gate_tolerance
     store = None if args.output else _open_store(args)
+    if args.if_missing:
+        existing = _existing_model(args.output, store)
+        if existing is not None:
+            summary.update(status="skipped", reason=f"a model is already there: {existing}")
+            return ExitCode.OK
 
     def progress(line: str) -> None:
         sys.stderr.write(line + "\n")
@@ -326,6 +371,16 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
         if feedback.problems:
             summary["feedback"]["problems"] = feedback.problems
     return code
+
+
+def _existing_model(output: Path | None, store: Any) -> str | None:
+    """What `--if-missing` finds at the destination: the checkpoint there, or None."""
+    from model.paths import META_FILE
+
+    if output is not None:
+        return str(output) if (output / META_FILE).is_file() else None
+    current = store.current_dir()
+    return None if current is None else str(current)
 
 
 def _name_the_flag(message: str) -> str:
@@ -389,6 +444,42 @@ def _open_store(args: argparse.Namespace, existing: bool = False) -> Any:
             "creates one, or name the store root with --store"
         )
     return CheckpointStore(root, keep=keep)
+
+
+def run_wait(args: argparse.Namespace) -> int:
+    """Polls until the checkpoint loads. A missing one is waited for; one that is there
+    but does not load fails at once (waiting would not fix it)."""
+    import time
+
+    from model.checkpoint import CheckpointError, CheckpointMissingError, load_checkpoint
+    from model.paths import default_checkpoint_dir
+
+    if not (math.isfinite(args.interval_s) and args.interval_s > 0):
+        raise UsageError(f"--interval-s must be > 0, got {args.interval_s:g}")
+    if not (math.isfinite(args.timeout_s) and args.timeout_s >= 0):
+        raise UsageError(f"--timeout-s must be >= 0, got {args.timeout_s:g}")
+    path: Path = args.checkpoint or default_checkpoint_dir()
+    started = time.monotonic()
+    while True:
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointMissingError as exc:
+            waited = time.monotonic() - started
+            if args.timeout_s and waited >= args.timeout_s:
+                raise CheckpointUnusableError(
+                    f"no model at {path} after {waited:.0f}s: {exc}"
+                ) from exc
+            sys.stderr.write(
+                f"modstream checkpoints wait: waiting for the first model at {path} "
+                f"({waited:.0f}s so far; a retrain writes it): {exc}\n"
+            )
+            sys.stderr.flush()
+            time.sleep(args.interval_s)
+            continue
+        except CheckpointError as exc:
+            raise CheckpointUnusableError(f"{path} is there but does not load: {exc}") from exc
+        sys.stdout.write(f"model {loaded.version} is ready at {path}\n")
+        return ExitCode.OK
 
 
 def run_checkpoints(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ def test_overlay_renders_the_expected_objects(rendered: dict[str, list[Obj]], ov
             "PodDisruptionBudget",
             autoscaler,
             "CronJob",
+            "Job",
             "NetworkPolicy",
             "NetworkPolicy",
         ]
@@ -100,7 +101,7 @@ def test_pods_are_locked_down(rendered: dict[str, list[Obj]], overlay: str) -> N
         assert spec["automountServiceAccountToken"] is False, name
         assert spec["enableServiceLinks"] is False, name
         tmp = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
-        for c in spec["containers"]:
+        for c in [*spec["containers"], *spec.get("initContainers", [])]:
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True, name
             assert sc["allowPrivilegeEscalation"] is False, name
@@ -174,12 +175,77 @@ def test_checkpoints_shared_rwx_read_only_for_workers(
     assert mount["readOnly"] is True
     assert volume["persistentVolumeClaim"]["readOnly"] is True
 
-    cronjob = one(objects, "CronJob")
-    volume, mount = claim_mount(cronjob)
-    assert not mount.get("readOnly") and not volume["persistentVolumeClaim"].get("readOnly")
-    args = container(cronjob)["args"]
-    assert args[0] == "retrain"
-    assert args[args.index("--output") + 1] == checkpoint_dir
+    for writer in (one(objects, "CronJob"), one(objects, "Job")):
+        volume, mount = claim_mount(writer)
+        assert not mount.get("readOnly") and not volume["persistentVolumeClaim"].get("readOnly")
+        args = container(writer)["args"]
+        assert args[0] == "retrain"
+        assert args[args.index("--output") + 1] == checkpoint_dir
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_fresh_install_serves_without_a_manual_step(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """The first-model Job writes a model (only when there is none), and the workers
+    wait for it in an init container, saying so, instead of exiting 3 in a loop."""
+    objects = rendered[overlay]
+    job = one(objects, "Job")
+    assert "--if-missing" in container(job)["args"], "re-creating the Job must not retrain"
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0, "an immutable Job must go away"
+    assert pod_spec(job)["restartPolicy"] == "Never"
+    assert container(job)["image"] == container(one(objects, "CronJob"))["image"]
+
+    deployment = worker(objects)
+    (wait,) = pod_spec(deployment)["initContainers"]
+    assert wait["args"][:2] == ["checkpoints", "wait"]
+    assert wait["image"] == container(deployment)["image"]
+    (env_from,) = wait["envFrom"]
+    assert env_from["configMapRef"]["name"] == one(objects, "ConfigMap")["metadata"]["name"]
+    mounts = {m["mountPath"]: m for m in wait["volumeMounts"]}
+    assert mounts[CHECKPOINT_MOUNT]["readOnly"] is True
+
+
+def test_the_kafka_address_is_set_in_one_place(kustomize: Any, tmp_path: Any) -> None:
+    """Editing base/settings.env alone moves the workers and KEDA to another cluster:
+    the old address is left nowhere in the rendered manifests."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from tests.deploy.conftest import K8S
+
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    settings = copy / "base" / "settings.env"
+    old = dict(line.split("=", 1) for line in settings.read_text().splitlines() if "=" in line)[
+        "MODSTREAM_KAFKA_BOOTSTRAP"
+    ]
+    text = settings.read_text()
+    for key, value in (
+        ("MODSTREAM_KAFKA_BOOTSTRAP", "broker-0.example.net:9093"),
+        ("MODSTREAM_GROUP_ID", "moderators"),
+        ("MODSTREAM_INPUT_TOPIC", "requests.v2"),
+    ):
+        text = "\n".join(
+            f"{key}={value}" if line.startswith(f"{key}=") else line for line in text.splitlines()
+        )
+    settings.write_text(text + "\n")
+    for overlay in ("cpu", "gpu"):
+        built = subprocess.run(
+            [str(kustomize), "build", str(copy / "overlays" / overlay)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert old not in built, f"{overlay}: the old Kafka address is still somewhere"
+        objects = [o for o in yaml.safe_load_all(built) if o]
+        (trigger,) = one(objects, "ScaledObject")["spec"]["triggers"]
+        assert trigger["metadata"]["bootstrapServers"] == "broker-0.example.net:9093"
+        assert trigger["metadata"]["consumerGroup"] == "moderators"
+        assert trigger["metadata"]["topic"] == "requests.v2"
+        assert settings_map(objects)["MODSTREAM_KAFKA_BOOTSTRAP"] == "broker-0.example.net:9093"
 
 
 def test_retrain_cronjob(rendered: dict[str, list[Obj]]) -> None:
@@ -268,8 +334,10 @@ def test_network_policies(rendered: dict[str, list[Obj]], overlay: str) -> None:
         assert rule.get("to"), "egress rules must name their peers"
 
     cron_labels = one(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]
+    job_labels = one(objects, "Job")["spec"]["template"]["metadata"]
     retrain_policy = policies["modstream-retrain"]
     assert matches(retrain_policy["podSelector"]["matchLabels"], cron_labels["labels"])
+    assert matches(retrain_policy["podSelector"]["matchLabels"], job_labels["labels"])
     assert sorted(retrain_policy["policyTypes"]) == ["Egress", "Ingress"]
     assert not retrain_policy.get("ingress") and not retrain_policy.get("egress")
 

@@ -156,3 +156,76 @@ def test_promoting_in_a_legacy_store_root_adopts_its_current_checkpoint(
     assert code == ExitCode.OK and f"(was {legacy})" in out
     code, out, _ = run(capsys, "checkpoints", "rollback", "--store", str(root))
     assert code == ExitCode.OK and f"current is now {legacy}" in out
+
+
+def test_checkpoints_wait_returns_once_the_first_model_appears(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a worker pod's init container does on a fresh install."""
+    import threading
+
+    from tests.helpers import wait_for
+
+    target = tmp_path / "checkpoints" / "current"
+    codes: list[int] = []
+    argv = ["checkpoints", "wait", "--checkpoint", str(target), "--interval-s", "0.05"]
+    waiter = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+    waiter.start()
+    seen: list[str] = []
+
+    def said_waiting() -> bool:
+        seen.append(capsys.readouterr().err)
+        return "waiting for the first model at" in "".join(seen)
+
+    wait_for(said_waiting, 30, "the waiting line")
+    assert not codes, "returned before there was a model"
+    version = make_checkpoint(target, 1)
+    waiter.join(timeout=30)
+    assert codes == [ExitCode.OK]
+    assert f"model {version} is ready at {target}" in capsys.readouterr().out
+
+
+def test_checkpoints_wait_fails_at_once_on_a_checkpoint_that_does_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_checkpoint(tmp_path / "current", 1)
+    weights = tmp_path / "current" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run(capsys, "checkpoints", "wait", "--checkpoint", str(tmp_path / "current"))
+    assert code == ExitCode.CHECKPOINT and "is there but does not load" in err
+
+
+def test_checkpoints_wait_gives_up_after_its_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys,
+        "checkpoints",
+        "wait",
+        "--checkpoint",
+        str(tmp_path / "never"),
+        "--interval-s",
+        "0.01",
+        "--timeout-s",
+        "0.05",
+    )
+    assert code == ExitCode.CHECKPOINT
+    assert err.splitlines()[-1].startswith("modstream checkpoints wait: no model at ")
+
+
+@pytest.mark.parametrize("where", ["output", "store"])
+def test_retrain_if_missing_does_nothing_when_a_model_is_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: CheckpointStore, where: str
+) -> None:
+    if where == "output":
+        make_checkpoint(tmp_path / "out", 3)
+        argv = ["retrain", "--output", str(tmp_path / "out"), "--if-missing"]
+    else:
+        store.promote(store.versions()[0])
+        argv = ["retrain", "--store", str(store.root), "--if-missing"]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, out, _ = run(capsys, *argv)
+    summary = json.loads(out)
+    assert code == ExitCode.OK and summary["status"] == "skipped"
+    assert "a model is already there" in summary["reason"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, "nothing written"

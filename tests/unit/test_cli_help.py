@@ -28,6 +28,7 @@ COMMANDS = [
     ["checkpoints", "list"],
     ["checkpoints", "promote"],
     ["checkpoints", "rollback"],
+    ["checkpoints", "wait"],
 ]
 
 
