@@ -229,3 +229,21 @@ def test_retrain_if_missing_does_nothing_when_a_model_is_there(
     assert code == ExitCode.OK and summary["status"] == "skipped"
     assert "a model is already there" in summary["reason"]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before, "nothing written"
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_score_sets_the_torch_threads_it_is_given(tmp_path: Path, threads: int) -> None:
+    import torch
+
+    from worker.score_command import _load_engine
+
+    make_checkpoint(tmp_path / "current", 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _load_engine(tmp_path / "current", "cpu", threads)
+        assert torch.get_num_threads() == threads
+        _load_engine(tmp_path / "current", "cpu", 0)  # 0 leaves torch's setting alone
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
