@@ -62,9 +62,11 @@ examples:
   modstream checkpoints list
   modstream checkpoints promote 3f2a9c01b7de --store /srv/checkpoints
   modstream checkpoints rollback
+  modstream checkpoints wait --timeout-s 600
 
 exit codes: 0 ok; 1 nothing to roll back to; 2 an unknown version, or a path that is not
-a checkpoint store; 3 the version to make current does not load."""
+a checkpoint store; 3 the version to make current does not load (wait: the checkpoint
+does not load, or none came within --timeout-s)."""
 
 
 def add_parsers(sub: Any) -> None:
@@ -157,7 +159,7 @@ def add_parsers(sub: Any) -> None:
     store_flags.add_argument("--keep", type=int, default=None, metavar="N", help=_KEEP_HELP)
     checkpoints = sub.add_parser(
         "checkpoints",
-        help="list, promote or roll back checkpoints",
+        help="list, promote, roll back or wait for checkpoints",
         description=CHECKPOINTS_DESCRIPTION,
         epilog=CHECKPOINTS_EPILOG,
         formatter_class=raw,
