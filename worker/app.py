@@ -67,6 +67,7 @@ from worker.engine_slot import EngineSlot
 from worker.health import HealthState
 from worker.lag import LagMonitor
 from worker.metrics import WorkerMetrics
+from worker.outputs import OutputFitter, OutputLimits
 from worker.pipeline import OutputsFailedError, ScoringFailedError
 from worker.processing import BatchProcessor
 from worker.runner import BatchRunner
@@ -169,11 +170,19 @@ class Worker:
     def connect(self) -> None:
         """Create the Kafka clients; raises BrokerUnavailableError with the bootstrap named."""
         made = clients.connect(self.settings)
-        self.attach(made.consumer, made.producer)
+        self.attach(made.consumer, made.producer, made.limits)
 
-    def attach(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
-        """Wire the worker to its clients (`connect` makes them; tests hand in stand-ins)."""
+    def attach(
+        self,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        limits: OutputLimits | None = None,
+    ) -> None:
+        """Wire the worker to its clients (`connect` makes them; tests hand in stand-ins).
+        `limits`: the output topics' size limits (None: the producer's default only)."""
         s = self.settings
+        fitter = OutputFitter(limits or OutputLimits(), s.dead_letter_topic)
+        self.processor.fitter = fitter
         source = Source(consumer, s, self.metrics, self.health, self._stop)
         delivery: BatchDelivery
         if s.delivery == "exactly_once":
@@ -185,10 +194,13 @@ class Worker:
                 self.metrics,
                 self.health,
                 self._stop,
+                fitter=fitter,
             )
         else:
-            sink = Sink(producer, s.publish_timeout_s)
-            delivery = AtLeastOnceDelivery(sink, consumer, self.metrics, self.health, self._stop)
+            sink = Sink(producer, s.publish_timeout_s, lambda: clients.new_producer(s))
+            delivery = AtLeastOnceDelivery(
+                sink, consumer, self.metrics, self.health, self._stop, fitter=fitter
+            )
         lag = LagMonitor(consumer, self.metrics, s.input_topic, s.lag_interval_s)
         runner = BatchRunner(self.processor, self.engines, delivery, self.metrics, self.summary)
         self._connected = Connected(source, delivery, lag, runner)
