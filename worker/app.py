@@ -36,8 +36,9 @@ One batch, and where each step lives:
 other, or (at-least-once, `MODSTREAM_PIPELINE_DEPTH` > 0) with scoring and output
 building on their own threads (worker/pipeline.py) while this thread polls the next.
 
-Shutdown (SIGTERM/SIGINT) stops polling, finishes the batches in hand through step 3,
-then closes the clients and exits 0.
+Shutdown (SIGTERM/SIGINT, relayed by worker/signals.py) stops polling, finishes the
+batches in hand through step 3, then closes the clients and exits 0; during start-up it
+exits 0 after the step in progress.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ class Worker:
     """The processing loop and its wiring.
 
     Threads: `run`, the rebalance callbacks (kafka-python calls them inside poll) and
-    everything they call on the processing thread; `request_stop` from a signal
-    handler; `engines.offer_engine` from the reload thread.
+    everything they call on the processing thread; `request_stop` from the signals
+    thread (worker/signals.py); `engines.offer_engine` from the reload thread.
     """
 
     def __init__(
