@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.bounded import TOKEN_CACHE_BYTES, BoundedDict, sizeof_entry
 from model.checkpoint import load_checkpoint
 from model.errors import ExitCode, ModstreamError
 from model.network import Classifier, ModelConfig
@@ -208,7 +209,7 @@ class Engine:
         self.max_tokens = max_tokens
         self.bucket_width = bucket_width
         self.max_batch_tokens = max_batch_tokens
-        self._token_cache: TokenCache = {}
+        self._token_cache: TokenCache = BoundedDict(TOKEN_CACHE_BYTES, sizeof_entry)
         self._vectors = TokenVectors(self.model, device)
         if device.type == "cpu" and cpu_threads is not None:
             torch.set_num_threads(max(1, cpu_threads))

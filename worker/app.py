@@ -49,8 +49,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import structlog
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.structs import TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 
 from model.engine import Engine
 from model.errors import ExitCode, ModstreamError
@@ -71,6 +70,7 @@ from worker.metrics import WorkerMetrics
 from worker.outputs import OutputFitter, OutputLimits
 from worker.pipeline import OutputsFailedError, ScoringFailedError
 from worker.processing import BatchProcessor
+from worker.rebalance import GroupListener
 from worker.runner import BatchRunner
 from worker.settings import WorkerSettings
 from worker.sink import Sink
@@ -108,9 +108,10 @@ class Connected:
 class Worker:
     """The processing loop and its wiring.
 
-    Threads: `run`, the rebalance callbacks (kafka-python calls them inside poll) and
-    everything they call on the processing thread; `request_stop` from the signals
-    thread (worker/signals.py); `engines.offer_engine` from the reload thread.
+    Threads: `run` and everything it calls on the processing thread; the rebalance
+    listener (worker/rebalance.py) on kafka-python's I/O thread while `run` waits in
+    poll; `request_stop` from the signals thread (worker/signals.py);
+    `engines.offer_engine` from the reload thread.
     """
 
     def __init__(
@@ -205,7 +206,18 @@ class Worker:
         lag = LagMonitor(consumer, self.metrics, s.input_topic, s.lag_interval_s)
         runner = BatchRunner(self.processor, self.engines, delivery, self.metrics, self.summary)
         self._connected = Connected(source, delivery, lag, runner)
-        source.subscribe(_Rebalance(self))
+        source.subscribe(
+            GroupListener(
+                self.batcher,
+                runner,
+                source,
+                delivery,
+                lag,
+                self.metrics,
+                self.health,
+                drain_s=min(s.publish_timeout_s, s.session_timeout_ms / 2000.0),
+            )
+        )
         self.health.set(kafka_ok=True, problem=None)
 
     def run(self) -> int:
@@ -264,60 +276,3 @@ class Worker:
     def process_batch(self, batch: Sequence[SourceRecord]) -> None:
         """One closed batch through every step, synchronously."""
         self.kafka.runner.process(batch)
-
-    # -- group membership (processing thread, inside poll) ---------------------------
-
-    def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        pending = self.batcher.take()
-        if pending:
-            log.info("finishing_batch_before_revocation", records=len(pending))
-            self.kafka.runner.handle(pending)
-        self.kafka.runner.drain()  # commit all in flight while the partitions are still ours
-        # Cooperative: only `revoked` goes, no assign follows.
-        self.metrics.assigned_partitions.set(len(self.kafka.source.assignment() - revoked))
-        self.kafka.lag.forget(revoked)
-
-    def on_lost(self, lost: set[TopicPartition]) -> None:
-        """Evicted from the group: the partitions' new owners re-read from the last
-        commit, so the records in hand are dropped rather than answered twice."""
-        self.kafka.delivery.forget(lost)
-        pending = self.batcher.take()
-        if pending:
-            self.metrics.in_flight.dec(len(pending))
-        self.kafka.lag.forget(lost)
-        log.warning(
-            "partitions_lost",
-            partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in lost),
-            dropped_records=len(pending),
-        )
-
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.metrics.rebalances.inc()
-        # With the cooperative assignor `assigned` holds only the partitions added.
-        current = self.kafka.source.assignment()
-        self.metrics.assigned_partitions.set(len(current))
-        # A member with no partitions (more workers than partitions) is ready too: it
-        # takes over as soon as a rebalance hands it some.
-        self.health.set(group_joined=True, assigned_partitions=len(current))
-        self.kafka.lag.keep_only(current)
-        self.kafka.lag.refresh_soon()  # measure the new assignment on the next turn
-        log.info(
-            "partitions_assigned",
-            partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned),
-        )
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """kafka-python calls these inside `poll`, on the processing thread."""
-
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._worker.on_revoked(revoked)
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker.on_assigned(assigned)
-
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        self._worker.on_lost(lost)

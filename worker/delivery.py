@@ -131,6 +131,19 @@ class BatchDelivery(Protocol):
         """Partitions lost to the group: their offsets can no longer be committed here."""
         ...
 
+    @property
+    def committer(self) -> Committer | None:
+        """What commits offsets outside the outputs (None: a transaction commits them)."""
+        ...
+
+    def commit_done(self, error: CommitError | None) -> None:
+        """Count (and log) the outcome of a commit sent without waiting."""
+        ...
+
+    def retry_deferred_commits(self) -> None:
+        """Re-send commits the broker refused for a passing reason (a rebalance)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -160,7 +173,7 @@ class AtLeastOnceDelivery:
         processing thread never waits a round trip per batch. `fitter` makes the
         minimal dead letters of step 3a (None: refused outputs are given up)."""
         self._sink = sink
-        self._committer = Committer(consumer, self._async_commit_done)
+        self._committer = Committer(consumer, self.commit_done)
         self._metrics = metrics
         self._health = health
         self._stop = stop
@@ -198,6 +211,7 @@ class AtLeastOnceDelivery:
         # Step 5: every output of the batch is acknowledged.
         commit_start = time.perf_counter()
         if self.commit_async:
+            self._committer.retry_deferred()
             self._committer.commit_async(batch)
         else:
             try:
@@ -306,11 +320,24 @@ class AtLeastOnceDelivery:
     def close(self) -> None:
         _close_sink(self._sink)
 
-    def _async_commit_done(self, error: CommitError | None) -> None:
+    @property
+    def committer(self) -> Committer:
+        return self._committer
+
+    def commit_done(self, error: CommitError | None) -> None:
         if error is None:
             self._metrics.commits.labels(result="ok").inc()
+        elif error.deferred:
+            # Refused while the group rebalances: sent again by `retry_deferred_commits`.
+            self._metrics.commits.labels(result="deferred").inc()
+            log.info("commit_deferred", error=str(error), offsets=_offset_names(error.offsets))
         else:
             self._commit_failed(error)
+
+    def retry_deferred_commits(self) -> None:
+        """Processing thread, between batches: re-send commits refused for a passing
+        reason (see `Committer.retry_deferred`)."""
+        self._committer.retry_deferred()
 
     def _commit_failed(self, exc: CommitError) -> None:
         # The partition moved on; its new owner re-reads from the last commit
@@ -321,7 +348,7 @@ class AtLeastOnceDelivery:
         log.warning(
             "commit_failed",
             error=str(exc),
-            offsets={f"{tp.topic}-{tp.partition}": offset for tp, offset in exc.offsets.items()},
+            offsets=_offset_names(exc.offsets),
         )
 
 
@@ -492,6 +519,17 @@ class TransactionalDelivery:
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Nothing to forget: offsets only travel inside a transaction."""
 
+    @property
+    def committer(self) -> None:
+        """None: offsets only travel inside a transaction."""
+        return None
+
+    def commit_done(self, error: CommitError | None) -> None:
+        """Never called: no commit travels outside a transaction."""
+
+    def retry_deferred_commits(self) -> None:
+        """Nothing is ever deferred: offsets only travel inside a transaction."""
+
     def close(self) -> None:
         _close_sink(self._sink)
 
@@ -533,3 +571,7 @@ def _close_sink(sink: Sink) -> None:
         sink.close()
     except KafkaError as exc:
         log.warning("producer_close_failed", error=str(exc))
+
+
+def _offset_names(offsets: dict[TopicPartition, int]) -> dict[str, int]:
+    return {f"{tp.topic}-{tp.partition}": offset for tp, offset in offsets.items()}

@@ -53,11 +53,24 @@ CASES: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], str]] = [
     (b"b-tombstone", None, [], "null_value"),
     (None, b"not json, no key", [], "invalid_json"),
     (b"b-date", req("x", "hi", created_at="soon"), [], "invalid_field"),
+    # Absurd shapes, rejected from the structure (pydantic built an error per member).
+    (b"b-fields", req("x", "hi", **{f"f{i}": 0 for i in range(60_000)}), [], "extra_field"),
+    (
+        b"b-metadata",
+        req("x", "hi", metadata={f"k{i}": i for i in range(60_000)}),
+        [],
+        "invalid_field",
+    ),
     # Valid, however odd.
     (b"g-plain", req("g-plain", "see you at lunch"), [], "ok:g-plain"),
     (b"g-nul", req("g-nul", "a\u0000b escaped NUL"), [], "ok:g-nul"),
     (b"g-intl", req("g-intl", "مرحبا שלום \u200f\u200b\u2066x\u2069 😀👍🏽"), [], "ok:g-intl"),
     (b"g-tok10k", req("g-tok10k", "w " * 10_000), [], "ok:g-tok10k"),  # 10k tokens
+    # Hostile text: scored at a bounded cost (README, Cost bounds per message).
+    (b"g-marks", req("g-marks", "a" + "\u0301\u0316" * 12_000), [], "ok:g-marks"),
+    (b"g-expand", req("g-expand", "\u3316" * 20_000), [], "ok:g-expand"),
+    (b"g-email", req("g-email", "a." * 12_000 + "@"), [], "ok:g-email"),
+    (b"g-digits", req("g-digits", "a" + "1" * 20_000), [], "ok:g-digits"),
     (b"g-dup", req("same-id", "first of two"), [], "ok:same-id"),
     (b"g-dup", req("same-id", "second of two"), [], "ok:same-id"),
     (

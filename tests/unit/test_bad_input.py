@@ -79,6 +79,22 @@ CATALOGUE: list[tuple[str, bytes | None, ErrorKind | None]] = [
     ("lone high surrogate escape", b'{"id": "a", "text": "x\\ud800"}', ErrorKind.INVALID_JSON),
     ("lone low surrogate escape", b'{"id": "a\\udc00", "text": "x"}', ErrorKind.INVALID_JSON),
     ("NaN literal", b'{"id": "a", "text": NaN}', ErrorKind.WRONG_TYPE),
+    # Absurd shapes: rejected from the structure, before pydantic builds an error apiece.
+    (
+        "100,000 extra fields",
+        request(**{f"f{i}": 0 for i in range(100_000)}),
+        ErrorKind.EXTRA_FIELD,
+    ),
+    (
+        "extra fields and no id",
+        json.dumps({f"f{i}": [1] for i in range(1000)}).encode(),
+        ErrorKind.EXTRA_FIELD,
+    ),
+    (
+        "100,000 metadata entries of the wrong type",
+        request(metadata={f"k{i}": i for i in range(100_000)}),
+        ErrorKind.INVALID_FIELD,
+    ),
     ("tombstone", None, ErrorKind.NULL_VALUE),
     # Valid, however odd: these must be scored.
     ("escaped NUL in text", request(text="a\u0000b"), None),

@@ -170,6 +170,7 @@ class AtLeastOnce:
         self.metrics = WorkerMetrics()
         self.health = HealthState(model_version="v1", group_joined=True)
         self.consumer = CommittingConsumer()
+        self.consumer.assigned = {TopicPartition("requests", 0)}
         sink = Sink(broker.new_producer(), 1.0, broker.new_producer)  # type: ignore[arg-type]
         self.delivery = AtLeastOnceDelivery(
             sink,
