@@ -152,9 +152,10 @@ class AtLeastOnceDelivery:
 
     Threads: `send` on the publishing thread (pipelined); `deliver`, `flush`, `forget`
     and `close` on the processing thread; the outcome of an asynchronous commit on
-    whichever thread kafka-python reports it (only counted and logged). `_lock` keeps
-    the publishing thread's sends apart from the producer's renewal and from the
-    list of shipments sent ahead.
+    whichever thread kafka-python reports it (only counted and logged). `_send_lock`
+    keeps the publishing thread's sends apart from the producer's renewal and from
+    step 3b's one-at-a-time sending; `_ahead_lock` guards the list of shipments sent
+    ahead (never held while sending, so completing a batch never waits for a send).
     """
 
     def __init__(
@@ -180,7 +181,8 @@ class AtLeastOnceDelivery:
         self.commit_async = commit_async
         self._first_backoff_s = first_backoff_s
         self._fitter = fitter
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._ahead_lock = threading.Lock()
         self._sent_ahead: list[Shipment] = []  # handed to `send`, not delivered yet
         self._isolating = False  # a batch's outputs go one at a time (step 3b)
 
@@ -188,11 +190,12 @@ class AtLeastOnceDelivery:
         """Publishing thread: step 1 ahead of `deliver`, without waiting for acks; held
         back (sent by `deliver`, in order) while an earlier batch has a failed send not
         made again yet, or it could overtake that batch's outputs of the same key."""
-        with self._lock:
-            held = self._isolating or any(
-                earlier.has_failed_sends() for earlier in self._sent_ahead
-            )
-            self._sent_ahead.append(shipment)
+        with self._send_lock:
+            with self._ahead_lock:
+                held = self._isolating or any(
+                    earlier.has_unretried_failures() for earlier in self._sent_ahead
+                )
+                self._sent_ahead.append(shipment)
             if held:
                 log.info("send_held", outputs=len(shipment.outputs))
                 return
@@ -206,7 +209,7 @@ class AtLeastOnceDelivery:
         self._metrics.stage_seconds.labels(stage="publish").observe(
             time.perf_counter() - publish_start
         )
-        with self._lock:
+        with self._ahead_lock:
             self._sent_ahead = [s for s in self._sent_ahead if s is not shipment]
         # Step 5: every output of the batch is acknowledged.
         commit_start = time.perf_counter()
@@ -251,7 +254,7 @@ class AtLeastOnceDelivery:
                         renew = True
                         if not careful:
                             careful = True
-                            with self._lock:
+                            with self._send_lock:
                                 self._isolating = True
                             log.warning("publish_refused_isolating", error=str(exc))
                             continue
@@ -261,7 +264,9 @@ class AtLeastOnceDelivery:
                 self._health.set(kafka_ok=True, problem=None)  # step 4
                 return acked_at
         finally:
-            self._isolating = False
+            if careful:  # (only then: the rebalance listener completes batches too)
+                with self._send_lock:
+                    self._isolating = False
 
     def _back_off(
         self,
@@ -305,7 +310,7 @@ class AtLeastOnceDelivery:
         """A new producer in place of one that fails every send, apart from the
         publishing thread's sends. Raises PublishError (retriable) when none can be
         made now: the next try renews again."""
-        with self._lock:
+        with self._send_lock:
             self._sink.renew()
 
     def flush(self) -> None:
@@ -416,7 +421,9 @@ class TransactionalDelivery:
         except PublishError as exc:
             # A first refusal that is not retriable: find the output refused, at once.
             find = exc.failure is not SendFailure.RETRIABLE and not self._careful
-            self._careful = self._careful or find
+            if find:
+                self._careful = True
+                log.warning("publish_refused_isolating", error=str(exc))
             self._abort_and_rewind(batch, exc, back_off=not find)  # steps 5-7
             return None
         except KafkaError as exc:

@@ -141,7 +141,7 @@ class Shipment:
 
     Made on the publishing thread (pipelined) or the processing thread, then handed to
     the processing thread with its batch: one thread at a time (the publishing thread
-    only reads `has_failed_sends` of shipments it handed over)."""
+    only reads `has_unretried_failures` of shipments it handed over)."""
 
     def __init__(self, outputs: Sequence[OutputRecord]) -> None:
         self.outputs = list(outputs)
@@ -159,7 +159,7 @@ class Shipment:
     def acknowledged(self) -> int:
         return sum(1 for f in self.futures if f is not None and f.is_done and f.succeeded())
 
-    def has_failed_sends(self) -> bool:
+    def has_unretried_failures(self) -> bool:
         """A send failed and was not made again yet."""
         return any(f is not None and f.is_done and f.failed() for f in self.futures)
 

@@ -142,7 +142,12 @@ def produce_all(bootstrap: str, topic: str, sent: list[Sent]) -> None:
 
 def read_outputs(bootstrap: str, topic: str) -> list[Output]:
     """Every record of `topic` (all partitions), with its headers and serialised size."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+    )
     try:
         partitions = wait_for(lambda: consumer.partitions_for_topic(topic), 30, f"{topic}")
         tps = [TopicPartition(topic, p) for p in partitions]
@@ -263,11 +268,13 @@ def set_max_message_bytes(bootstrap: str, topic: str, limit: int) -> None:
         admin.close()
 
 
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 def test_outputs_over_the_topic_limit_become_minimal_dead_letters(
     kafka_bootstrap: str,
     make_topics: Callable[..., dict[str, str]],
     tiny_checkpoint: Path,
     tmp_path: Path,
+    delivery: str,
 ) -> None:
     """The limit read at start makes the 1 MB record's dead letter a minimal one before
     it is sent; a limit lowered while the worker runs makes the broker refuse a dead
@@ -276,7 +283,8 @@ def test_outputs_over_the_topic_limit_become_minimal_dead_letters(
     set_max_message_bytes(kafka_bootstrap, topics["dead_letter"], 200_000)
     group = f"g-limits-{uuid.uuid4().hex[:8]}"
     worker = WorkerProcess(
-        worker_env(kafka_bootstrap, topics, tiny_checkpoint, group), tmp_path / "worker.log"
+        worker_env(kafka_bootstrap, topics, tiny_checkpoint, group, delivery=delivery),
+        tmp_path / "worker.log",
     )
     try:
         worker.wait_ready(120)
@@ -317,7 +325,7 @@ def test_outputs_over_the_topic_limit_become_minimal_dead_letters(
     assert worker.events("publish_refused_isolating"), "the broker refused, and was handled"
     outputs = read_outputs(kafka_bootstrap, topics["output"]) + read_outputs(
         kafka_bootstrap, topics["dead_letter"]
-    )
+    )  # read_committed: what a transaction left unfinished is not there
     by_offset = {o.value["offset"]: o for o in outputs}
     assert len(outputs) == len(by_offset) == len(first) + len(second)
     for s in first + second:
