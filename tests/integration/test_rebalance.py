@@ -24,8 +24,8 @@ from tests.helpers import (
     committed_offsets,
     end_offsets,
     ids_of,
+    start_worker,
     wait_for,
-    worker_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -51,19 +51,18 @@ def test_a_member_joining_under_traffic_takes_over_exactly_where_answers_end(
     if pipeline_depth is not None:
         options["pipeline_depth"] = pipeline_depth
 
-    def start(name: str) -> WorkerProcess:
-        env = worker_env(kafka_bootstrap, topics, tiny_checkpoint, group, **options)
-        worker = WorkerProcess(env, tmp_path / f"{name}.log")
-        worker.wait_ready(120)
-        return worker
+    def start() -> WorkerProcess:
+        return start_worker(
+            kafka_bootstrap, topics, tiny_checkpoint, tmp_path, group=group, **options
+        )
 
     reader = TopicReader(kafka_bootstrap, topics["output"])
     workers: list[WorkerProcess] = []
     with SteadyProducer(kafka_bootstrap, topics["input"], "r") as producer:
         try:
-            workers.append(start("first"))
+            workers.append(start())
             reader.read_until(200, timeout_s=120)
-            workers.append(start("second"))
+            workers.append(start())
             wait_for(
                 lambda: all(
                     w.metric("modstream_assigned_partitions") == 2

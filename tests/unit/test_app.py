@@ -4,6 +4,7 @@ outcome, health, rebalances, and how `run` ends."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -188,32 +189,54 @@ def test_rebalances_update_assignment_health_and_lag_series() -> None:
     assert worker.health.readiness()[0], "an idle-assigned member is ready"
 
 
+IN0 = TopicPartition("in", 0)  # where `Polled` records come from
+
+
+def run_scripted(
+    worker: Worker, consumer: GroupConsumer, *answers: list[int] | Callable[[], None]
+) -> list[dict[str, Any]]:
+    """Run the worker while `consumer.poll` answers in turn: records of IN0 at these
+    offsets, or a callable run inside that poll (a rebalance, as kafka-python runs its
+    listener); after the last answer the worker is asked to stop. Returns the logs."""
+    script = list(answers)
+
+    def poll(timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        answer = script.pop(0) if script else None
+        if not script:
+            worker.request_stop()
+        if isinstance(answer, list):
+            return {IN0: [Polled(offset) for offset in answer]}
+        if answer is not None:
+            answer()
+        return {}
+
+    consumer.poll = poll  # type: ignore[method-assign]
+    consumer.assigned = {IN0}
+    with structlog.testing.capture_logs() as logs:
+        assert worker.run() == 0
+    return logs
+
+
+def the_event(logs: list[dict[str, Any]], event: str) -> dict[str, Any]:
+    (line,) = [line for line in logs if line["event"] == event]
+    return line
+
+
 def test_a_revocation_releases_the_open_batch_and_seeks_back_to_it() -> None:
     """Records polled but not yet handed over are released, not answered: under the
     eager protocol the partition may come straight back with its position kept, so the
     consumer is sought back to them; nothing is published or committed for them."""
     worker, producer, consumer = make_worker(max_batch_wait_ms=60_000)
-    tp = TopicPartition("in", 0)  # where `Polled` records come from
-    consumer.assigned = {tp}
-    polls = 0
-
-    def poll(timeout_ms: int, max_records: int) -> dict[Any, Any]:
-        nonlocal polls
-        polls += 1
-        if polls == 1:
-            return {tp: [Polled(4), Polled(5)]}
-        consumer.call_listener("on_partitions_revoked", {tp})
-        worker.request_stop()
-        return {}
-
-    consumer.poll = poll  # type: ignore[method-assign]
-    with structlog.testing.capture_logs() as logs:
-        assert worker.run() == 0
-    assert consumer.seeks == [(tp, 4)]
+    logs = run_scripted(
+        worker,
+        consumer,
+        [4, 5],
+        lambda: consumer.call_listener("on_partitions_revoked", {IN0}),
+    )
+    assert consumer.seeks == [(IN0, 4)]
     assert producer.calls == ["close"] and consumer.commits == []
     assert sample(worker, "modstream_in_flight_messages") == 0
-    (revoked,) = [line for line in logs if line["event"] == "partitions_revoked"]
-    assert revoked["released_records"] == 2
+    assert the_event(logs, "partitions_revoked")["released_records"] == 2
     assert "commit_failed" not in [line["event"] for line in logs]
 
 
@@ -221,61 +244,35 @@ def test_a_revocation_commits_the_acknowledged_pipelined_batches_without_blockin
     """Pipelined: the batch in flight is completed inside the listener and its offsets
     committed with an awaited asynchronous commit, even though a synchronous commit
     raises there and the cooperative protocol already dropped the partition from the
-    assignment. Records polled after it are released."""
+    assignment."""
     worker, producer, consumer = make_worker(pipeline_depth=2, max_batch_wait_ms=60_000)
-    tp = TopicPartition("in", 0)  # where `Polled` records come from
-    consumer.assigned = {tp}
-    polls = 0
 
-    def poll(timeout_ms: int, max_records: int) -> dict[Any, Any]:
-        nonlocal polls
-        polls += 1
-        if polls == 1:
-            return {tp: [Polled(0), Polled(1), Polled(2)]}  # closes at once: scorer idle
-        if polls == 2:
-            return {tp: [Polled(3)]}  # stays in the open batch
+    def cooperative_revocation() -> None:
         consumer.assigned = set()  # cooperative: revoked partitions are gone already
-        consumer.call_listener("on_partitions_revoked", {tp})
-        worker.request_stop()
-        return {}
+        consumer.call_listener("on_partitions_revoked", {IN0})
 
-    consumer.poll = poll  # type: ignore[method-assign]
-    with structlog.testing.capture_logs() as logs:
-        assert worker.run() == 0
+    # The first batch closes at once (the scorer is idle) and is handed over.
+    logs = run_scripted(worker, consumer, [0, 1, 2], cooperative_revocation)
     assert consumer.commits[-1] == {0: 3}  # one past the delivered batch, nothing more
-    assert consumer.seeks == []  # the released record's partition is not ours any more
     assert producer.calls.count("send") == 3
     events = [line["event"] for line in logs]
     assert "commit_failed" not in events and "revocation_failed" not in events
-    (revoked,) = [line for line in logs if line["event"] == "partitions_revoked"]
-    assert revoked["committed"] == {"in-0": 3}
-    assert revoked["released_records"] == 1 and revoked["batches_left_in_flight"] == 0
+    revoked = the_event(logs, "partitions_revoked")
+    assert revoked["committed"] == {"in-0": 3} and revoked["batches_left_in_flight"] == 0
     assert sample(worker, "modstream_in_flight_messages") == 0
     assert sample(worker, "modstream_commits_total", result="failed") == 0
 
 
 def test_lost_partitions_release_their_records_and_commit_nothing_more() -> None:
     worker, producer, consumer = make_worker(max_batch_wait_ms=60_000)
-    tp = TopicPartition("in", 0)  # where `Polled` records come from
-    consumer.assigned = {tp}
-    polls = 0
 
-    def poll(timeout_ms: int, max_records: int) -> dict[Any, Any]:
-        nonlocal polls
-        polls += 1
-        if polls == 1:
-            return {tp: [Polled(7)]}
+    def eviction() -> None:
         consumer.assigned = set()  # evicted: kafka-python clears the assignment
-        consumer.call_listener("on_partitions_lost", {tp})
-        worker.request_stop()
-        return {}
+        consumer.call_listener("on_partitions_lost", {IN0})
 
-    consumer.poll = poll  # type: ignore[method-assign]
-    with structlog.testing.capture_logs() as logs:
-        assert worker.run() == 0
+    logs = run_scripted(worker, consumer, [7], eviction)
     assert producer.calls == ["close"] and consumer.commits == [] and consumer.seeks == []
-    (lost,) = [line for line in logs if line["event"] == "partitions_lost"]
-    assert lost["dropped_records"] == 1
+    assert the_event(logs, "partitions_lost")["dropped_records"] == 1
     assert sample(worker, "modstream_in_flight_messages") == 0
 
 
