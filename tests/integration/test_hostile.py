@@ -45,7 +45,7 @@ PARTITIONS = 6
 BURST = 3_000  # unique 9,000-letter words, as in issue 14
 # The worker's resident memory may grow by at most this much over what it had when it
 # became ready. Measured with the tests' tiny checkpoint on a 2-core machine: +65 to
-# +77 MiB; +186 MiB (and 135 s instead of 8 s) before the caches were bounded in bytes
+# +86 MiB; +186 MiB (and 135 s instead of 8-10 s) before the caches were bounded in bytes
 # and the tokens capped. (With the production model those 3,000 words took the worker
 # from 885 to 2,538 MiB.)
 RSS_GROWTH_BOUND_MIB = 150
