@@ -36,8 +36,9 @@ One batch, and where each step lives:
 other, or (at-least-once, `MODSTREAM_PIPELINE_DEPTH` > 0) with scoring and output
 building on their own threads (worker/pipeline.py) while this thread polls the next.
 
-Shutdown (SIGTERM/SIGINT) stops polling, finishes the batches in hand through step 3,
-then closes the clients and exits 0.
+Shutdown (SIGTERM/SIGINT, relayed by worker/signals.py) stops polling, finishes the
+batches in hand through step 3, then closes the clients and exits 0; during start-up it
+exits 0 after the step in progress.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from worker.engine_slot import EngineSlot
 from worker.health import HealthState
 from worker.lag import LagMonitor
 from worker.metrics import WorkerMetrics
+from worker.outputs import OutputFitter, OutputLimits
 from worker.pipeline import OutputsFailedError, ScoringFailedError
 from worker.processing import BatchProcessor
 from worker.rebalance import GroupListener
@@ -108,8 +110,8 @@ class Worker:
 
     Threads: `run` and everything it calls on the processing thread; the rebalance
     listener (worker/rebalance.py) on kafka-python's I/O thread while `run` waits in
-    poll; `request_stop` from a signal handler; `engines.offer_engine` from the reload
-    thread.
+    poll; `request_stop` from the signals thread (worker/signals.py);
+    `engines.offer_engine` from the reload thread.
     """
 
     def __init__(
@@ -170,11 +172,19 @@ class Worker:
     def connect(self) -> None:
         """Create the Kafka clients; raises BrokerUnavailableError with the bootstrap named."""
         made = clients.connect(self.settings)
-        self.attach(made.consumer, made.producer)
+        self.attach(made.consumer, made.producer, made.limits)
 
-    def attach(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
-        """Wire the worker to its clients (`connect` makes them; tests hand in stand-ins)."""
+    def attach(
+        self,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        limits: OutputLimits | None = None,
+    ) -> None:
+        """Wire the worker to its clients (`connect` makes them; tests hand in stand-ins).
+        `limits`: the output topics' size limits (None: the producer's default only)."""
         s = self.settings
+        fitter = OutputFitter(limits or OutputLimits(), s.dead_letter_topic)
+        self.processor.fitter = fitter
         source = Source(consumer, s, self.metrics, self.health, self._stop)
         delivery: BatchDelivery
         if s.delivery == "exactly_once":
@@ -186,10 +196,13 @@ class Worker:
                 self.metrics,
                 self.health,
                 self._stop,
+                fitter=fitter,
             )
         else:
-            sink = Sink(producer, s.publish_timeout_s)
-            delivery = AtLeastOnceDelivery(sink, consumer, self.metrics, self.health, self._stop)
+            sink = Sink(producer, s.publish_timeout_s, lambda: clients.new_producer(s))
+            delivery = AtLeastOnceDelivery(
+                sink, consumer, self.metrics, self.health, self._stop, fitter=fitter
+            )
         lag = LagMonitor(consumer, self.metrics, s.input_topic, s.lag_interval_s)
         runner = BatchRunner(self.processor, self.engines, delivery, self.metrics, self.summary)
         self._connected = Connected(source, delivery, lag, runner)

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from types import UnionType
@@ -75,8 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; the one place an escaping `ModstreamError` becomes an exit code
     and a line on stderr. A reader that stops early (`modstream score … | head -1`)
     ends the command quietly, with exit code 0."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    signals = None
+    if arguments[:1] == ["worker"]:
+        # Before the parser and the model load (seconds on a busy node): from here on a
+        # SIGTERM is a request to stop, never death by the signal (worker/signals.py).
+        from worker.signals import SignalRelay
+
+        signals = SignalRelay()
+        signals.install()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
+    args.signals = signals
     try:
         return int(args.handler(args))
     except ModstreamError as exc:
@@ -259,6 +267,10 @@ def _announce_settings(settings: Any, log: Any) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    from worker.signals import SignalRelay
+
+    # Installed by `main` before parsing; start-up checks it between its steps.
+    signals: SignalRelay = args.signals
     settings = load_settings(args)
     from worker.logs import configure_logging
 
@@ -266,6 +278,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     import structlog
 
     log = structlog.get_logger("modstream.cli")
+    log.info("worker_starting", checkpoint_dir=str(settings.checkpoint_dir))
     _announce_settings(settings, log)
     from model.checkpoint import CheckpointError
     from model.engine import Engine, EngineError
@@ -273,6 +286,13 @@ def _run_worker(args: argparse.Namespace) -> int:
     from worker.clients import BrokerUnavailableError
     from worker.reload import Reloader
 
+    def stopped_during(step: str) -> bool:
+        if signals.requested:
+            log.info("stopped_during_startup", step=step)
+        return signals.requested
+
+    if stopped_during("starting"):
+        return ExitCode.OK
     if settings.gil_switch_interval_us:
         # The scoring thread releases the GIL inside every torch call and must win it
         # back from the processing thread; at Python's 5 ms default each handover can
@@ -291,16 +311,16 @@ def _run_worker(args: argparse.Namespace) -> int:
             "checkpoint_unusable", checkpoint_dir=str(settings.checkpoint_dir), error=str(exc)
         )
         raise CheckpointUnusableError(f"checkpoint {settings.checkpoint_dir}: {exc}") from exc
-
+    if stopped_during("loading the model"):
+        return ExitCode.OK
     log.info("engine_warmed_up", seconds=round(engine.warm_up(), 3), version=engine.version)
+    if stopped_during("warming up"):
+        return ExitCode.OK
     worker = Worker(settings, engine)
+    signals.on_stop(worker.request_stop)  # at once if the signal came meanwhile
     server = _metrics_server(settings, worker)
     server.start()
     log.info("metrics_listening", port=server.port, host=settings.metrics_host)
-
-    def _stop(signum: int, _frame: types.FrameType | None) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
-        worker.request_stop()
 
     reloader = Reloader(
         settings.checkpoint_dir,
@@ -310,22 +330,18 @@ def _run_worker(args: argparse.Namespace) -> int:
         device=settings.device,
         max_tokens=settings.max_tokens,
     )
-
-    def _reload(signum: int, _frame: types.FrameType | None) -> None:
-        reloader.request_check()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGHUP, _reload)
+    signals.on_reload(reloader.request_check)
     try:
         worker.connect()
     except BrokerUnavailableError as exc:
-        log.error("broker_unreachable", error=str(exc))
         server.stop()
+        if stopped_during("connecting"):
+            return ExitCode.OK
+        log.error("broker_unreachable", error=str(exc))
         raise
     reloader.start()
     try:
-        return worker.run()
+        return worker.run()  # a stop that came while connecting ends it at once, cleanly
     finally:
         reloader.stop()
         server.stop()

@@ -1,7 +1,8 @@
 """The worker's Kafka clients: how they are built, and what their refusals mean.
 
 `connect` builds the consumer and the producer from `WorkerSettings` (bootstrap, group,
-security: `WorkerSettings.kafka_common` hands both clients the same SASL/TLS settings).
+security: `WorkerSettings.kafka_common` hands both clients the same SASL/TLS settings),
+and reads the output topics' size limits (`read_output_limits`, worker/outputs.py).
 When no broker answers within `MODSTREAM_STARTUP_TIMEOUT_S` it raises
 `BrokerUnavailableError` (exit code 4) saying which step failed: nothing accepts TCP
 connections (or the host name does not resolve), or something does but the SASL or
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
@@ -32,6 +34,7 @@ from kafka.errors import (
 
 from model.errors import ExitCode, ModstreamError
 from worker.logs import client_logs_quieted
+from worker.outputs import OutputLimits
 from worker.settings import WorkerSettings
 from worker.sink import describe
 
@@ -68,10 +71,12 @@ class KafkaClients:
 
     consumer: KafkaConsumer
     producer: KafkaProducer
+    limits: OutputLimits
 
 
 def connect(settings: WorkerSettings) -> KafkaClients:
-    """Both clients, or BrokerUnavailableError naming the bootstrap and why it failed."""
+    """Both clients and the output limits, or BrokerUnavailableError naming the
+    bootstrap and why it failed."""
     consumer: KafkaConsumer | None = None
     try:
         with client_logs_quieted():  # the error below says it once, and why
@@ -85,7 +90,42 @@ def connect(settings: WorkerSettings) -> KafkaClients:
             f"{settings.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security protocol "
             f"{settings.security_protocol}): {describe(exc)}{refusal_hint(settings)}"
         ) from exc
-    return KafkaClients(consumer, producer)
+    limits = read_output_limits(settings, int(producer.config["max_request_size"]))
+    return KafkaClients(consumer, producer, limits)
+
+
+def read_output_limits(settings: WorkerSettings, producer_max: int) -> OutputLimits:
+    """`max.message.bytes` of the result and dead-letter topics, as the broker applies
+    it (`config_filter="all"`: the default filter hides values inherited from the
+    broker). A topic whose limit cannot be read (describe not allowed, topic missing)
+    gets the producer's `max_request_size` alone; what the broker refuses anyway is
+    replaced when it is sent (worker/delivery.py)."""
+    topics = [settings.output_topic, settings.dead_letter_topic]
+    found: dict[str, int] = {}
+    try:
+        admin = KafkaAdminClient(
+            client_id=f"{settings.client_id}-admin",
+            request_timeout_ms=int(settings.startup_timeout_s * 1000),
+            **settings.kafka_common(),
+        )
+        try:
+            answer = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics],
+                config_filter="all",
+            )
+        finally:
+            admin.close()
+        for topic in topics:
+            entry = answer.get("topic", {}).get(topic, {}).get("max.message.bytes", {})
+            if str(entry.get("value", "")).isdigit():
+                found[topic] = int(entry["value"])
+    except KafkaError as exc:
+        log.warning("output_limits_unread", error=describe(exc), producer_max=producer_max)
+    missing = [topic for topic in topics if topic not in found]
+    if missing:
+        log.warning("output_limits_unknown", topics=missing, using_producer_max=producer_max)
+    log.info("output_limits", producer_max=producer_max, topic_max=found)
+    return OutputLimits(producer_max, found)
 
 
 def new_consumer(settings: WorkerSettings) -> KafkaConsumer:

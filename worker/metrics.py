@@ -124,6 +124,13 @@ class WorkerMetrics:
             "Batches whose outputs had to be sent again after a failure.",
             registry=r,
         )
+        self.outputs_abandoned = Counter(
+            "modstream_outputs_abandoned",
+            "Records left without any output: the broker refused even the minimal dead "
+            "letter standing in for their refused output (each an output_abandoned error "
+            "line); their partition moves on.",
+            registry=r,
+        )
         self.kafka_errors = Counter(
             "modstream_kafka_errors",
             "Kafka client errors by kind (exception class).",

@@ -5,16 +5,33 @@ Shared by the worker and `modstream score` so both publish identical records.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from model.engine import Engine
+from model.errors import ModstreamError
 from schemas.result import ModerationResult, Timings
 from worker.decode import Decoded
+
+
+class InvalidScoresError(ModstreamError):
+    """The model gave a text a score that is no probability (NaN, infinite, outside
+    [0, 1]): that text gets an `inference_error` dead letter, the rest of its batch its
+    results."""
 
 
 def build_result(
     engine: Engine, item: Decoded, row: Sequence[float], timings: Timings
 ) -> ModerationResult:
+    """The result for one scored request; InvalidScoresError when a score is no
+    probability (checked here, so a bad row never fails the batch's validation)."""
+    bad = {
+        label: float(p)
+        for label, p in zip(engine.labels, row, strict=True)
+        if not (math.isfinite(float(p)) and 0.0 <= float(p) <= 1.0)
+    }
+    if bad:
+        raise InvalidScoresError(f"scores that are no probability: {bad}")
     scores = {label: round(float(p), 6) for label, p in zip(engine.labels, row, strict=True)}
     categories = {label: scores[label] >= engine.thresholds[label] for label in engine.labels}
     record = item.record

@@ -52,7 +52,7 @@ class FakeProducer:
     def begin_transaction(self) -> None:
         self.calls.append("begin")
 
-    def send(self, topic: str, value: bytes, key: bytes | None) -> FakeFuture:
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: Any = None) -> FakeFuture:
         self.calls.append("send")
         if self.failed_sends:
             self.failed_sends -= 1
