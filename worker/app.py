@@ -64,6 +64,7 @@ from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline, PreparedBatch, ScoringFailedError
 from worker.results import build_result
+from worker.security import explain_refusal, recording_handshake_failures, refusal_settings_hint
 from worker.settings import WorkerSettings
 from worker.sink import Delivery, OutputRecord, PublishError, Sink, describe
 
@@ -181,57 +182,51 @@ class Worker:
         timeout_ms = int(s.startup_timeout_s * 1000)
         common = s.kafka_common()
         consumer: KafkaConsumer | None = None
-        try:
-            consumer = KafkaConsumer(
-                group_id=s.group_id,
-                group_instance_id=s.group_instance_id,
-                client_id=f"{s.client_id}-consumer",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=s.max_batch_size,
-                session_timeout_ms=s.session_timeout_ms,
-                max_poll_interval_ms=s.max_poll_interval_ms,
-                partition_assignment_strategy=ASSIGNORS[s.assignment_strategy],
-                isolation_level="read_committed" if self._transactional else "read_uncommitted",
-                bootstrap_timeout_ms=timeout_ms,
-                **common,
-            )
-            producer = self._new_producer()
-        except KafkaError as exc:
-            if consumer is not None:
-                consumer.close(autocommit=False)
-            raise BrokerUnavailableError(
-                f"no usable Kafka broker at {s.kafka_bootstrap!r} within "
-                f"{s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security protocol "
-                f"{s.security_protocol}): {describe(exc)}{self._refusal_hint()}"
-            ) from exc
+        # kafka-python only logs why a handshake failed: record it to say so.
+        with recording_handshake_failures() as handshake:
+            try:
+                consumer = KafkaConsumer(
+                    group_id=s.group_id,
+                    group_instance_id=s.group_instance_id,
+                    client_id=f"{s.client_id}-consumer",
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    max_poll_records=s.max_batch_size,
+                    session_timeout_ms=s.session_timeout_ms,
+                    max_poll_interval_ms=s.max_poll_interval_ms,
+                    partition_assignment_strategy=ASSIGNORS[s.assignment_strategy],
+                    isolation_level=(
+                        "read_committed" if self._transactional else "read_uncommitted"
+                    ),
+                    bootstrap_timeout_ms=timeout_ms,
+                    **common,
+                )
+                producer = self._new_producer()
+            except KafkaError as exc:
+                if consumer is not None:
+                    consumer.close(autocommit=False)
+                raise BrokerUnavailableError(
+                    f"no usable Kafka broker at {s.kafka_bootstrap!r} within "
+                    f"{s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security protocol "
+                    f"{s.security_protocol}): {describe(exc)}"
+                    f"{self._refusal_hint(handshake.failures)}"
+                ) from exc
         consumer.subscribe(topics=[s.input_topic], listener=_Rebalance(self))
         self._consumer = consumer
         self._sink = Sink(producer, s.publish_timeout_s)
         self._committer = Committer(consumer, self._async_commit_done)
         self.health.set(producer_ok=True, problem=None)
 
-    def _refusal_hint(self) -> str:
-        """When the servers accept TCP but the Kafka handshake never completes, say why."""
+    def _refusal_hint(self, failures: Sequence[BaseException] = ()) -> str:
+        """When the servers accept TCP but the Kafka handshake never completes, say why:
+        from the failures the client reported (worker/security.py), else from the
+        settings."""
         s = self.settings
         reachable = [server for server in s.bootstrap_servers() if _tcp_reachable(server)]
         if not reachable:
             return "; nothing accepts TCP connections there"
-        if s.security_protocol.startswith("SASL_"):
-            return (
-                f"; {reachable[0]} accepts connections but closed them during SASL "
-                f"{s.sasl_mechanism} authentication: check MODSTREAM_SASL_USERNAME "
-                f"({s.sasl_username!r}), MODSTREAM_SASL_PASSWORD and MODSTREAM_SASL_MECHANISM"
-            )
-        if s.security_protocol.endswith("SSL"):
-            return (
-                f"; {reachable[0]} accepts connections but the TLS handshake failed: check "
-                "MODSTREAM_SSL_CAFILE and that the listener speaks TLS"
-            )
-        return (
-            f"; {reachable[0]} accepts connections but no Kafka handshake completed: is it a "
-            "Kafka PLAINTEXT listener (MODSTREAM_SECURITY_PROTOCOL)?"
-        )
+        explained = explain_refusal(s, list(failures))
+        return f"; {explained or refusal_settings_hint(s, reachable[0])}"
 
     def _new_producer(self) -> KafkaProducer:
         """An idempotent producer; in exactly-once mode a transactional one, initialised.

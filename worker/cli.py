@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modstream", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    worker = sub.add_parser("worker", help="consume requests, publish results (long-running)")
+    # No abbreviations: `--sasl-password x` must fail, not become `--sasl-password-file x`.
+    worker = sub.add_parser(
+        "worker", help="consume requests, publish results (long-running)", allow_abbrev=False
+    )
     _add_settings_flags(worker)
     worker.set_defaults(handler=_run_worker)
 
@@ -192,11 +195,24 @@ def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False):
         name = ".".join(str(p) for p in error["loc"])
+        if not name:  # a rule across settings: its message names them
+            parts.append(f"invalid settings: {error['msg'].removeprefix('Value error, ')}")
+            continue
         parts.append(
             f"invalid setting {name} (--{name.replace('_', '-')} / "
             f"MODSTREAM_{name.upper()}): {error['msg']}"
         )
     return "; ".join(parts)
+
+
+def _check_security_files(settings: Any) -> None:
+    """TLS and secret files are usable, before anything slow starts (exit 2 if not)."""
+    from worker.security import SecuritySettingsError
+
+    try:
+        settings.kafka_common()
+    except SecuritySettingsError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _run_worker(args: argparse.Namespace) -> int:
@@ -207,6 +223,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     import structlog
 
     log = structlog.get_logger("modstream.cli")
+    _check_security_files(settings)
     from model.checkpoint import CheckpointError
     from model.engine import Engine, EngineError
     from worker.app import BrokerUnavailableError, Worker
@@ -407,7 +424,9 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
     if args.feedback_topic:
         from worker.feedback import DEFAULT_FEEDBACK_GROUP, read_feedback
 
-        kafka_common = _kafka_settings(args).kafka_common()
+        kafka_settings = _kafka_settings(args)
+        _check_security_files(kafka_settings)
+        kafka_common = kafka_settings.kafka_common()
         feedback = read_feedback(
             kafka_common,
             args.feedback_topic,
