@@ -64,7 +64,14 @@ from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline, PreparedBatch, ScoringFailedError
 from worker.results import build_result
-from worker.security import explain_refusal, recording_handshake_failures, refusal_settings_hint
+from worker.security import (
+    authorization_hint,
+    explain_refusal,
+    input_topic_unauthorized,
+    missing_right,
+    recording_handshake_failures,
+    refusal_settings_hint,
+)
 from worker.settings import WorkerSettings
 from worker.sink import Delivery, OutputRecord, PublishError, Sink, describe
 
@@ -163,6 +170,12 @@ class Worker:
         self._last_summary = time.monotonic()
         self._lag: dict[TopicPartition, int] = {}
         self._next_lag_refresh = 0.0
+        # Offsets the group coordinator refused for want of an ACL: committed again once
+        # it is granted (nothing else would while the worker idles). Written by the Kafka
+        # client's callback thread too.
+        self._refused_offsets: dict[TopicPartition, int] = {}
+        self._refused_lock = threading.Lock()
+        self._next_commit_retry = 0.0
         self.metrics.build_info.info({"version": package_version()})
         self.health.set(producer_ok=False, problem="producer not connected")
         self._announce_model(engine)
@@ -209,7 +222,7 @@ class Worker:
                     f"no usable Kafka broker at {s.kafka_bootstrap!r} within "
                     f"{s.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security protocol "
                     f"{s.security_protocol}): {describe(exc)}"
-                    f"{self._refusal_hint(handshake.failures)}"
+                    f"{authorization_hint(exc, s) or self._refusal_hint(handshake.failures)}"
                 ) from exc
         consumer.subscribe(topics=[s.input_topic], listener=_Rebalance(self))
         self._consumer = consumer
@@ -287,6 +300,7 @@ class Worker:
                 else:
                     self._apply_pending_engine()  # idle: announce a new model at once
                 self._complete_acknowledged()
+                self._retry_refused_commit()
                 self._maybe_refresh_lag()
                 self._maybe_log_summary()
             leftover = self.batcher.take()
@@ -333,12 +347,17 @@ class Worker:
             if isinstance(exc, FATAL_ERRORS):  # e.g. another live member with our instance id
                 raise FatalWorkerError(self._fenced_message(exc)) from exc
             self.metrics.kafka_errors.labels(kind=type(exc).__name__).inc()
-            self._polling_failed(f"polling Kafka failed: {describe(exc)}")
+            self._polling_failed(
+                f"polling Kafka failed: {describe(exc)}{authorization_hint(exc, self.settings)}"
+            )
             self._stop.wait(POLL_ERROR_PAUSE_S)
             return []
         if not polled and self._coordinator_lost():
             # An idle worker's polls do not fail when the broker goes: this does.
             self._polling_failed("the group coordinator is unreachable (broker down?)")
+            return []
+        if not polled and (denied := input_topic_unauthorized(self._consumer, self.settings)):
+            self._polling_failed(denied)  # else it would look idle and ready
             return []
         if self._poll_failing:
             self._poll_failing = False
@@ -641,11 +660,12 @@ class Worker:
                 kind = type(exc.cause).__name__ if exc.cause else "PublishError"
                 self.metrics.kafka_errors.labels(kind=kind).inc()
                 self.metrics.publish_retries.inc()
-                self.health.set(producer_ok=False, problem=f"publishing failed: {exc}")
+                problem = f"{exc}{authorization_hint(exc.cause, self.settings)}"
+                self.health.set(producer_ok=False, problem=f"publishing failed: {problem}")
                 first = batch[0]
                 log.error(
                     "publish_failed",
-                    error=str(exc),
+                    error=problem,
                     topic=first.topic,
                     partition=first.partition,
                     offset=first.offset,
@@ -659,6 +679,9 @@ class Worker:
                         f"stopped with {len(outputs) - delivery.acknowledged()} outputs "
                         f"unacknowledged: {exc}"
                     ) from exc
+                if self._sink.failed:  # it would fail every later send too
+                    log.warning("producer_failed_replacing_it", error=problem)
+                    self._replace_producer()
                 if self._stop.wait(backoff):
                     # Asked to stop: one more try (the broker may just be back), then give up.
                     last_try = True
@@ -697,11 +720,12 @@ class Worker:
         self.metrics.kafka_errors.labels(kind=type(cause or exc).__name__).inc()
         self.metrics.publish_retries.inc()
         self.metrics.commits.labels(result="aborted").inc()
-        self.health.set(producer_ok=False, problem=f"transaction aborted: {exc}")
+        hint = authorization_hint(cause or exc, self.settings)
+        self.health.set(producer_ok=False, problem=f"transaction aborted: {exc}{hint}")
         first = batch[0]
         log.error(
             "transaction_aborted",
-            error=str(exc) if isinstance(exc, PublishError) else describe(exc),
+            error=(str(exc) if isinstance(exc, PublishError) else describe(exc)) + hint,
             topic=first.topic,
             partition=first.partition,
             offset=first.offset,
@@ -751,6 +775,12 @@ class Worker:
 
     def _fenced_message(self, exc: BaseException) -> str:
         s = self.settings
+        right = missing_right(exc, s)
+        if right is not None:  # TransactionalIdAuthorizationFailedError: an ACL, not a twin
+            return (
+                f"{describe(exc)}: the broker's ACLs deny this worker {right}; "
+                "stopping without committing"
+            )
         return (
             f"{type(exc).__name__}: {exc}: another live worker uses transactional id "
             f"{s.resolved_transactional_id()!r} or group instance id {s.group_instance_id!r}"
@@ -767,15 +797,42 @@ class Worker:
             return
         try:
             self._committer.commit(batch)
-            self.metrics.commits.labels(result="ok").inc()
+            self._commit_succeeded()
         except CommitError as exc:
             self._commit_failed(exc)
 
     def _async_commit_done(self, error: CommitError | None) -> None:
         if error is None:
-            self.metrics.commits.labels(result="ok").inc()
+            self._commit_succeeded()
         else:
             self._commit_failed(error)
+
+    def _commit_succeeded(self) -> None:
+        self.metrics.commits.labels(result="ok").inc()
+        if self.health.commit_problem is not None:
+            with self._refused_lock:
+                self._refused_offsets.clear()  # the group's ACL is back: all superseded
+            self.health.set(commit_problem=None)
+
+    def _retry_refused_commit(self) -> None:
+        """Once a second while commits are refused by the ACLs, commit the latest refused
+        offsets of the partitions still assigned; success makes the worker ready again."""
+        if self.health.commit_problem is None or self._committer is None:
+            return
+        now = time.monotonic()
+        if now < self._next_commit_retry:
+            return
+        self._next_commit_retry = now + POLL_ERROR_PAUSE_S
+        assigned = self._consumer.assignment() if self._consumer is not None else set()
+        with self._refused_lock:
+            offsets = {tp: o for tp, o in self._refused_offsets.items() if tp in assigned}
+        try:
+            self._committer.commit_offsets(offsets)
+        except CommitError as exc:
+            self._commit_failed(exc)
+            return
+        if offsets:
+            self._commit_succeeded()
 
     def _commit_failed(self, exc: CommitError) -> None:
         # The partition moved on; its new owner re-reads from the last commit
@@ -783,9 +840,15 @@ class Worker:
         self.metrics.commits.labels(result="failed").inc()
         kind = type(exc.__cause__).__name__ if exc.__cause__ else "CommitError"
         self.metrics.kafka_errors.labels(kind=kind).inc()
+        hint = authorization_hint(exc.__cause__, self.settings)
+        if hint:  # not a moved partition: no commit will work until the ACL is granted
+            with self._refused_lock:
+                for tp, offset in exc.offsets.items():
+                    self._refused_offsets[tp] = max(offset, self._refused_offsets.get(tp, 0))
+            self.health.set(commit_problem=f"committing offsets failed: {exc}{hint}")
         log.warning(
             "commit_failed",
-            error=str(exc),
+            error=f"{exc}{hint}",
             offsets={f"{tp.topic}-{tp.partition}": offset for tp, offset in exc.offsets.items()},
         )
 

@@ -109,6 +109,12 @@ class Committer:
             self._commit_offsets(offsets)
         return offsets
 
+    def commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit these `{partition: next offset}` synchronously (e.g. ones refused earlier
+        for want of an ACL). Raises CommitError like `commit`."""
+        if offsets:
+            self._commit_offsets(offsets)
+
     def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             self._consumer.commit(as_commit_request(offsets))

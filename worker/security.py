@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -284,14 +285,37 @@ class HandshakeFailures(logging.Handler):
         found.extend(arg for arg in args if isinstance(arg, BaseException))
         if record.exc_info and record.exc_info[1] is not None:
             found.append(record.exc_info[1])
+        # Some failures are logged by name only (e.g. "SaslHandshake failed: %s" with the
+        # class name), and the broker may close the socket before the exception travels
+        # further: keep the name, never the message.
+        found.extend(
+            LoggedFailure(kind)
+            for kind in _NAMED_IN_MESSAGES
+            if any(isinstance(arg, str) and arg == kind for arg in args)
+        )
         with self._lock:
             for exc in found:
                 for cause in _causes(exc):
-                    kind = f"{type(cause).__name__}:{getattr(cause, 'reason', '')}"
+                    kind = f"{_kind(cause)}:{getattr(cause, 'reason', '')}"
                     self._latest.pop(kind, None)
                     self._latest[kind] = cause
             while len(self._latest) > 32:  # bounded, whatever the client logs
                 del self._latest[next(iter(self._latest))]
+
+
+class LoggedFailure(Exception):
+    """A failure kafka-python logged by its class name only."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+_NAMED_IN_MESSAGES = ("UnsupportedSaslMechanismError", "SaslAuthenticationFailedError")
+
+
+def _kind(exc: BaseException) -> str:
+    return exc.kind if isinstance(exc, LoggedFailure) else type(exc).__name__
 
 
 @contextmanager
@@ -346,7 +370,7 @@ def explain_refusal(settings: WorkerSettings, failures: list[BaseException]) -> 
 
 
 def _explain_one(settings: WorkerSettings, exc: BaseException) -> str | None:
-    name = type(exc).__name__
+    name = _kind(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
         if exc.verify_code in _HOSTNAME_MISMATCH_CODES:
             return (
@@ -385,7 +409,7 @@ def _explain_one(settings: WorkerSettings, exc: BaseException) -> str | None:
     if name == "UnsupportedSaslMechanismError":
         return (
             f"the broker does not enable SASL {settings.sasl_mechanism} on this "
-            f"listener ({exc}): check MODSTREAM_SASL_MECHANISM"
+            "listener: check MODSTREAM_SASL_MECHANISM"
         )
     if name in ("SaslAuthenticationFailedError", "IllegalSaslStateError"):
         if settings.sasl_mechanism == "OAUTHBEARER":
@@ -424,4 +448,74 @@ def refusal_settings_hint(settings: WorkerSettings, reachable: str) -> str:
     return (
         f"{reachable} accepts connections but no Kafka handshake completed: is it a "
         "Kafka PLAINTEXT listener (MODSTREAM_SECURITY_PROTOCOL)?"
+    )
+
+
+# -- which ACL is missing --------------------------------------------------------------
+
+
+def missing_right(exc: BaseException | None, settings: WorkerSettings) -> str | None:
+    """The ACL an authorization failure says this worker lacks, naming the setting that
+    names the resource: e.g. "WRITE on topic 'x' (MODSTREAM_DEAD_LETTER_TOPIC)"."""
+    if exc is None:
+        return None
+    for cause in _causes(exc):
+        name = type(cause).__name__
+        if name == "GroupAuthorizationFailedError":
+            return f"READ on group {settings.group_id!r} (MODSTREAM_GROUP_ID)"
+        if name == "TopicAuthorizationFailedError":
+            return _topic_right(str(cause), settings)
+        if name == "TransactionalIdAuthorizationFailedError":
+            return (
+                f"WRITE on transactional id {settings.resolved_transactional_id()!r} "
+                "(MODSTREAM_TRANSACTIONAL_ID)"
+            )
+        if name == "ClusterAuthorizationFailedError":
+            return "IDEMPOTENT_WRITE on the cluster (brokers before 2.8 require it)"
+    return None
+
+
+def _topic_right(text: str, settings: WorkerSettings) -> str:
+    roles = (
+        (settings.input_topic, "READ", "input_topic"),
+        (settings.output_topic, "WRITE", "output_topic"),
+        (settings.dead_letter_topic, "WRITE", "dead_letter_topic"),
+    )
+    # Whole names only: one topic's name may contain another's ("in", "in-dead").
+    named = set(re.findall(r"[A-Za-z0-9._-]+", text))
+    for topic, operation, field in roles:
+        if topic in named:
+            return f"{operation} on topic {topic!r} ({_env(field)})"
+    return "READ on the input topic or WRITE on the output topics"
+
+
+def authorization_hint(exc: BaseException | None, settings: WorkerSettings) -> str:
+    """ "; the broker's ACLs deny this worker …" for an authorization failure, else ""."""
+    right = missing_right(exc, settings)
+    if right is None:
+        return ""
+    return f"; the broker's ACLs deny this worker {right}: grant it (README: Security)"
+
+
+def input_topic_unauthorized(consumer: Any, settings: WorkerSettings) -> str | None:
+    """Why the consumer has nothing to read when its principal may not read the input topic.
+
+    kafka-python does not raise for a subscribed topic it is denied: it logs, and the
+    group hands this member no partitions, which would look like an idle, ready worker.
+    Its cluster metadata's `unauthorized_topics` (no I/O) is looked up defensively, so a
+    client upgrade degrades to "not checked". While denied, a metadata refresh is
+    requested so that a granted ACL is noticed within a poll or two, not after
+    `metadata.max.age.ms`.
+    """
+    cluster = getattr(consumer, "_cluster", None)
+    denied = getattr(cluster, "unauthorized_topics", None)
+    if not isinstance(denied, set) or settings.input_topic not in denied:
+        return None
+    request_update = getattr(cluster, "request_update", None)
+    if callable(request_update):
+        request_update()
+    return (
+        f"cannot read topic {settings.input_topic!r}: the broker's ACLs deny this worker "
+        f"READ on topic {settings.input_topic!r} (MODSTREAM_INPUT_TOPIC): grant it "
+        "(README: Security)"
     )

@@ -74,6 +74,19 @@ class Sink:
     def producer(self) -> KafkaProducer:
         return self._producer
 
+    @property
+    def failed(self) -> bool:
+        """True once the producer is in kafka-python's fatal state, failing every send.
+
+        kafka-python 3.0.12's idempotent producer classifies any non-retriable batch error
+        (e.g. a topic its principal may not write) as fatal, though its own comment says
+        it should only fail the batch; only a new producer recovers. Its transaction
+        manager (no I/O) is looked up defensively: an upgrade degrades to "not checked".
+        """
+        manager = getattr(self._producer, "_transaction_manager", None)
+        has_fatal_error = getattr(manager, "has_fatal_error", None)
+        return bool(callable(has_fatal_error) and has_fatal_error())
+
     def publish(self, outputs: Sequence[OutputRecord]) -> float:
         """Send all outputs, block until every one is acknowledged; returns the ack time.
 

@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 import structlog
-from kafka.errors import KafkaConnectionError, SaslAuthenticationFailedError
+from kafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    SaslAuthenticationFailedError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailedError,
+)
 from pydantic import ValidationError
 
 from tests.conftest import REPO_ROOT, load_kafka_local
@@ -21,11 +27,15 @@ from worker.cli import main as cli_main
 from worker.security import (
     FileTokenProvider,
     SecuritySettingsError,
+    authorization_hint,
     explain_refusal,
     kafka_security_options,
+    missing_right,
     read_secret_file,
+    recording_handshake_failures,
 )
 from worker.settings import WorkerSettings
+from worker.sink import PublishError
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -321,3 +331,50 @@ def test_handshake_failures_are_explained_naming_the_setting(
 
 def test_unrelated_failures_are_not_explained() -> None:
     assert explain_refusal(WorkerSettings(), [KafkaConnectionError("refused")]) is None
+
+
+def test_a_failure_logged_by_class_name_only_is_explained() -> None:
+    """kafka-python logs an unsupported mechanism as "SaslHandshake failed: <name>"."""
+    import logging
+
+    with recording_handshake_failures() as handshake:
+        logging.getLogger("kafka.net.connection").error(
+            "%s: SaslHandshake failed: %s", "<conn>", "UnsupportedSaslMechanismError"
+        )
+    explained = explain_refusal(WorkerSettings(**SCRAM), handshake.failures)
+    assert explained is not None and "does not enable SASL SCRAM-SHA-512" in explained
+
+
+@pytest.mark.parametrize(
+    ("failure", "right"),
+    [
+        (GroupAuthorizationFailedError("g"), "READ on group 'g' (MODSTREAM_GROUP_ID)"),
+        (
+            TopicAuthorizationFailedError({"in"}),
+            "READ on topic 'in' (MODSTREAM_INPUT_TOPIC)",
+        ),
+        (
+            TopicAuthorizationFailedError("in-dead"),
+            "WRITE on topic 'in-dead' (MODSTREAM_DEAD_LETTER_TOPIC)",
+        ),
+        (
+            TransactionalIdAuthorizationFailedError(),
+            "WRITE on transactional id 'tx-1' (MODSTREAM_TRANSACTIONAL_ID)",
+        ),
+    ],
+)
+def test_authorization_failures_name_the_missing_right_and_its_setting(
+    failure: BaseException, right: str
+) -> None:
+    settings = WorkerSettings(
+        group_id="g",
+        input_topic="in",
+        output_topic="in-out",
+        dead_letter_topic="in-dead",
+        transactional_id="tx-1",
+    )
+    wrapped = PublishError("output failed", failure)
+    wrapped.__cause__ = failure
+    assert missing_right(wrapped, settings) == right
+    assert authorization_hint(failure, settings).startswith("; the broker's ACLs deny this")
+    assert authorization_hint(KafkaConnectionError("down"), settings) == ""
