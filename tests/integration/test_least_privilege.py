@@ -111,6 +111,41 @@ def test_a_missing_right_means_not_ready_naming_it_and_no_commit_until_granted(
     assert code == 0, worker.logs()
 
 
+def test_a_worker_denied_its_input_topic_from_the_start_is_not_ready_until_granted(
+    secure_broker: SecureBroker, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """kafka-python raises nothing for a subscribed topic it may not read: the group just
+    hands the worker no partitions. It must not look like an idle, ready worker."""
+    topics = secure_broker.topics("acl-start")
+    group = f"g-start-{uuid.uuid4().hex[:8]}"
+    rights = worker_rights(topics, group)
+    read_input = rights.pop(0)
+    secure_broker.grant(rights)
+    send_round(secure_broker, topics["input"], "start")
+    worker = WorkerProcess(
+        secure_broker.scram_env(topics, tiny_checkpoint, group), tmp_path / "worker.log"
+    )
+    try:
+
+        def not_ready_naming_the_right() -> str | None:
+            status, body = worker.get("/readyz")
+            return body if status == 503 and str(read_input) in body else None
+
+        body = wait_for(not_ready_naming_the_right, 120, f"not ready naming {read_input}", 0.2)
+        assert "MODSTREAM_INPUT_TOPIC" in body
+        assert committed_offsets(secure_broker.bootstrap, group) == {}
+        secure_broker.grant([read_input])
+        wait_for(
+            lambda: committed_offsets(secure_broker.bootstrap, group) == {0: 5},
+            120,
+            "every record answered and committed once the right is granted",
+        )
+        assert worker.get("/readyz")[0] == 200
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.logs()
+
+
 def test_exactly_once_worker_runs_with_exactly_its_acls(
     secure_broker: SecureBroker, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
