@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modstream", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    worker = sub.add_parser("worker", help="consume requests, publish results (long-running)")
+    # No abbreviations: `--sasl-password x` must fail, not become `--sasl-password-file x`.
+    worker = sub.add_parser(
+        "worker", help="consume requests, publish results (long-running)", allow_abbrev=False
+    )
     _add_settings_flags(worker)
     worker.set_defaults(handler=_run_worker)
 
@@ -128,6 +131,16 @@ def load_settings(args: argparse.Namespace) -> Any:
         raise UsageError(describe_validation_error(exc)) from exc
 
 
+def check_security_files(settings: Any) -> None:
+    """TLS and secret files are usable, before anything slow starts (exit 2 if not)."""
+    from worker.security import SecuritySettingsError
+
+    try:
+        settings.kafka_common()
+    except SecuritySettingsError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     from worker.signals import SignalRelay
 
@@ -141,6 +154,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
     log = structlog.get_logger("modstream.cli")
     log.info("worker_starting", checkpoint_dir=str(settings.checkpoint_dir))
+    check_security_files(settings)
     from model.checkpoint import CheckpointError
     from model.engine import Engine, EngineError
     from worker.app import Worker
