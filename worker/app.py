@@ -201,7 +201,7 @@ class Worker:
         else:
             sink = Sink(producer, s.publish_timeout_s, lambda: clients.new_producer(s))
             delivery = AtLeastOnceDelivery(
-                sink, consumer, self.metrics, self.health, self._stop, fitter=fitter
+                sink, consumer, self.metrics, self.health, self._stop, fitter=fitter, settings=s
             )
         lag = LagMonitor(consumer, self.metrics, s.input_topic, s.lag_interval_s)
         runner = BatchRunner(self.processor, self.engines, delivery, self.metrics, self.summary)

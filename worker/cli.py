@@ -56,8 +56,9 @@ in effect are logged once at start. Serves /metrics, /livez and /readyz on
 --metrics-port. SIGTERM/SIGINT: finish the batch in hand, commit, exit 0. SIGHUP:
 check the checkpoint for a new version now.
 
-The SASL password has no flag (a command line shows in `ps` and shell history): set
-MODSTREAM_SASL_PASSWORD in the environment only."""
+The passwords have no flag (a command line shows in `ps` and shell history): set
+MODSTREAM_SASL_PASSWORD and MODSTREAM_SSL_KEY_PASSWORD in the environment only, or
+name a file holding them with --sasl-password-file / --ssl-key-password-file."""
 
 WORKER_EPILOG = """\
 example:
@@ -155,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=WORKER_DESCRIPTION,
         epilog=WORKER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No abbreviations: `--sasl-password x` must fail, not become `--sasl-password-file x`.
+        allow_abbrev=False,
     )
     _add_settings_flags(worker)
     worker.set_defaults(handler=_run_worker)
@@ -266,6 +269,16 @@ def _announce_settings(settings: Any, log: Any) -> None:
     log.info("settings", **effective_settings(settings))
 
 
+def check_security_files(settings: Any) -> None:
+    """TLS and secret files are usable, before anything slow starts (exit 2 if not)."""
+    from worker.security import SecuritySettingsError
+
+    try:
+        settings.kafka_common()
+    except SecuritySettingsError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     from worker.signals import SignalRelay
 
@@ -280,6 +293,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     log = structlog.get_logger("modstream.cli")
     log.info("worker_starting", checkpoint_dir=str(settings.checkpoint_dir))
     _announce_settings(settings, log)
+    check_security_files(settings)
     from model.checkpoint import CheckpointError
     from model.engine import Engine, EngineError
     from worker.app import Worker

@@ -16,6 +16,7 @@ exactly-once delivery replaces a producer it could not abort a transaction with.
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,13 @@ from kafka.errors import (
 from model.errors import ExitCode, ModstreamError
 from worker.logs import client_logs_quieted
 from worker.outputs import OutputLimits
+from worker.security import (
+    authorization_hint,
+    explain_refusal,
+    missing_right,
+    recording_handshake_failures,
+    refusal_settings_hint,
+)
 from worker.settings import WorkerSettings
 from worker.sink import describe
 
@@ -78,18 +86,21 @@ def connect(settings: WorkerSettings) -> KafkaClients:
     """Both clients and the output limits, or BrokerUnavailableError naming the
     bootstrap and why it failed."""
     consumer: KafkaConsumer | None = None
-    try:
-        with client_logs_quieted():  # the error below says it once, and why
+    # kafka-python only logs why a handshake failed: record it to say so. Its lines are
+    # kept off stderr meanwhile: the error below says it once, and why.
+    with recording_handshake_failures() as handshake, client_logs_quieted():
+        try:
             consumer = new_consumer(settings)
             producer = new_producer(settings)
-    except KafkaError as exc:
-        if consumer is not None:
-            consumer.close(autocommit=False)
-        raise BrokerUnavailableError(
-            f"no usable Kafka broker at {settings.kafka_bootstrap!r} within "
-            f"{settings.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security protocol "
-            f"{settings.security_protocol}): {describe(exc)}{refusal_hint(settings)}"
-        ) from exc
+        except KafkaError as exc:
+            if consumer is not None:
+                consumer.close(autocommit=False)
+            hint = authorization_hint(exc, settings) or refusal_hint(settings, handshake.failures)
+            raise BrokerUnavailableError(
+                f"no usable Kafka broker at {settings.kafka_bootstrap!r} within "
+                f"{settings.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security "
+                f"protocol {settings.security_protocol}): {describe(exc)}{hint}"
+            ) from exc
     limits = read_output_limits(settings, int(producer.config["max_request_size"]))
     return KafkaClients(consumer, producer, limits)
 
@@ -180,7 +191,14 @@ def new_producer(settings: WorkerSettings) -> KafkaProducer:
 
 
 def fenced_message(settings: WorkerSettings, exc: BaseException) -> str:
-    """Why a fenced worker stops, naming the ids that must be unique."""
+    """Why a fenced worker stops, naming the ids that must be unique (or, when the
+    broker's ACLs refused the transactional id, the missing right)."""
+    right = missing_right(exc, settings)
+    if right is not None:  # TransactionalIdAuthorizationFailedError: an ACL, not a twin
+        return (
+            f"{describe(exc)}: the broker's ACLs deny this worker {right}; "
+            "stopping without committing"
+        )
     return (
         f"{type(exc).__name__}: {exc}: another live worker uses transactional id "
         f"{settings.resolved_transactional_id()!r} or group instance id "
@@ -189,11 +207,11 @@ def fenced_message(settings: WorkerSettings, exc: BaseException) -> str:
     )
 
 
-def refusal_hint(settings: WorkerSettings) -> str:
+def refusal_hint(settings: WorkerSettings, failures: Sequence[BaseException] = ()) -> str:
     """Why no bootstrap server answered: its name does not resolve, nothing accepts TCP
-    connections there, or the Kafka handshake (SASL, TLS) never completes."""
-    s = settings
-    servers = s.bootstrap_servers()
+    connections there, or the Kafka handshake never completes: from the failures the
+    client reported (worker/security.py), else from the settings."""
+    servers = settings.bootstrap_servers()
     unresolved = [server for server in servers if not resolves(server)]
     if len(unresolved) == len(servers):
         hosts = ", ".join(server.rpartition(":")[0] for server in unresolved)
@@ -202,21 +220,8 @@ def refusal_hint(settings: WorkerSettings) -> str:
     if not reachable:
         also = f" ({', '.join(unresolved)} does not resolve)" if unresolved else ""
         return f"; nothing accepts TCP connections there{also}"
-    if s.security_protocol.startswith("SASL_"):
-        return (
-            f"; {reachable[0]} accepts connections but closed them during SASL "
-            f"{s.sasl_mechanism} authentication: check MODSTREAM_SASL_USERNAME "
-            f"({s.sasl_username!r}), MODSTREAM_SASL_PASSWORD and MODSTREAM_SASL_MECHANISM"
-        )
-    if s.security_protocol.endswith("SSL"):
-        return (
-            f"; {reachable[0]} accepts connections but the TLS handshake failed: check "
-            "MODSTREAM_SSL_CAFILE and that the listener speaks TLS"
-        )
-    return (
-        f"; {reachable[0]} accepts connections but no Kafka handshake completed: is it a "
-        "Kafka PLAINTEXT listener (MODSTREAM_SECURITY_PROTOCOL)?"
-    )
+    explained = explain_refusal(settings, list(failures))
+    return f"; {explained or refusal_settings_hint(settings, reachable[0])}"
 
 
 def resolves(server: str) -> bool:

@@ -40,6 +40,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False):
         name = ".".join(str(p) for p in error["loc"])
+        if not name:  # a rule across settings: its message names them
+            parts.append(f"invalid settings: {error['msg'].removeprefix('Value error, ')}")
+            continue
         env = f"MODSTREAM_{name.upper()}"
         where = (
             f"{env}, environment only"

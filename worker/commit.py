@@ -28,7 +28,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from kafka import KafkaConsumer
-from kafka.errors import RebalanceInProgressError
+from kafka.errors import (
+    GroupAuthorizationFailedError,
+    RebalanceInProgressError,
+    TopicAuthorizationFailedError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from model.errors import ModstreamError
@@ -161,15 +165,12 @@ class Committer:
     def _async_done(self, offsets: dict[TopicPartition, int], response: Any) -> None:
         """On a Kafka client thread: the broker's answer to an asynchronous commit.
 
-        A commit refused while the group rebalances (RebalanceInProgressError: the
-        cooperative protocol keeps members consuming meanwhile) or for another
-        retriable reason is deferred: `retry_deferred` sends the latest offsets again.
+        A commit refused for a reason that passes (see `deferrable`) is deferred:
+        `retry_deferred` sends the latest offsets again.
         """
         error: CommitError | None = None
         if isinstance(response, BaseException):
-            deferred = isinstance(response, RebalanceInProgressError) or bool(
-                getattr(response, "retriable", False)
-            )
+            deferred = deferrable(response)
             if deferred:
                 with self._deferred_lock:
                     self._deferred.update(offsets)
@@ -188,4 +189,19 @@ class Committer:
         try:
             self._consumer.commit(as_commit_request(offsets))
         except Exception as exc:  # kafka-python raises several unrelated classes here
-            raise CommitError(f"{type(exc).__name__}: {exc}", offsets) from exc
+            deferred = deferrable(exc)
+            if deferred:  # kept, and sent again by `retry_deferred`
+                self._unflushed.update(offsets)
+                with self._deferred_lock:
+                    self._deferred.update(offsets)
+            raise CommitError(f"{type(exc).__name__}: {exc}", offsets, deferred) from exc
+
+
+def deferrable(exc: BaseException) -> bool:
+    """A commit refusal that passes: the group is rebalancing (the cooperative protocol
+    keeps members consuming meanwhile), a retriable client error, or an ACL that an
+    operator can grant again (the group's or the topic's)."""
+    return isinstance(
+        exc,
+        RebalanceInProgressError | GroupAuthorizationFailedError | TopicAuthorizationFailedError,
+    ) or bool(getattr(exc, "retriable", False))

@@ -70,6 +70,7 @@ from worker.decode import SourceRecord
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.outputs import OutputFitter, refusal_kind
+from worker.security import authorization_hint
 from worker.settings import WorkerSettings
 from worker.sink import (
     Origin,
@@ -168,11 +169,14 @@ class AtLeastOnceDelivery:
         commit_async: bool = False,
         first_backoff_s: float = FIRST_PUBLISH_BACKOFF_S,
         fitter: OutputFitter | None = None,
+        settings: WorkerSettings | None = None,
     ) -> None:
         """`consumer` commits the offsets (a KafkaConsumer). `commit_async` (set when
         batches are pipelined): step 5 does not wait for the broker's answer, so the
         processing thread never waits a round trip per batch. `fitter` makes the
-        minimal dead letters of step 3a (None: refused outputs are given up)."""
+        minimal dead letters of step 3a (None: refused outputs are given up).
+        `settings` name the setting behind a refused ACL in messages."""
+        self._settings = settings
         self._sink = sink
         self._committer = Committer(consumer, self.commit_done)
         self._metrics = metrics
@@ -219,9 +223,10 @@ class AtLeastOnceDelivery:
         else:
             try:
                 self._committer.commit(batch)
-                self._metrics.commits.labels(result="ok").inc()
             except CommitError as exc:
-                self._commit_failed(exc)
+                self.commit_done(exc)
+            else:
+                self.commit_done(None)
         self._metrics.stage_seconds.labels(stage="commit").observe(
             time.perf_counter() - commit_start
         )
@@ -281,11 +286,12 @@ class AtLeastOnceDelivery:
         kind = type(exc.cause).__name__ if exc.cause else "PublishError"
         self._metrics.kafka_errors.labels(kind=kind).inc()
         self._metrics.publish_retries.inc()
-        self._health.set(kafka_ok=False, problem=f"publishing failed: {exc}")
+        problem = f"{exc}{self._acl_hint(exc.cause)}"
+        self._health.set(kafka_ok=False, problem=f"publishing failed: {problem}")
         first = batch[0]
         log.error(
             "publish_failed",
-            error=str(exc),
+            error=problem,
             failure=exc.failure.value,
             topic=first.topic,
             partition=first.partition,
@@ -332,17 +338,36 @@ class AtLeastOnceDelivery:
     def commit_done(self, error: CommitError | None) -> None:
         if error is None:
             self._metrics.commits.labels(result="ok").inc()
-        elif error.deferred:
-            # Refused while the group rebalances: sent again by `retry_deferred_commits`.
-            self._metrics.commits.labels(result="deferred").inc()
-            log.info("commit_deferred", error=str(error), offsets=_offset_names(error.offsets))
-        else:
+            if self._health.commit_problem is not None:
+                self._health.set(commit_problem=None)  # the refused right is back
+                log.info("commits_recovered")
+            return
+        if not error.deferred:
             self._commit_failed(error)
+            return
+        # Refused for a reason that passes: sent again by `retry_deferred_commits`.
+        self._metrics.commits.labels(result="deferred").inc()
+        hint = self._acl_hint(error.__cause__)
+        if not hint:  # the group is rebalancing
+            log.info("commit_deferred", error=str(error), offsets=_offset_names(error.offsets))
+            return
+        # An ACL refuses it: no commit works until it is granted, so not ready meanwhile.
+        if self._health.commit_problem is None:
+            kind = type(error.__cause__).__name__ if error.__cause__ else "CommitError"
+            self._metrics.kafka_errors.labels(kind=kind).inc()
+            log.warning(
+                "commit_refused", error=f"{error}{hint}", offsets=_offset_names(error.offsets)
+            )
+        self._health.set(commit_problem=f"committing offsets failed: {error}{hint}")
 
     def retry_deferred_commits(self) -> None:
         """Processing thread, between batches: re-send commits refused for a passing
         reason (see `Committer.retry_deferred`)."""
         self._committer.retry_deferred()
+
+    def _acl_hint(self, exc: BaseException | None) -> str:
+        """ "; the broker's ACLs deny this worker …" when an ACL refused it, else ""."""
+        return authorization_hint(exc, self._settings) if self._settings is not None else ""
 
     def _commit_failed(self, exc: CommitError) -> None:
         # The partition moved on; its new owner re-reads from the last commit
@@ -476,11 +501,12 @@ class TransactionalDelivery:
         self._metrics.kafka_errors.labels(kind=type(cause or exc).__name__).inc()
         self._metrics.publish_retries.inc()
         self._metrics.commits.labels(result="aborted").inc()
-        self._health.set(kafka_ok=False, problem=f"transaction aborted: {exc}")
+        hint = authorization_hint(cause or exc, self._settings)
+        self._health.set(kafka_ok=False, problem=f"transaction aborted: {exc}{hint}")
         first = batch[0]
         log.error(
             "transaction_aborted",
-            error=str(exc) if isinstance(exc, PublishError) else describe(exc),
+            error=(str(exc) if isinstance(exc, PublishError) else describe(exc)) + hint,
             topic=first.topic,
             partition=first.partition,
             offset=first.offset,

@@ -53,21 +53,36 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(max(numeric, logging.WARNING))
 
 
+class _DropRecordsOf(logging.Filter):
+    """Drops the records of one logger tree (`kafka`, `kafka.net.manager`, …)."""
+
+    def __init__(self, logger_name: str) -> None:
+        super().__init__()
+        self.logger_name = logger_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        return not (name == self.logger_name or name.startswith(self.logger_name + "."))
+
+
 @contextlib.contextmanager
 def client_logs_quieted(logger_name: str = "kafka") -> Iterator[None]:
-    """Silences the Kafka client's own log lines while the worker first connects.
+    """Keeps the Kafka client's own log lines off stderr while the worker first connects.
 
     Bootstrapping against an unreachable broker made kafka-python log 17 lines in 2 s
     (each retry: connection failed, lost, backing off, waiting; more with a longer
     MODSTREAM_STARTUP_TIMEOUT_S) before the worker's own one-line diagnosis
-    (worker/clients.py), which says the same and why. At log level debug they still
+    (worker/clients.py), which says the same and why. Only the root handlers, which
+    write stderr, drop them: handlers on the client's own loggers (the handshake
+    recorder of worker/security.py) still see every record. At log level debug they
     come through.
     """
-    client = logging.getLogger(logger_name)
-    before = client.level
-    if _configured_level > logging.DEBUG:
-        client.setLevel(logging.CRITICAL)
+    handlers = list(logging.getLogger().handlers) if _configured_level > logging.DEBUG else []
+    drop = _DropRecordsOf(logger_name)
+    for handler in handlers:
+        handler.addFilter(drop)
     try:
         yield
     finally:
-        client.setLevel(before)
+        for handler in handlers:
+            handler.removeFilter(drop)

@@ -10,6 +10,7 @@ import pytest
 from tests.deploy.conftest import (
     INPUT_PARTITIONS,
     OVERLAYS,
+    SECURE_OVERLAYS,
     Obj,
     by_kind,
     one,
@@ -46,8 +47,10 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def test_overlay_renders_the_expected_objects(rendered: dict[str, list[Obj]], overlay: str) -> None:
     kinds = sorted(o["kind"] for o in rendered[overlay])
     autoscaler = "HorizontalPodAutoscaler" if overlay == "cpu-hpa" else "ScaledObject"
+    secure = ["TriggerAuthentication"] if overlay in SECURE_OVERLAYS else []
     assert kinds == sorted(
         [
+            *secure,
             "Namespace",
             "ServiceAccount",
             "ConfigMap",
@@ -134,23 +137,51 @@ def test_worker_deployment(rendered: dict[str, list[Obj]], overlay: str) -> None
     assert env_from["configMapRef"]["name"] == configmap["metadata"]["name"]
 
 
+# Where each Kafka secret is mounted: {volume: (Secret, mount path)}.
+KAFKA_SECRET_MOUNTS = {
+    "kafka-ca": ("modstream-kafka-ca", "/etc/modstream/kafka-ca"),
+    "kafka-sasl": ("modstream-kafka-sasl", "/etc/modstream/kafka-sasl"),
+    "kafka-client-tls": ("modstream-kafka-client-tls", "/etc/modstream/kafka-client-tls"),
+}
+# The file settings and the Secret key each must point at.
+FILE_SETTINGS = {
+    "MODSTREAM_SSL_CAFILE": ("kafka-ca", "ca.crt"),
+    "MODSTREAM_SASL_PASSWORD_FILE": ("kafka-sasl", "password"),
+    "MODSTREAM_SSL_CERTFILE": ("kafka-client-tls", "tls.crt"),
+    "MODSTREAM_SSL_KEYFILE": ("kafka-client-tls", "tls.key"),
+}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_kafka_credentials_come_from_optional_secrets(
+def test_kafka_secrets_are_mounted_files_the_settings_point_at(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
-    deployment = worker(rendered[overlay])
-    env = {e["name"]: e for e in container(deployment)["env"]}
-    for name, key in (
-        ("MODSTREAM_SASL_USERNAME", "username"),
-        ("MODSTREAM_SASL_PASSWORD", "password"),
-    ):
-        ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref["key"] == key and ref["optional"] is True
-        assert "value" not in env[name]
+    objects = rendered[overlay]
+    deployment = worker(objects)
+    for c in pod_spec(deployment)["containers"]:
+        for e in c.get("env", []):
+            assert "secretKeyRef" not in e.get("valueFrom", {}), f"{e['name']}: a secret in env"
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
-    assert volumes["kafka-ca"]["secret"]["optional"] is True
-    assert mounts["kafka-ca"]["readOnly"] is True
+    for volume, (secret, path) in KAFKA_SECRET_MOUNTS.items():
+        assert volumes[volume]["secret"]["secretName"] == secret
+        assert volumes[volume]["secret"]["optional"] is True, "no Secret: no such Kafka auth"
+        assert volumes[volume]["secret"]["defaultMode"] == 0o440
+        assert mounts[volume] == {"name": volume, "mountPath": path, "readOnly": True}
+    settings = settings_map(objects)
+    assert settings["MODSTREAM_SECURITY_PROTOCOL"] == SECURE_OVERLAYS.get(overlay, "PLAINTEXT")
+    assert not any("PASSWORD=" in k or k.endswith("_PASSWORD") for k in settings)
+    for name, (volume, key) in FILE_SETTINGS.items():
+        if name not in settings:
+            continue
+        secret_volume = volumes[volume]["secret"]
+        keys = [i["path"] for i in secret_volume.get("items", [])] or [key]
+        assert key in keys, f"{name}: Secret {secret_volume['secretName']} key {key} not mounted"
+        assert settings[name] == f"{KAFKA_SECRET_MOUNTS[volume][1]}/{key}"
+    if overlay == "cpu-scram":
+        assert {"MODSTREAM_SASL_PASSWORD_FILE", "MODSTREAM_SSL_CAFILE"} <= set(settings)
+    if overlay == "cpu-mtls":
+        assert {"MODSTREAM_SSL_CERTFILE", "MODSTREAM_SSL_KEYFILE"} <= set(settings)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -256,7 +287,7 @@ def test_retrain_cronjob(rendered: dict[str, list[Obj]]) -> None:
     assert spec["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o != "cpu-hpa"])
 def test_keda_scales_on_input_topic_lag(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objects = rendered[overlay]
     settings = settings_map(objects)
@@ -271,6 +302,27 @@ def test_keda_scales_on_input_topic_lag(rendered: dict[str, list[Obj]], overlay:
     assert meta["bootstrapServers"] == settings["MODSTREAM_KAFKA_BOOTSTRAP"]
     assert int(meta["lagThreshold"]) > 0
     assert not by_kind(objects, "HorizontalPodAutoscaler")
+    if overlay not in SECURE_OVERLAYS:
+        assert "authenticationRef" not in trigger
+        return
+    # KEDA connects as the worker does: TLS, the same mechanism, the same Secrets.
+    assert meta["tls"] == "enable"
+    mechanism = settings.get("MODSTREAM_SASL_MECHANISM")
+    keda_names = {
+        "PLAIN": "plaintext",
+        "SCRAM-SHA-256": "scram_sha256",
+        "SCRAM-SHA-512": "scram_sha512",
+    }
+    assert meta.get("sasl") == (keda_names[mechanism] if mechanism else None)
+    auth = one(objects, "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert refs["ca"] == ("modstream-kafka-ca", "ca.crt")
+    if mechanism:
+        assert refs["password"] == ("modstream-kafka-sasl", "password")
+    else:
+        assert refs["cert"] == ("modstream-kafka-client-tls", "tls.crt")
+        assert refs["key"] == ("modstream-kafka-client-tls", "tls.key")
 
 
 def test_hpa_alternative_replaces_keda(rendered: dict[str, list[Obj]]) -> None:

@@ -123,3 +123,26 @@ def test_at_debug_level_the_kafka_client_is_heard_while_connecting(
         logging.getLogger("kafka.net.manager").error("bootstrap failed")
     events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
     assert events == ["bootstrap failed"]
+
+
+def test_handlers_on_the_client_loggers_still_see_records_while_quieted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """worker/security.py records the handshake failures kafka-python logs, to explain
+    a refusal: quieting stderr must not starve it."""
+    configure_logging("info")
+    seen: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    recorder = Recorder()
+    logging.getLogger("kafka").addHandler(recorder)
+    try:
+        with client_logs_quieted():
+            logging.getLogger("kafka.net.connection").error("SSL handshake failed")
+    finally:
+        logging.getLogger("kafka").removeHandler(recorder)
+    assert seen == ["SSL handshake failed"]
+    assert capsys.readouterr().err == ""
