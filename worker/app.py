@@ -57,12 +57,7 @@ from worker import clients
 from worker.batcher import Batcher
 from worker.clients import WorkerFencedError
 from worker.decode import Decoder, SourceRecord
-from worker.delivery import (
-    AtLeastOnceDelivery,
-    BatchDelivery,
-    TransactionalDelivery,
-    WorkerStoppedError,
-)
+from worker.delivery import AtLeastOnceDelivery, BatchDelivery, WorkerStoppedError
 from worker.engine_slot import EngineSlot
 from worker.health import HealthState
 from worker.lag import LagMonitor
@@ -76,6 +71,7 @@ from worker.settings import WorkerSettings
 from worker.sink import Sink
 from worker.source import Source
 from worker.summary import SummaryLog
+from worker.transactional import TransactionalDelivery
 
 log = structlog.get_logger("modstream.worker")
 

@@ -14,17 +14,13 @@ from kafka.structs import TopicPartition
 from tests.unit.test_source import FakeConsumer
 from worker.clients import WorkerFencedError
 from worker.decode import SourceRecord
-from worker.delivery import (
-    AtLeastOnceDelivery,
-    Backoff,
-    TransactionalDelivery,
-    WorkerStoppedError,
-)
+from worker.delivery import AtLeastOnceDelivery, Backoff, WorkerStoppedError
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.settings import WorkerSettings
 from worker.sink import OutputRecord, Shipment, Sink
 from worker.source import Source
+from worker.transactional import TransactionalDelivery
 
 
 class FakeFuture:

@@ -29,13 +29,14 @@ from kafka.structs import TopicPartition
 from tests.unit.test_delivery import CommittingConsumer
 from tests.unit.test_source import FakeConsumer
 from worker.decode import SourceRecord
-from worker.delivery import AtLeastOnceDelivery, TransactionalDelivery, WorkerStoppedError
+from worker.delivery import AtLeastOnceDelivery, WorkerStoppedError
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.outputs import OutputFitter, OutputLimits, serialised_size
 from worker.settings import WorkerSettings
 from worker.sink import Origin, OutputRecord, SendFailure, Shipment, Sink, classify
 from worker.source import Source
+from worker.transactional import TransactionalDelivery
 
 RESULTS, LETTERS = "results", "dead-letters"
 
