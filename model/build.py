@@ -99,7 +99,6 @@ def _evaluate_and_save(
         result.vocab,
         result.labels,
         device=config.device,
-        max_tokens=config.max_tokens,
         cpu_threads=None,
     )
     evaluated = _evaluate(engine, config, splits, extra_examples, progress)

@@ -57,22 +57,30 @@ def long_messages(
     if len(clean) <= max_fillers:
         raise ValueError(f"{len(clean)} negative examples; need more than {max_fillers} fillers")
     rng = random.Random(seed)
-    built: list[LongMessage] = []
-    for i in known:
-        count = rng.randint(min_fillers, max_fillers)
-        fillers = [j for j in rng.sample(clean, count + 1) if j != i][:count]
-        position = rng.randint(0, count)
-        parts = [examples[j].text for j in fillers]
-        before = SEPARATOR.join(parts[:position])
-        start = len(before) + (len(SEPARATOR) if position else 0)
-        embedded = examples[i]
-        text = SEPARATOR.join([*parts[:position], embedded.text, *parts[position:]])
-        built.append(
-            LongMessage(
-                Example(text, embedded.targets, embedded.mask, embedded.source),
-                start,
-                start + len(embedded.text),
-                (*fillers[:position], i, *fillers[position:]),
-            )
-        )
-    return built
+    return [assemble(examples, i, place(i, clean, rng, min_fillers, max_fillers)) for i in known]
+
+
+def place(
+    i: int, clean: Sequence[int], rng: random.Random, min_fillers: int, max_fillers: int
+) -> tuple[int, ...]:
+    """The parts of one long message, as indices: `i` at a random position among
+    `min_fillers` to `max_fillers` fillers drawn from `clean`, never `i` itself
+    (`clean` must hold more than `max_fillers` indices)."""
+    count = rng.randint(min_fillers, max_fillers)
+    fillers = [j for j in rng.sample(clean, count + 1) if j != i][:count]
+    position = rng.randint(0, count)
+    return (*fillers[:position], i, *fillers[position:])
+
+
+def assemble(examples: Sequence[Example], i: int, parts: tuple[int, ...]) -> LongMessage:
+    """The long message of `parts` (indices into `examples`) with example `i`'s labels."""
+    texts = [examples[j].text for j in parts]
+    before = parts.index(i)
+    start = sum(len(text) + len(SEPARATOR) for text in texts[:before])
+    embedded = examples[i]
+    return LongMessage(
+        Example(SEPARATOR.join(texts), embedded.targets, embedded.mask, embedded.source),
+        start,
+        start + len(embedded.text),
+        parts,
+    )

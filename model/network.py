@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from model.vocab import PAD_ID
+from model.windows import DEFAULT_STRIDE, DEFAULT_WINDOW_TOKENS
 
 RnnKind = Literal["lstm", "gru"]
 Pooling = Literal["last", "mean", "max", "meanmax"]
@@ -44,9 +45,22 @@ class ModelConfig:
     subword_dim: int = 32
     subword_min_n: int = 3
     subword_max_n: int = 5
+    # How the model reads a text (`model.windows`): windows of at most `window_tokens`
+    # tokens every `window_stride` tokens, a label's score the maximum over them. The
+    # network itself never sees these; the engine and training read texts with them.
+    window_tokens: int = DEFAULT_WINDOW_TOKENS
+    window_stride: int = DEFAULT_STRIDE
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "num_labels", "embed_dim", "hidden_dim", "num_layers"):
+        for name in (
+            "vocab_size",
+            "num_labels",
+            "embed_dim",
+            "hidden_dim",
+            "num_layers",
+            "window_tokens",
+            "window_stride",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -58,6 +72,10 @@ class ModelConfig:
             raise ValueError("subword n-gram sizes must satisfy 1 <= subword_min_n <= max_n")
         if self.subword_buckets and self.subword_dim < 1:
             raise ValueError("subword_dim must be positive when subword_buckets > 0")
+        if self.window_stride > self.window_tokens:
+            raise ValueError(
+                f"window_stride {self.window_stride} exceeds window_tokens {self.window_tokens}"
+            )
         if self.vocab_size < 2:
             raise ValueError("vocab_size must be at least 2 (PAD and UNK)")
         if self.rnn not in RNN_KINDS:

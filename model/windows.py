@@ -38,6 +38,9 @@ Rules (`WindowPlanner.plan`), in order:
    not read); whitespace-only gaps count as read. A text scored whole has
    `chars_scored == chars_total`.
 
+Evidence (`evidence`): for a flagged label, the spans of the best windows that reach
+the threshold, so a moderator's tool can highlight them.
+
 A text whose tokens fit one window (most messages: the corpus median is 18 tokens)
 is exactly one window holding exactly the tokens `model.tokenizer.tokenize` gives for
 the whole text, so it scores as it did before windows existed.
@@ -275,3 +278,37 @@ def aggregate(window_scores: np.ndarray, owners: np.ndarray, count: int) -> np.n
     result = np.full((count, window_scores.shape[1]), -np.inf, dtype=window_scores.dtype)
     np.maximum.at(result, owners, window_scores)
     return result
+
+
+MAX_EVIDENCE_SPANS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A span of the original text that drove a label's score, and its window's score."""
+
+    start: int
+    end: int
+    score: float
+
+
+def evidence(
+    windows: Sequence[Window],
+    scores: np.ndarray,
+    threshold: float,
+    limit: int = MAX_EVIDENCE_SPANS,
+) -> list[Evidence]:
+    """The windows that reach `threshold` for one label (`scores[i]` is window i's),
+    best first, skipping any that overlaps one already taken (neighbouring windows
+    share half their tokens, so the best one stands for them); at most `limit`, in
+    text order. Empty when no window reaches the threshold."""
+    taken: list[Evidence] = []
+    for i in np.argsort(-scores, kind="stable"):
+        score = float(scores[i])
+        if score < threshold or len(taken) == limit:
+            break
+        window = windows[int(i)]
+        if any(window.start < other.end and other.start < window.end for other in taken):
+            continue
+        taken.append(Evidence(window.start, window.end, score))
+    return sorted(taken, key=lambda item: item.start)

@@ -60,7 +60,7 @@ def test_a_token_gets_one_slot_and_new_tokens_get_new_rows() -> None:
     assert second.slots.tolist() == [3, 0]
     # The rows equal the model's own embedding of each token.
     with torch.inference_mode():
-        m0r0n = engine.encode_full("m0r0n")
+        (m0r0n,) = engine.encode_text("m0r0n")
         subwords = engine.model.subword
         assert subwords is not None
         expected = torch.cat(
