@@ -28,6 +28,7 @@ RnnKind = Literal["lstm", "gru"]
 Pooling = Literal["last", "mean", "max", "meanmax"]
 RNN_KINDS: tuple[str, ...] = ("lstm", "gru")
 POOLINGS: tuple[str, ...] = ("last", "mean", "max", "meanmax")
+WINDOW_FIELDS: tuple[str, ...] = ("window_tokens", "window_stride")  # optional when loading
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Strict: unknown or missing keys are errors, so a checkpoint can't half-load.
+        """Strict: unknown or missing keys are errors, so a checkpoint can't half-load;
+        only the window fields, added later, may be absent (the defaults then apply).
         (Fields of removed features are the checkpoint loader's business, see
         `model.checkpoint.RETIRED_CONFIG_FIELDS`.)"""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}")
-        missing = sorted(known - set(data))
+        missing = sorted(known - set(data) - set(WINDOW_FIELDS))
         if missing:
             raise ValueError(f"missing field(s) {missing}")
         return cls(**data)

@@ -53,13 +53,24 @@ Rules, applied in order:
    Only as much of a long word is collapsed as the cut keeps (same token, bounded
    cost: collapsing 10,000 letters of `aaabbb…` whole took 9 ms).
 5. At most `max_tokens` tokens are kept (the head of the message).
+6. Spelled-out words: a run of at least `MIN_SPELLED` (3) single letters, each one
+   space or one `.`, `-` or `_` (and no space) from the one before it (`s t u p i d`,
+   `s.t.u.p.i.d`, `i-d-i-o-t`, `U S A`), becomes one word of its letters (`stupid`,
+   `idiot`, `usa`), collapsed as in rule 3 and at most `MAX_SPELLED` (32) letters
+   long (a longer run gives several). Writing a word one letter at a time got abuse past the model
+   ("you are a s t u p i d i d i o t" scored 0.26); acronyms join harmlessly
+   (`U.S.A.` → `usa`, `.`), while initials and abbreviations with a space after
+   each dot do not (`J. R. R.`, `e.g. a`). The run may cross whitespace, so the rule
+   works on the token sequence and the whitespace before each token (`scan`,
+   `spelled_runs`); windows (`model.windows`) scan whitespace pieces apart and apply
+   it to their own token sequence.
 
 How a token is then looked up (vocabulary fallback, hashed sub-words) lives in
 `model.subword` and is covered by the same version: v2 added the obfuscated and starred
-word rules and that lookup. The bounds of rules 1, 2 (e-mail) and 4 kept the version:
-they change no token of the training corpora (checked on all 11,456 texts against the
-tokenizer before them), only texts no corpus holds (a 65-character word, a 10,000-mark
-letter), so checkpoints trained before them score ordinary text exactly as before.
+word rules and that lookup, v3 rule 6. The bounds of rules 1, 2 (e-mail) and 4 kept
+the version: they change no token of the training corpora (checked on all 11,456 texts
+against the tokenizer before them), only texts no corpus holds (a 65-character word, a
+10,000-mark letter).
 """
 
 from __future__ import annotations
@@ -67,7 +78,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-TOKENIZER_VERSION = "modstream-tok-v2"
+TOKENIZER_VERSION = "modstream-tok-v3"
 DEFAULT_MAX_TOKENS = 256
 MAX_CHARS_PER_TOKEN = 64
 MAX_TOKEN_CHARS = 64
@@ -78,6 +89,9 @@ URL_TOKEN = "<url>"
 EMAIL_TOKEN = "<email>"
 USER_TOKEN = "<user>"
 NUM_TOKEN = "<num>"
+MIN_SPELLED = 3
+MAX_SPELLED = 32
+SPELL_SEPARATORS = frozenset(".-_")
 
 # Letters only: \w minus digits and underscore. Alphanumerics are letters plus \d.
 _LETTERS = r"[^\W\d_]"
@@ -110,6 +124,9 @@ _TOKEN_RE = re.compile(
 )
 
 _REPEAT_RE = re.compile(r"(.)\1{2,}")
+# Two single letters one whitespace character or one separator apart: rule 6 cannot
+# apply to a text without this (a spelled-out run holds such a pair).
+_SPELLED_HINT_RE = re.compile(rf"(?<!{_ALNUM}){_LETTERS}[\s.\-_]{_LETTERS}(?!{_ALNUM})")
 # How a mixed run that is mostly digits splits: the v1 rule, digits cut words.
 _SPLIT_RE = re.compile(rf"(?P<num>\d+)|(?P<word>{_LETTERS}+)")
 
@@ -199,16 +216,35 @@ def _piece_end(text: str, end: int) -> int:
     return end if last < len(text) else len(text)
 
 
-def tokenize(text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> list[str]:
-    """Deterministic, allocation-light tokenization; see the module docstring for rules."""
+def tokenize(
+    text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS, spelled: bool = True
+) -> list[str]:
+    """Deterministic, allocation-light tokenization; see the module docstring for rules.
+    `spelled=False` leaves out rule 6 (for callers that apply it across pieces)."""
+    tokens, gaps = scan(text, max_tokens, gaps=None if spelled else False)
+    return join_spelled(tokens, gaps) if gaps else tokens
+
+
+def scan(
+    text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS, gaps: bool | None = True
+) -> tuple[list[str], list[int]]:
+    """Rules 1-5: the tokens, and the number of whitespace characters before each
+    (0 inside a run of characters; the first token's count is its offset). `gaps`
+    None counts them only where rule 6 could apply at all, False never; where not
+    counted the gaps are an empty list."""
     max_chars = None if max_tokens is None else max_tokens * MAX_CHARS_PER_TOKEN
     text = normalize(text, max_chars)
     # Rule 3 only where some character repeats 3+ times: most texts skip it entirely.
     collapse = _REPEAT_RE.search(text) is not None
+    # Rule 6 needs two single letters one character apart; most texts have none.
+    track = gaps or (gaps is None and _SPELLED_HINT_RE.search(text) is not None)
     tokens: list[str] = []
+    spaces: list[int] = []
     append = tokens.append
     limit = max_tokens if max_tokens is not None else -1
+    end = 0  # where the previous match ended (rule 6's gaps)
     for match in _TOKEN_RE.finditer(text):
+        before = len(tokens)
         kind = match.lastgroup
         if kind == "word" or kind == "starred":
             word = match.group()  # `_word`, inlined on the hot path
@@ -233,13 +269,19 @@ def tokenize(text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> list[str
                 for part in _SPLIT_RE.finditer(run):
                     append(_word(part.group(), collapse) if part.lastgroup == "word" else NUM_TOKEN)
                     if len(tokens) == limit:
-                        return tokens
+                        break
         else:
             assert kind is not None
             append(_PLACEHOLDERS[kind])
+        if track:
+            spaces.append(match.start() - end)
+            spaces.extend([0] * (len(tokens) - before - 1))
+            end = match.end()
         if len(tokens) >= limit >= 0:
-            return tokens[:limit]
-    return tokens
+            del tokens[limit:]
+            del spaces[limit:]
+            break
+    return tokens, spaces
 
 
 def _word(word: str, collapse: bool) -> str:
@@ -262,3 +304,59 @@ def _collapsed_head(word: str) -> str:
         if len(head) >= MAX_TOKEN_CHARS + 2 or length >= len(word):
             return head[:MAX_TOKEN_CHARS]
         length *= 4
+
+
+def _is_letter(token: str) -> bool:
+    return len(token) == 1 and token.isalpha()
+
+
+def spelled_runs(tokens: list[str], gaps: list[int]) -> list[tuple[int, int]]:
+    """Rule 6: the index ranges [a, b) of `tokens` that form spelled-out words.
+    `gaps[i]` is the number of whitespace characters before token i (`scan`): letters
+    continue a run one space apart, or one separator apart with no space at all."""
+    runs: list[tuple[int, int]] = []
+    count = len(tokens)
+    i = 0
+    while i < count:
+        if not _is_letter(tokens[i]):
+            i += 1
+            continue
+        letters, end = 1, i + 1
+        while end < count and letters < MAX_SPELLED:
+            if _is_letter(tokens[end]) and gaps[end] == 1:
+                end += 1
+            elif (
+                end + 1 < count
+                and tokens[end] in SPELL_SEPARATORS
+                and gaps[end] == 0
+                and _is_letter(tokens[end + 1])
+                and gaps[end + 1] == 0
+            ):
+                end += 2
+            else:
+                break
+            letters += 1
+        if letters >= MIN_SPELLED:
+            runs.append((i, end))
+        i = end
+    return runs
+
+
+def spelled_word(tokens: list[str]) -> str:
+    """The word a spelled-out run (`spelled_runs`) stands for."""
+    return _word("".join(token for token in tokens if token not in SPELL_SEPARATORS), True)
+
+
+def join_spelled(tokens: list[str], gaps: list[int]) -> list[str]:
+    """Rule 6 on a token sequence and its gaps (`scan`): each run becomes its word."""
+    runs = spelled_runs(tokens, gaps)
+    if not runs:
+        return tokens
+    joined: list[str] = []
+    position = 0
+    for start, end in runs:
+        joined.extend(tokens[position:start])
+        joined.append(spelled_word(tokens[start:end]))
+        position = end
+    joined.extend(tokens[position:])
+    return joined

@@ -18,10 +18,12 @@ Rules (`WindowPlanner.plan`), in order:
    and tokenising at most `max_chars` characters, whatever the text's length.
 2. **Pieces.** Each region is split at whitespace into pieces (`\\S+`, a piece longer
    than `MAX_PIECE_CHARS` cut into chunks), and each piece is tokenised on its own.
-   No tokenizer rule spans whitespace and normalisation is per character, so the
-   pieces' tokens, in order, are the text's tokens (checked on all 11,456 corpus
-   texts, and by a unit test); tokenising the original text piece by piece is what
-   ties every token to the original characters it came from, even where NFKC or
+   No tokenizer rule but the last (spelled-out words) spans whitespace and
+   normalisation is per character, so the pieces' tokens, in order, are the text's
+   tokens before that rule (checked on all 11,456 corpus texts, and by a unit test);
+   the spelled-out rule is then applied to the region's tokens, a joined word
+   spanning the pieces of its letters. Tokenising the original text piece by piece is
+   what ties every token to the original characters it came from, even where NFKC or
    lower-casing changes lengths (`ﬁ` → `fi`, `İ` → `i̇`). A cache keeps the tokens of
    recent pieces: most pieces are common words.
 3. **Windows.** A region of at most `window_tokens` tokens is one window. A longer
@@ -56,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.tokenizer import tokenize
+from model.tokenizer import scan, spelled_runs, spelled_word
 
 DEFAULT_WINDOW_TOKENS = 64
 DEFAULT_STRIDE = 32
@@ -73,7 +75,7 @@ STRATEGY_SAMPLED = "head+tail+sampled"
 _PIECE = re.compile(r"\S+")
 _SPACE = re.compile(r"\s")
 
-Tokenize = Callable[[str], Sequence[str]]
+Scan = Callable[[str], tuple[list[str], list[int]]]  # `model.tokenizer.scan`
 Span = tuple[int, int]
 
 
@@ -134,11 +136,11 @@ class WindowPlanner:
     """Text → `WindowPlan` under fixed settings; keeps a bounded cache of piece tokens."""
 
     def __init__(
-        self, settings: WindowSettings | None = None, tokenize_piece: Tokenize | None = None
+        self, settings: WindowSettings | None = None, scan_piece: Scan | None = None
     ) -> None:
         self.settings = settings or WindowSettings()
-        self._tokenize = tokenize_piece or _tokenize_piece
-        self._cache: dict[str, tuple[str, ...]] = {}
+        self._scan = scan_piece or _scan_piece
+        self._cache: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
 
     def plan(self, text: str) -> WindowPlan:
         settings = self.settings
@@ -162,13 +164,23 @@ class WindowPlanner:
 
     def _region_windows(self, text: str, start: int, end: int) -> list[Window]:
         tokens: list[str] = []
+        gaps: list[int] = []  # whitespace before each token (tokenizer rule 6)
         starts: list[int] = []  # per token: its piece's span in `text`
         ends: list[int] = []
+        previous_end = start
         for piece_start, piece_end in pieces(text, start, end):
-            piece_tokens = self._piece_tokens(text[piece_start:piece_end])
-            tokens.extend(piece_tokens)
-            starts.extend([piece_start] * len(piece_tokens))
-            ends.extend([piece_end] * len(piece_tokens))
+            piece_tokens, piece_gaps = self._piece_tokens(text[piece_start:piece_end])
+            if piece_tokens:
+                tokens.extend(piece_tokens)
+                gaps.append(piece_start - previous_end)
+                gaps.extend(piece_gaps[1:])
+                starts.extend([piece_start] * len(piece_tokens))
+                ends.extend([piece_end] * len(piece_tokens))
+            previous_end = piece_end
+        for a, b in reversed(spelled_runs(tokens, gaps)):  # rule 6 works across pieces
+            tokens[a:b] = [spelled_word(tokens[a:b])]
+            starts[a:b] = [starts[a]]
+            ends[a:b] = [ends[b - 1]]
         return [
             Window(starts[a], ends[b - 1], tuple(tokens[a:b]))
             for a, b in window_bounds(
@@ -176,17 +188,18 @@ class WindowPlanner:
             )
         ]
 
-    def _piece_tokens(self, piece: str) -> tuple[str, ...]:
+    def _piece_tokens(self, piece: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
         known = self._cache.get(piece)
         if known is None:
             if len(self._cache) >= PIECE_CACHE_SIZE:
                 self._cache.clear()
-            known = self._cache[piece] = tuple(self._tokenize(piece))
+            tokens, gaps = self._scan(piece)
+            known = self._cache[piece] = (tuple(tokens), tuple(gaps))
         return known
 
 
-def _tokenize_piece(piece: str) -> list[str]:
-    return tokenize(piece, None)
+def _scan_piece(piece: str) -> tuple[list[str], list[int]]:
+    return scan(piece, None, gaps=True)
 
 
 def window_bounds(count: int, size: int, stride: int) -> list[Span]:

@@ -14,13 +14,16 @@ from model.tokenizer import (
     EMAIL_TOKEN,
     MAX_CHARS_PER_TOKEN,
     MAX_JOINED,
+    MAX_SPELLED,
     MAX_TOKEN_CHARS,
     NORMALIZE_PIECE,
     NUM_TOKEN,
     URL_TOKEN,
     USER_TOKEN,
     _collapsed_head,
+    join_spelled,
     normalize,
+    scan,
     tokenize,
 )
 
@@ -289,3 +292,39 @@ def test_long_words_collapse_exactly_then_get_cut(runs: list[tuple[str, int]]) -
     assert _collapsed_head(word) == expected
     if word.isalpha():
         assert tokenize(f"x {word}") == ["x", expected]
+
+
+# -- rule 6: spelled-out words -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("you are a s t u p i d", ["you", "are", "astupid"]),
+        ("you s.t.u.p.i.d i.d.i.o.t", ["you", "stupididiot"]),
+        ("i-d-i-o-t!", ["idiot", "!"]),
+        ("s t u u u u p i d", ["stuupid"]),
+        ("I grew up in the U S A", ["i", "grew", "up", "in", "the", "usa"]),
+        ("the U.S.A. team", ["the", "usa", ".", "team"]),
+        ("J. R. R. Tolkien", ["j", ".", "r", ".", "r", ".", "tolkien"]),  # a space each
+        ("e.g. a b", ["e", ".", "g", ".", "a", "b"]),
+        ("code A B C 1 2 3", ["code", "abc", NUM_TOKEN, NUM_TOKEN, NUM_TOKEN]),
+        ("a b", ["a", "b"]),  # two letters are no word
+        ("a  b  c", ["a", "b", "c"]),  # one space apart at most
+        ("a..b..c", ["a", ".", ".", "b", ".", ".", "c"]),  # one separator at most
+    ],
+)
+def test_spelled_out_words_join(text: str, tokens: list[str]) -> None:
+    assert tokenize(text) == tokens
+
+
+def test_spelled_out_runs_are_cut_at_the_cap_and_can_be_left_alone() -> None:
+    text = " ".join("abcdefghij" * 4)  # 40 single letters
+    joined = tokenize(text)
+    assert [len(token) for token in joined] == [MAX_SPELLED, 40 - MAX_SPELLED]
+    assert tokenize(text, spelled=False) == list("abcdefghij" * 4)
+    assert join_spelled(*scan(text)) == joined
+    assert scan("hi  you a.b !!", None) == (
+        ["hi", "you", "a", ".", "b", "!", "!"],
+        [0, 2, 1, 0, 0, 1, 0],
+    )

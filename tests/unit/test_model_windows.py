@@ -55,6 +55,22 @@ def test_pieces_tokenise_to_the_whole_texts_tokens(text: str) -> None:
     assert list(window.tokens) == tokenize(text, None)
 
 
+def test_spelled_out_words_join_across_pieces_with_the_span_of_their_letters() -> None:
+    text = NEUTRAL + "you are a s t u p i d i d i o t, " + NEUTRAL
+    plan = planner(window_tokens=256).plan(text)
+    (window,) = plan.windows
+    assert list(window.tokens) == tokenize(text, None)
+    assert "astupididiot" in window.tokens
+    # In a long text the joined word spans the letters' pieces in the original.
+    spelled = "s t u.p.i d"
+    long_text = NEUTRAL * 3 + spelled + " " + NEUTRAL * 3
+    holding = window_holding(planner().plan(long_text).windows, "stupid")
+    assert holding
+    start = long_text.index(spelled)
+    for window in holding:
+        assert window.start <= start and start + len(spelled) <= window.end
+
+
 def test_a_short_text_is_one_window_over_the_whole_text() -> None:
     text = "you are a stupid idiot"
     plan = planner().plan(text)
