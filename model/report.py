@@ -267,6 +267,7 @@ def render_markdown(report: Mapping[str, Any], images: Sequence[str]) -> str:
                     f"| {split} | {name} | {what} | {c['examples']} | {_fmt(c['flag_rate'])} | "
                     f"{_fmt(c['mean_score'])} | {_fmt(c['p95_score'])} |"
                 )
+    lines += _robustness_lines(report, labels)
     lines += [
         "",
         "## Calibration",
@@ -311,6 +312,90 @@ def render_markdown(report: Mapping[str, Any], images: Sequence[str]) -> str:
         lines.append(f"- {name}: {_fmt(value, 1)} s")
     lines.append("")
     return "\n".join(lines)
+
+
+def _robustness_lines(report: Mapping[str, Any], labels: Sequence[str]) -> list[str]:
+    """Long messages, short benign chat and probes (`model.robustness`), when present."""
+    lines: list[str] = []
+    long = report.get("long_messages")
+    if long:
+        first = next(iter(long.values()))
+        lines += [
+            "",
+            "## Long messages",
+            "",
+            f"Each {first['label']}-labelled comment of the split placed among 2-5 clean "
+            f"comments of the same split (seed {first['seed']}), at the thresholds chosen "
+            "on the plain validation set. *plain*: the same comments alone; *ceiling*: "
+            "each message scored as the maximum over its parts scored alone (the most "
+            "any reading of the whole message could get from this model's per-comment "
+            "scores: the clean fillers' own false positives cap it).",
+            "",
+            "| split | model | n (pos) | mean chars | ROC AUC | plain AUC | ceiling AUC | "
+            "precision | recall | F1 | clean flagged | threshold |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for split, section in long.items():
+            for name in ("lstm", "baseline"):
+                m = section.get(name)
+                if m is None:
+                    continue
+                lines.append(
+                    f"| {split} | {name} | {section['messages']} ({section['positives']}) | "
+                    f"{_fmt(section['mean_chars'], 0)} | {_fmt(m['roc_auc'])} | "
+                    f"{_fmt(m['plain_roc_auc'])} | {_fmt(m['ceiling_roc_auc'])} | "
+                    f"{_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | "
+                    f"{_fmt(m['negative_flag_rate'])} | {_fmt(m['threshold'], 3)} |"
+                )
+        lines.append("")
+        for split, section in long.items():
+            lines.append(
+                f"- {split}: {_fmt(section.get('windows_per_message'), 2)} windows per message; "
+                f"evidence hit rate {_fmt(section.get('evidence_hit_rate'))} (flagged "
+                "positives whose best evidence span overlaps the embedded comment)"
+            )
+    short = report.get("short_benign")
+    if short:
+        lines += [
+            "",
+            "## Short benign chat",
+            "",
+            "Reviewed short SMS ham (at most 30 characters) and the held-out curated chat "
+            "lines (`model.short_chat`), negative for every label: any flag is a false "
+            "positive.",
+            "",
+            "| split | model | n | " + " | ".join(f"{label} flag rate" for label in labels) + " |",
+            "|---|---|---|" + "---|" * len(labels),
+        ]
+        for split, section in short.items():
+            for name in ("lstm", "baseline"):
+                m = section.get(name)
+                if m is None:
+                    continue
+                rates = " | ".join(_fmt(m[label]["flag_rate"]) for label in labels)
+                lines.append(f"| {split} | {name} | {section['examples']} | {rates} |")
+        lines.append("")
+        for split, section in short.items():
+            for label in labels:
+                flagged = section.get("lstm", {}).get(label, {}).get("flagged", [])
+                if flagged:
+                    shown = ", ".join(json.dumps(text) for text in flagged)
+                    lines.append(f"- {split}, {label} (lstm) flagged: {shown}")
+    probes = report.get("probes")
+    if probes:
+        lines += [
+            "",
+            "## Probes",
+            "",
+            "| probe | label | chars | score | flagged | expected | ok |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in probes:
+            lines.append(
+                f"| {p['name']} | {p['label']} | {p['chars']} | {_fmt(p['score'], 3)} | "
+                f"{p['flagged']} | {p['expected']} | {'yes' if p['ok'] else '**no**'} |"
+            )
+    return lines
 
 
 # Figures: 7x6 in at 110 dpi, 693x605 px once cropped (a ROC curve; 764x605 with the

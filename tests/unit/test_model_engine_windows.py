@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from model.data import SOURCE_INSULTS, Example
 from model.engine import EncodedBatch, Engine
 from model.network import Classifier, ModelConfig
+from model.robustness import long_section
 from model.tokenizer import tokenize
 from model.vocab import UNK_TOKEN, Vocab
 from model.windows import STRATEGY_SAMPLED, STRATEGY_WHOLE
@@ -169,3 +171,22 @@ def test_a_short_text_is_its_own_evidence() -> None:
     text = "  you idiot\n"
     (span,) = engine.score([text]).evidence(0, 0, threshold=0.5)
     assert (span.start, span.end) == (2, 11) and text[span.start : span.end] == "you idiot"
+
+
+def test_the_long_message_section_finds_the_embedded_abuse() -> None:
+    engine = keyword_engine()
+    sentences = [s.strip() + "." for s in NEUTRAL.split(".") if s.strip()]
+    clean = [f"{a} {b}" for a in sentences for b in sentences]  # 9 clean comments
+    abusive = [f"{s} you are an idiot" for s in sentences]
+    examples = [
+        Example(text, (float(label), 0.0), (1.0, 0.0), SOURCE_INSULTS)
+        for text, label in [*((t, 0) for t in clean), *((t, 1) for t in abusive)]
+    ]
+    thresholds = {"insult": 0.5, "spam": 0.5}
+    models = {"lstm": (lambda texts: engine.score(texts).probabilities, thresholds)}
+    section = long_section(engine, examples, models)
+    assert section["messages"] == 12 and section["positives"] == 3
+    lstm = section["lstm"]
+    assert lstm["roc_auc"] == lstm["plain_roc_auc"] == lstm["ceiling_roc_auc"] == 1.0
+    assert lstm["recall"] == 1.0 and lstm["negative_flag_rate"] == 0.0
+    assert section["evidence_hit_rate"] == 1.0

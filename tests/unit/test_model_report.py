@@ -37,12 +37,35 @@ def test_retrain_writes_report_inside_a_loadable_checkpoint(tmp_path: Path) -> N
     assert sum(spam_test["confusion"].values()) == spam_test["examples"]
     assert data["history"] and "validation_loss" in data["history"][0]
     assert data["data"]["fingerprint"] == "synthetic"
+    # Long messages, short benign chat and probes, for both models where they apply.
+    for split in ("validation", "test"):
+        long = data["long_messages"][split]
+        assert (
+            long["messages"]
+            == loaded.metrics["validation" if split == "validation" else "test"]["insult"][
+                "examples"
+            ]
+        )
+        for name in ("lstm", "baseline"):
+            assert 0.0 <= long[name]["roc_auc"] <= 1.0
+            assert {"plain_roc_auc", "ceiling_roc_auc", "recall", "negative_flag_rate"} <= set(
+                long[name]
+            )
+        short = data["short_benign"][split]
+        assert short["examples"] > 0 and 0.0 <= short["lstm"]["insult"]["flag_rate"] <= 1.0
+    assert len(data["probes"]) >= 10 and {"score", "ok"} <= set(data["probes"][0])
+    assert loaded.metrics["long_messages"]["test"]["lstm"]["roc_auc"] == pytest.approx(
+        data["long_messages"]["test"]["lstm"]["roc_auc"]
+    )
 
     markdown = (directory / REPORT_DIR / MARKDOWN_FILE).read_text()
     for section in (
         "## Per-label metrics",
         "## Confusion matrices at the chosen thresholds",
         "## Cross-domain flag rates",
+        "## Long messages",
+        "## Short benign chat",
+        "## Probes",
         "## Calibration",
         "## Figures",
         "## Training curve",
