@@ -175,7 +175,7 @@ def measure_costs(variants: int, stream: int) -> dict[str, Any]:
         log(f"  {name}")
         out["classes"][name] = costs([make(n) for n in range(variants)])
 
-    decoder = Decoder(MAX_TEXT)
+    decoder = Decoder()
 
     def record(value: bytes) -> SourceRecord:
         return SourceRecord("t", 0, 1, None, b"k", value)

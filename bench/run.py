@@ -236,7 +236,7 @@ def naive(bootstrap: str, source: str, checkpoint: Path, count: int) -> float:
     from worker.results import build_result
 
     engine = Engine.load(checkpoint, device="cpu", cpu_threads=1)
-    decoder = Decoder(10_000)
+    decoder = Decoder()
     out = topics(bootstrap, "naive", 6)["output"]
     consumer = KafkaConsumer(
         source,

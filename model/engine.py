@@ -50,12 +50,12 @@ from model.windows import (
     DEFAULT_MAX_WINDOWS,
     MAX_EVIDENCE_SPANS,
     Evidence,
+    ScoredText,
     WindowError,
     WindowPlan,
     WindowPlanner,
     WindowSettings,
     aggregate,
-    evidence,
 )
 
 DEFAULT_BUCKET_WIDTH = DEFAULT_MAX_TOKENS  # no split by length spread (see above)
@@ -197,14 +197,19 @@ class Scores:
         first = int(np.searchsorted(self.owners, text, side="left"))
         return self.window_probabilities[first : first + len(self.plans[text].windows)]
 
+    def text(self, text: int) -> ScoredText:
+        """Text `text`'s scores, windows and coverage."""
+        return ScoredText(self.probabilities[text], self.plans[text], self.window_scores(text))
+
+    def texts(self) -> list[ScoredText]:
+        return [self.text(i) for i in range(len(self.plans))]
+
     def evidence(
         self, text: int, label: int, threshold: float, limit: int = MAX_EVIDENCE_SPANS
     ) -> list[Evidence]:
         """The spans of text `text` that reach `threshold` for label index `label`
         (`model.windows.evidence`)."""
-        return evidence(
-            self.plans[text].windows, self.window_scores(text)[:, label], threshold, limit
-        )
+        return self.text(text).evidence(label, threshold, limit)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

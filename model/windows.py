@@ -55,6 +55,7 @@ import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -69,8 +70,9 @@ SNAP_CHARS = 32
 MAX_PIECE_CHARS = 256
 PIECE_CACHE_SIZE = 100_000
 
-STRATEGY_WHOLE = "whole"
-STRATEGY_SAMPLED = "head+tail+sampled"
+Strategy = Literal["whole", "head+tail+sampled"]
+STRATEGY_WHOLE: Strategy = "whole"
+STRATEGY_SAMPLED: Strategy = "head+tail+sampled"
 
 _PIECE = re.compile(r"\S+")
 _SPACE = re.compile(r"\s")
@@ -99,7 +101,7 @@ class WindowPlan:
     windows: tuple[Window, ...]
     chars_scored: int
     chars_total: int
-    strategy: str  # STRATEGY_WHOLE or STRATEGY_SAMPLED
+    strategy: Strategy
 
     @property
     def complete(self) -> bool:
@@ -325,3 +327,18 @@ def evidence(
             continue
         taken.append(Evidence(window.start, window.end, score))
     return sorted(taken, key=lambda item: item.start)
+
+
+@dataclass(frozen=True)
+class ScoredText:
+    """One text's scores: per label the maximum over its windows, and each window's."""
+
+    probabilities: np.ndarray  # float32 [labels]
+    plan: WindowPlan
+    window_scores: np.ndarray  # float32 [windows, labels], in text order
+
+    def evidence(
+        self, label: int, threshold: float, limit: int = MAX_EVIDENCE_SPANS
+    ) -> list[Evidence]:
+        """The spans that reach `threshold` for label index `label` (`evidence`)."""
+        return evidence(self.plan.windows, self.window_scores[:, label], threshold, limit)

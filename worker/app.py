@@ -130,7 +130,7 @@ class Worker:
             max_bytes=settings.max_batch_bytes,
         )
         self.processor = BatchProcessor(
-            Decoder(settings.max_text_chars),
+            Decoder(),
             self.metrics,
             settings.output_topic,
             settings.dead_letter_topic,

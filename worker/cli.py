@@ -318,7 +318,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         torch.set_num_threads(settings.torch_threads)
     try:
         engine = Engine.load(
-            settings.checkpoint_dir, device=settings.device, max_tokens=settings.max_tokens
+            settings.checkpoint_dir, device=settings.device, **settings.engine_options()
         )
     except (CheckpointError, EngineError) as exc:
         log.error(
@@ -342,7 +342,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         worker.metrics,
         settings.reload_interval_s,
         device=settings.device,
-        max_tokens=settings.max_tokens,
+        engine_options=settings.engine_options(),
     )
     signals.on_reload(reloader.request_check)
     try:

@@ -14,6 +14,12 @@ than the two limits together (in strings too: an upper bound, counted at memchr 
 is parsed for its shape first (`pydantic_core.from_json`, the parser validation uses);
 any other record is validated as it comes and holds too few members for many errors.
 The message names at most `MAX_LISTED_ERRORS` of them.
+
+Length: every valid text is scored, however long (the engine reads at most the
+operator's budget of it and says how much, `model.windows`). Only a record value over
+`MAX_VALUE_BYTES` (1 MiB, Kafka's default `message.max.bytes`: a broker reconfigured
+for larger records is the only way to get one) is a `text_too_long` dead letter,
+checked before any parsing.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails, from_json
 
 from schemas.dead_letter import DeadLetter, ErrorKind, encode_bytes
-from schemas.request import MAX_METADATA_ENTRIES, ModerationRequest
+from schemas.request import MAX_METADATA_ENTRIES, MAX_TEXT_CHARS, ModerationRequest
 
 MAX_ERROR_MESSAGE_CHARS = 1_000
 # A dead letter embeds the record's key and value. A record near the broker's size limit
@@ -39,6 +45,8 @@ MAX_REQUEST_FIELDS = len(REQUEST_FIELDS)
 # More colons than this, and a record may have more members than a request allows.
 STRUCTURE_CHECK_COLONS = MAX_REQUEST_FIELDS + MAX_METADATA_ENTRIES
 MAX_LISTED_ERRORS = 10
+# The hard cap on a request record's value: no real message reaches it (see above).
+MAX_VALUE_BYTES = MAX_TEXT_CHARS
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +88,21 @@ _KIND_BY_PYDANTIC_TYPE: dict[str, ErrorKind] = {
 
 
 class Decoder:
-    """Validates records against the request schema with the operator's text limit."""
+    """Validates records against the request schema, after the hard cap on their size."""
 
-    def __init__(self, max_text_chars: int) -> None:
-        self._context = {"max_text_chars": max_text_chars}
+    def __init__(self, max_value_bytes: int = MAX_VALUE_BYTES) -> None:
+        self.max_value_bytes = max_value_bytes
 
     def decode(self, record: SourceRecord) -> Decoded | Rejected:
         if record.value is None:
             return self.reject(record, ErrorKind.NULL_VALUE, "record value is null (tombstone)")
+        if len(record.value) > self.max_value_bytes:
+            return self.reject(
+                record,
+                ErrorKind.TEXT_TOO_LONG,
+                f"record value has {len(record.value)} bytes, over the hard cap of "
+                f"{self.max_value_bytes}",
+            )
         try:
             text = record.value.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -97,7 +112,7 @@ class Decoder:
             if fault is not None:
                 return self.reject(record, *fault)
         try:
-            request = ModerationRequest.model_validate_json(text, context=self._context)
+            request = ModerationRequest.model_validate_json(text)
         except ValidationError as exc:
             kind, message = classify(exc.errors(include_url=False))
             return self.reject(record, kind, message)

@@ -21,11 +21,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from model.engine import EncodedBatch, Engine
+from model.windows import ScoredText
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.result import ModerationResult, Timings
 from worker.decode import Decoded, Decoder, Rejected, SourceRecord
@@ -53,7 +53,7 @@ class StagedBatch:
 class ScoredBatch:
     """Step 2's answer for a staged batch."""
 
-    rows: list[Any]  # per decoded request its scores, None where scoring failed
+    rows: list[ScoredText | None]  # per decoded request its scores; None where it failed
     inference_s: float  # the batch's tokenise + inference seconds
     failures: dict[int, str]  # per failed request (by `id()`) why
 
@@ -142,17 +142,16 @@ class BatchProcessor:
         m.batch_tokens.observe(scores.real_tokens)
         if scores.padded_tokens:
             m.padding_efficiency.observe(scores.real_tokens / scores.padded_tokens)
-        return ScoredBatch(
-            list(scores.probabilities), scores.tokenize_seconds + scores.inference_seconds, {}
-        )
+        rows: list[ScoredText | None] = list(scores.texts())
+        return ScoredBatch(rows, scores.tokenize_seconds + scores.inference_seconds, {})
 
     def _score_individually(self, engine: Engine, decoded: Sequence[Decoded]) -> ScoredBatch:
-        rows: list[Any] = []
+        rows: list[ScoredText | None] = []
         failed: dict[int, str] = {}
         start = time.perf_counter()
         for item in decoded:
             try:
-                rows.append(engine.score([item.request.text]).probabilities[0])
+                rows.append(engine.score([item.request.text]).text(0))
             except Exception as exc:
                 rows.append(None)
                 failed[id(item)] = f"{type(exc).__name__}: {exc}"
@@ -223,7 +222,7 @@ class BatchProcessor:
         self,
         engine: Engine,
         item: Decoded,
-        row: Any,
+        row: ScoredText,
         started: float,
         inference_s: float,
         batch_size: int,

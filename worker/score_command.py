@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from model.errors import ExitCode
+from model.windows import DEFAULT_MAX_WINDOWS
 from schemas.request import DEFAULT_MAX_TEXT_CHARS
 from worker.command_errors import CheckpointUnusableError, InvalidInputError, UsageError
 from worker.score_input import INPUT_FORMATS, open_lines, stdin_binary
@@ -120,8 +121,16 @@ def add_parser(sub: Any) -> None:
         type=int,
         default=DEFAULT_MAX_TEXT_CHARS,
         metavar="N",
-        help="longer texts are dead-lettered, as by the worker "
+        help="characters read per text, as by the worker: a longer text is still scored, "
+        "on its head, tail and sampled middle, and its coverage says how much "
         f"(default: {DEFAULT_MAX_TEXT_CHARS})",
+    )
+    score.add_argument(
+        "--max-windows",
+        type=int,
+        default=DEFAULT_MAX_WINDOWS,
+        metavar="N",
+        help=f"windows scored per text at most (default: {DEFAULT_MAX_WINDOWS})",
     )
     score.set_defaults(handler=run_score)
 
@@ -131,6 +140,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         ("--batch-size", args.batch_size, 1),
         ("--batch-wait-ms", args.batch_wait_ms, 0),
         ("--max-text-chars", args.max_text_chars, 1),
+        ("--max-windows", args.max_windows, 2),
         ("--torch-threads", args.torch_threads, 0),
     ):
         if value < low:
@@ -174,7 +184,12 @@ def run_score(args: argparse.Namespace) -> int:
         source, name = _open_input(args, stack)
         lines = open_lines(source, args.input_format, name)
         checkpoint = _checkpoint_path(args)
-        engine = _load_engine(checkpoint, args.device, args.torch_threads)
+        engine = _load_engine(
+            checkpoint,
+            args.device,
+            args.torch_threads,
+            {"max_chars": args.max_text_chars, "max_windows": args.max_windows},
+        )
 
         from worker.score_input import StallBatcher
         from worker.score_output import make_writer
@@ -182,7 +197,7 @@ def run_score(args: argparse.Namespace) -> int:
 
         batches = StallBatcher(lines, args.batch_size, args.batch_wait_ms / 1000.0)
         writer = make_writer(args.output_format, sys.stdout)
-        tally = score_stream(engine, batches, writer, name, args.max_text_chars)
+        tally = score_stream(engine, batches, writer, name)
     if tally.dead_lettered:
         raise InvalidInputError(_not_scored(tally, args.input_format))
     return ExitCode.OK
@@ -203,7 +218,8 @@ def _not_scored(tally: Any, input_format: str) -> str:
     return message
 
 
-def _load_engine(checkpoint: Path, device: str, torch_threads: int) -> Any:
+def _load_engine(checkpoint: Path, device: str, torch_threads: int, reading: dict[str, int]) -> Any:
+    """`reading`: how texts are read (`Engine.load`'s `max_chars`, `max_windows`)."""
     import torch
 
     from model.checkpoint import CheckpointError
@@ -212,6 +228,6 @@ def _load_engine(checkpoint: Path, device: str, torch_threads: int) -> Any:
     if torch_threads:
         torch.set_num_threads(torch_threads)
     try:
-        return Engine.load(checkpoint, device=device)
+        return Engine.load(checkpoint, device=device, **(reading or {}))
     except (CheckpointError, EngineError) as exc:
         raise CheckpointUnusableError(f"checkpoint {checkpoint}: {exc}") from exc

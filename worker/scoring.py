@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from model.engine import Engine
-from schemas.request import DEFAULT_MAX_TEXT_CHARS
 from worker.decode import Decoder, SourceRecord
 from worker.metrics import WorkerMetrics
 from worker.processing import BatchProcessor
@@ -54,7 +53,6 @@ def score_stream(
     batches: Iterable[list[ScoreLine]],
     writer: ScoreWriter,
     name: str,
-    max_text_chars: int | None = None,
 ) -> ScoreTally:
     """Writes one row per input message, in input order, flushing after every batch;
     returns how many messages there were and which became dead letters (invalid, or
@@ -64,9 +62,7 @@ def score_stream(
     `offset`. The processor logs through structlog (a `dead_lettered` warning per
     invalid line): configure it (worker/logs.py) so that nothing reaches the writer's sink.
     """
-    processor = BatchProcessor(
-        Decoder(max_text_chars or DEFAULT_MAX_TEXT_CHARS), WorkerMetrics(), RESULTS, DEAD_LETTERS
-    )
+    processor = BatchProcessor(Decoder(), WorkerMetrics(), RESULTS, DEAD_LETTERS)
     writer.start(engine.labels)
     tally = ScoreTally()
     for batch in batches:

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.paths import default_checkpoint_dir
+from model.windows import DEFAULT_MAX_WINDOWS
 from schemas.request import DEFAULT_MAX_TEXT_CHARS
 
 RECONNECT_BACKOFF_MAX_MS = 1_000
@@ -95,10 +96,31 @@ class WorkerSettings(BaseSettings):
         ),
     ] = 2
     max_text_chars: Annotated[
-        int, Field(ge=1, le=1_000_000, description="Longer texts are dead-lettered.")
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="Scoring budget: characters read per text. Longer texts are still "
+            "scored, on their head, tail and sampled middle; the result's coverage says how "
+            "much was read.",
+        ),
     ] = DEFAULT_MAX_TEXT_CHARS
+    max_windows: Annotated[
+        int,
+        Field(
+            ge=2,
+            le=4096,
+            description="Windows scored per text at most (the first, the last and evenly "
+            "spread ones beyond it).",
+        ),
+    ] = DEFAULT_MAX_WINDOWS
     max_tokens: Annotated[
-        int, Field(ge=1, le=4096, description="Tokens scored per text; the rest is cut.")
+        int,
+        Field(
+            ge=1,
+            le=4096,
+            description="Tokens per window at most; the model's own window (64) unless lower.",
+        ),
     ] = 256
     torch_threads: Annotated[
         int,
@@ -311,6 +333,15 @@ class WorkerSettings(BaseSettings):
             return self.transactional_id
         member = self.group_instance_id or socket.gethostname()
         return f"{self.group_id}.{member}"
+
+    def engine_options(self) -> dict[str, int]:
+        """`Engine.load`'s keyword arguments for how a text is read: tokens per window,
+        the scoring budget in characters and the most windows per text."""
+        return {
+            "max_tokens": self.max_tokens,
+            "max_chars": self.max_text_chars,
+            "max_windows": self.max_windows,
+        }
 
     def bootstrap_servers(self) -> list[str]:
         return [server.strip() for server in self.kafka_bootstrap.split(",")]

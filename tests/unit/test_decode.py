@@ -9,7 +9,7 @@ import pytest
 
 from schemas import ErrorKind
 from schemas.dead_letter import decode_bytes
-from worker.decode import Decoded, Decoder, Rejected, SourceRecord
+from worker.decode import MAX_VALUE_BYTES, Decoded, Decoder, Rejected, SourceRecord
 
 
 def record(value: bytes | None, key: bytes | None = b"k") -> SourceRecord:
@@ -31,12 +31,12 @@ def record(value: bytes | None, key: bytes | None = b"k") -> SourceRecord:
         (b'{"id": "a", "text": 3}', ErrorKind.WRONG_TYPE),
         (b'{"id": "a", "text": ""}', ErrorKind.EMPTY_TEXT),
         (b'{"id": "a", "text": " \\t "}', ErrorKind.EMPTY_TEXT),
-        (b'{"id": "a", "text": "' + b"x" * 101 + b'"}', ErrorKind.TEXT_TOO_LONG),
+        (b'{"id": "a", "text": "' + b"x" * 181 + b'"}', ErrorKind.TEXT_TOO_LONG),
         (b'{"id": "a", "text": "hi", "user": "u"}', ErrorKind.EXTRA_FIELD),
     ],
 )
 def test_bad_input_is_rejected_with_kind(value: bytes | None, kind: ErrorKind) -> None:
-    outcome = Decoder(max_text_chars=100).decode(record(value))
+    outcome = Decoder(max_value_bytes=200).decode(record(value))
     assert isinstance(outcome, Rejected)
     letter = outcome.dead_letter
     assert letter.error_kind is kind
@@ -47,14 +47,14 @@ def test_bad_input_is_rejected_with_kind(value: bytes | None, kind: ErrorKind) -
 
 
 def test_valid_request_is_decoded() -> None:
-    outcome = Decoder(max_text_chars=100).decode(record(b'{"id": "a", "text": "hello \xc3\xa9"}'))
+    outcome = Decoder().decode(record(b'{"id": "a", "text": "hello \xc3\xa9"}'))
     assert isinstance(outcome, Decoded)
     assert outcome.request.text == "hello é"
     assert outcome.record.offset == 41
 
 
 def test_message_names_every_failing_field() -> None:
-    outcome = Decoder(max_text_chars=100).decode(record(b'{"id": 1, "text": 2}'))
+    outcome = Decoder().decode(record(b'{"id": 1, "text": 2}'))
     assert isinstance(outcome, Rejected)
     assert "id:" in outcome.dead_letter.error_message
     assert "text:" in outcome.dead_letter.error_message
@@ -70,8 +70,9 @@ def wide(fields: int, with_id: bool = True) -> bytes:
 
 
 def test_many_fields_are_rejected_from_the_shape_alone() -> None:
-    for value in (wide(100_000), wide(100_000, with_id=False), wide(70)):
-        outcome = Decoder(max_text_chars=100).decode(record(value))
+    # 80,000 fields: 0.87 MB, under the hard cap on a record's size (`MAX_VALUE_BYTES`).
+    for value in (wide(80_000), wide(80_000, with_id=False), wide(70)):
+        outcome = Decoder().decode(record(value))
         assert isinstance(outcome, Rejected)
         letter = outcome.dead_letter
         assert letter.error_kind is ErrorKind.EXTRA_FIELD
@@ -82,12 +83,12 @@ def test_many_fields_are_rejected_from_the_shape_alone() -> None:
 
 
 def test_too_many_metadata_entries_are_rejected_from_the_shape_alone() -> None:
-    entries = ",".join(f'"k{i}":{i}' for i in range(100_000))  # all of the wrong type
+    entries = ",".join(f'"k{i}":{i}' for i in range(60_000))  # all of the wrong type
     value = ('{"id":"a","text":"t","metadata":{' + entries + "}}").encode()
-    outcome = Decoder(max_text_chars=100).decode(record(value))
+    outcome = Decoder().decode(record(value))
     assert isinstance(outcome, Rejected)
     assert outcome.dead_letter.error_kind is ErrorKind.INVALID_FIELD
-    assert outcome.dead_letter.error_message == "metadata: has 100000 entries, at most 64"
+    assert outcome.dead_letter.error_message == "metadata: has 60000 entries, at most 64"
 
 
 @pytest.mark.parametrize("with_id", [True, False])
@@ -95,8 +96,8 @@ def test_a_bad_record_costs_about_what_parsing_it_does(with_id: bool) -> None:
     """100,000 extra fields made pydantic build 100,000 errors: 0.2 s (0.45 s without
     an id), 7-15x what `json.loads` takes to read the record. Now it costs about one
     parse. Best of 3 each, alternating, as a ratio with a wide margin."""
-    decoder = Decoder(max_text_chars=100)
-    absurd = record(wide(100_000, with_id))
+    decoder = Decoder()
+    absurd = record(wide(80_000, with_id))
     decode_times, parse_times = [], []
     for _ in range(3):
         started = time.perf_counter()
@@ -108,6 +109,21 @@ def test_a_bad_record_costs_about_what_parsing_it_does(with_id: bool) -> None:
     assert min(decode_times) < 3 * min(parse_times)
 
 
+def test_a_record_over_the_hard_cap_is_rejected_before_parsing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import worker.decode
+
+    calls = []
+    monkeypatch.setattr(worker.decode, "from_json", lambda text: calls.append(1))
+    value = wide(100_000)  # 1.09 MB
+    assert len(value) > MAX_VALUE_BYTES
+    outcome = Decoder().decode(record(value))
+    assert isinstance(outcome, Rejected) and calls == []
+    assert outcome.dead_letter.error_kind is ErrorKind.TEXT_TOO_LONG
+    assert f"{len(value)} bytes" in outcome.dead_letter.error_message
+
+
 def test_a_record_with_few_colons_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only a record that could hold too many members pays for a shape check."""
     import worker.decode
@@ -115,7 +131,7 @@ def test_a_record_with_few_colons_is_parsed_once(monkeypatch: pytest.MonkeyPatch
     calls = []
     real = worker.decode.from_json
     monkeypatch.setattr(worker.decode, "from_json", lambda text: calls.append(1) or real(text))
-    decoder = Decoder(max_text_chars=10_000)
+    decoder = Decoder()
     ordinary = b'{"id": "a", "text": "see http://x.y at 10:30", "metadata": {"k": "v"}}'
     assert isinstance(decoder.decode(record(ordinary)), Decoded)
     assert isinstance(decoder.decode(record(wide(3))), Rejected)
@@ -127,7 +143,7 @@ def test_a_record_with_few_colons_is_parsed_once(monkeypatch: pytest.MonkeyPatch
 
 def test_the_message_lists_ten_errors_then_counts() -> None:
     value = ('{"metadata":{' + ",".join(f'"k{i}":{i}' for i in range(30)) + "}}").encode()
-    outcome = Decoder(max_text_chars=100).decode(record(value))
+    outcome = Decoder().decode(record(value))
     assert isinstance(outcome, Rejected)
     message = outcome.dead_letter.error_message
     assert message.count(";") == 10 and message.endswith("and 22 more errors")

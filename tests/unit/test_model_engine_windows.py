@@ -51,6 +51,7 @@ def keyword_engine(keyword: str = "idiot", **engine_options: int) -> Engine:
         model.rnn.weight_ih_l0[2, 0] = 5.0  # the cell input follows the keyword
         model.head.weight[0, 0] = 20.0  # insult
         model.head.bias[0] = -10.0
+        model.head.bias[1] = -10.0  # spam: never
     return Engine.from_model(model, vocab, ("insult", "spam"), device="cpu", **engine_options)
 
 

@@ -16,6 +16,7 @@ import structlog
 
 from model.engine import Engine
 from tests.unit.test_model_engine import make_engine
+from tests.unit.test_model_engine_windows import keyword_engine
 from worker.command_errors import UsageError
 from worker.decode import Decoder, SourceRecord
 from worker.metrics import WorkerMetrics
@@ -72,7 +73,7 @@ def test_one_line_per_input_line_as_the_worker_builds_it() -> None:
     ]
     assert [line["offset"] for line in written] == [0, 1, 3, 4], "line indexes, blanks skipped"
 
-    processor = BatchProcessor(Decoder(10_000), WorkerMetrics(), "results", "dead-letters")
+    processor = BatchProcessor(Decoder(), WorkerMetrics(), "results", "dead-letters")
     records = [
         SourceRecord("in", 0, n, None, None, line.encode()) for n, line in enumerate(LINES) if line
     ]
@@ -243,3 +244,49 @@ def test_a_text_the_model_fails_on_becomes_an_inference_error_not_a_crash() -> N
     assert written[2]["error_kind"] == "inference_error" and written[2]["id"] == "b"
     assert "model broke" in written[2]["error_message"]
     assert {"batch_encoding_failed", "inference_failed"} <= {line["event"] for line in logs}
+
+
+def test_results_say_what_was_read_and_where_the_abuse_is() -> None:
+    engine = keyword_engine(max_chars=5_000)
+    neutral = "The council met on Tuesday to discuss the new budget for the library. " * 30
+    long_text = f"{neutral}you are an idiot. {neutral}"
+    huge_text = neutral * 10 + " you idiot"
+    lines = [
+        json.dumps({"id": "short", "text": "you idiot"}),
+        json.dumps({"id": "long", "text": long_text}),
+        json.dumps({"id": "huge", "text": huge_text}),
+        json.dumps({"id": "clean", "text": neutral}),
+    ]
+    out = io.StringIO()
+    with structlog.testing.capture_logs():
+        source = open_lines(io.BytesIO("\n".join(lines).encode()), "jsonl", "in")
+        tally = score_stream(engine, StallBatcher(source, 8, 5.0), make_writer("jsonl", out), "in")
+    assert tally.dead_lettered == 0
+    results = {r["id"]: r for r in jsonl(out.getvalue())}
+
+    short = results["short"]
+    assert short["coverage"] == {
+        "chars_scored": 9,
+        "chars_total": 9,
+        "windows": 1,
+        "strategy": "whole",
+    }
+    (span,) = short["evidence"]["insult"]
+    assert (span["start"], span["end"]) == (0, 9)
+    assert span["score"] == short["category_scores"]["insult"]
+
+    long = results["long"]
+    assert long["categories"]["insult"] and long["coverage"]["windows"] > 1
+    assert long["coverage"]["chars_scored"] == long["coverage"]["chars_total"] == len(long_text)
+    (span,) = long["evidence"]["insult"]
+    start = long_text.index("you are an idiot")
+    assert span["start"] <= start < start + 16 <= span["end"] < len(long_text)
+    assert "idiot" in long_text[span["start"] : span["end"]]
+
+    huge = results["huge"]  # past the budget: still scored, the tail read
+    assert huge["coverage"]["strategy"] == "head+tail+sampled"
+    assert huge["coverage"]["chars_scored"] < huge["coverage"]["chars_total"] == len(huge_text)
+    assert huge["categories"]["insult"]
+
+    clean = results["clean"]
+    assert not clean["flagged"] and clean["evidence"] == {}
