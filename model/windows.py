@@ -24,8 +24,8 @@ Rules (`WindowPlanner.plan`), in order:
    the spelled-out rule is then applied to the region's tokens, a joined word
    spanning the pieces of its letters. Tokenising the original text piece by piece is
    what ties every token to the original characters it came from, even where NFKC or
-   lower-casing changes lengths (`ﬁ` → `fi`, `İ` → `i̇`). A cache keeps the tokens of
-   recent pieces: most pieces are common words.
+   lower-casing changes lengths (`ﬁ` → `fi`, `İ` → `i̇`). A cache bounded in bytes
+   keeps the tokens of recent pieces: most pieces are common words.
 3. **Windows.** A region of at most `window_tokens` tokens is one window. A longer
    one gets windows of exactly `window_tokens` tokens every `stride` tokens, the last
    one ending at the region's last token, so any run of `window_tokens - stride`
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from typing import Literal
 
 import numpy as np
 
+from model.bounded import ENTRY_OVERHEAD, BoundedDict
 from model.tokenizer import scan, spelled_runs, spelled_word
 
 DEFAULT_WINDOW_TOKENS = 64
@@ -68,7 +70,9 @@ DEFAULT_MAX_WINDOWS = 64
 MIDDLE_SLICES = 4
 SNAP_CHARS = 32
 MAX_PIECE_CHARS = 256
-PIECE_CACHE_SIZE = 100_000
+# The piece → tokens cache, bounded in bytes (`model.bounded`): the 47,974 distinct
+# pieces of the corpora's 11,456 texts take 22 MiB there.
+PIECE_CACHE_BYTES = 32 << 20
 
 Strategy = Literal["whole", "head+tail+sampled"]
 STRATEGY_WHOLE: Strategy = "whole"
@@ -78,6 +82,7 @@ _PIECE = re.compile(r"\S+")
 _SPACE = re.compile(r"\s")
 
 Scan = Callable[[str], tuple[list[str], list[int]]]  # `model.tokenizer.scan`
+PieceTokens = tuple[tuple[str, ...], tuple[int, ...]]  # a piece's tokens and their gaps
 Span = tuple[int, int]
 
 
@@ -138,11 +143,14 @@ class WindowPlanner:
     """Text → `WindowPlan` under fixed settings; keeps a bounded cache of piece tokens."""
 
     def __init__(
-        self, settings: WindowSettings | None = None, scan_piece: Scan | None = None
+        self,
+        settings: WindowSettings | None = None,
+        scan_piece: Scan | None = None,
+        cache_bytes: int = PIECE_CACHE_BYTES,
     ) -> None:
         self.settings = settings or WindowSettings()
         self._scan = scan_piece or _scan_piece
-        self._cache: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        self._cache: BoundedDict[str, PieceTokens] = BoundedDict(cache_bytes, _piece_size)
 
     def plan(self, text: str) -> WindowPlan:
         settings = self.settings
@@ -190,11 +198,9 @@ class WindowPlanner:
             )
         ]
 
-    def _piece_tokens(self, piece: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    def _piece_tokens(self, piece: str) -> PieceTokens:
         known = self._cache.get(piece)
         if known is None:
-            if len(self._cache) >= PIECE_CACHE_SIZE:
-                self._cache.clear()
             tokens, gaps = self._scan(piece)
             known = self._cache[piece] = (tuple(tokens), tuple(gaps))
         return known
@@ -202,6 +208,20 @@ class WindowPlanner:
 
 def _scan_piece(piece: str) -> tuple[list[str], list[int]]:
     return scan(piece, None, gaps=True)
+
+
+def _piece_size(piece: str, value: PieceTokens) -> int:
+    """An upper estimate of a cache entry's bytes: the piece, its tokens and gaps."""
+    tokens, gaps = value
+    return (
+        ENTRY_OVERHEAD
+        + sys.getsizeof(piece)
+        + sys.getsizeof(value)
+        + sys.getsizeof(tokens)
+        + sum(map(sys.getsizeof, tokens))
+        + sys.getsizeof(gaps)
+        + 36 * len(gaps)
+    )
 
 
 def window_bounds(count: int, size: int, stride: int) -> list[Span]:

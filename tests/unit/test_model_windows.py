@@ -221,3 +221,15 @@ def test_aggregate_takes_each_texts_maximum_per_label() -> None:
 def test_settings_that_cannot_work_are_refused(settings: dict[str, int]) -> None:
     with pytest.raises(WindowError):
         WindowSettings(**settings)
+
+
+def test_the_piece_cache_stays_within_its_bytes() -> None:
+    bounded = WindowPlanner(WindowSettings(), cache_bytes=200_000)
+    words = [f"w{i:05d}" * 40 for i in range(3_000)]  # 240-character unique pieces
+    for start in range(0, len(words), 100):
+        bounded.plan(" ".join(words[start : start + 100]))
+    cache = bounded._cache
+    assert 0 < cache.bytes <= 200_000 and cache.evictions > 0
+    # What it forgot it computes again, to the same tokens.
+    text = " ".join(words[:5])
+    assert bounded.plan(text) == WindowPlanner(WindowSettings()).plan(text)
