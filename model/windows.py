@@ -43,9 +43,20 @@ Rules (`WindowPlanner.plan`), in order:
 Evidence (`evidence`): for a flagged label, the spans of the best windows that reach
 the threshold, so a moderator's tool can highlight them.
 
-A text whose tokens fit one window (most messages: the corpus median is 18 tokens)
-is exactly one window holding exactly the tokens `model.tokenizer.tokenize` gives for
-the whole text, so it scores as it did before windows existed.
+A text whose tokens fit one window (97 % of the corpus texts; the median has 18
+tokens) is exactly one window holding exactly the tokens `model.tokenizer.tokenize`
+gives for the whole text, so it scores as it did before windows existed.
+
+Why 128 tokens every 64, and the maximum (measured on validation, README "Reading
+long messages"): with the same training, windows of 128 every 64 gave insult ROC AUC
+0.9229 on the plain validation comments and 0.8125 on them placed among clean ones,
+against 0.9212 and 0.8020 for 64 every 32 (and 0.913 / 0.785 for 32 every 16 in an
+earlier run), and cost less: 1.07 rows and 1.25 tokens per corpus text against 1.26
+and 1.39. A 64-token overlap holds any insult sentence whole (most are 5-20 tokens).
+The maximum over windows is what lets one part decide; a noisy-or (1 - product of
+1 - p) scored 0.731 on long messages against 0.759 for the maximum with the model
+trained before windows, and also lowered its plain AUC (0.914 against 0.924), since
+every clean window adds to it.
 """
 
 from __future__ import annotations
@@ -63,10 +74,10 @@ import numpy as np
 from model.bounded import ENTRY_OVERHEAD, BoundedDict
 from model.tokenizer import scan, spelled_runs, spelled_word
 
-DEFAULT_WINDOW_TOKENS = 64
-DEFAULT_STRIDE = 32
+DEFAULT_WINDOW_TOKENS = 128
+DEFAULT_STRIDE = 64
 DEFAULT_MAX_CHARS = 10_000
-DEFAULT_MAX_WINDOWS = 64
+DEFAULT_MAX_WINDOWS = 32
 MIDDLE_SLICES = 4
 SNAP_CHARS = 32
 MAX_PIECE_CHARS = 256

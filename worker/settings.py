@@ -119,7 +119,7 @@ class WorkerSettings(BaseSettings):
         Field(
             ge=1,
             le=4096,
-            description="Tokens per window at most; the model's own window (64) unless lower.",
+            description="Tokens per window at most; the model's own window (128) unless lower.",
         ),
     ] = 256
     torch_threads: Annotated[

@@ -94,7 +94,7 @@ def test_one_window_texts_score_exactly_as_before_windows() -> None:
 @pytest.mark.parametrize("where", ["start", "middle", "end"])
 def test_abuse_anywhere_in_a_long_text_drives_its_score(where: str) -> None:
     engine = keyword_engine()
-    context = NEUTRAL * 12  # ~400 tokens: past the old 256-token cut
+    context = NEUTRAL * 20  # ~900 tokens: past the old 256-token cut
     abuse = "you are an idiot"
     text = {
         "start": f"{abuse}. {context}",
@@ -113,7 +113,7 @@ def test_abuse_anywhere_in_a_long_text_drives_its_score(where: str) -> None:
     (span,) = scores.evidence(0, 0, threshold=0.5)
     start = text.index(abuse)
     assert span.start <= start and start + len(abuse) <= span.end
-    assert span.end - span.start < 400 and span.score == pytest.approx(insult[0])
+    assert span.end - span.start < 800 and span.score == pytest.approx(insult[0])
     assert scores.evidence(1, 0, threshold=0.5) == []
 
 
@@ -156,10 +156,10 @@ def test_evidence_points_at_the_original_characters_after_normalisation() -> Non
     # NFKC turns the full-width letters into "idiot" and the ligatures into two
     # letters each, so the normalised text is longer: spans must still index the input.
     engine = keyword_engine()
-    prefix = "\ufb01ne \ufb02owers in the \uff30\uff21\uff32\uff2b. " * 20
+    prefix = "\ufb01ne \ufb02owers in the \uff30\uff21\uff32\uff2b. " * 60
     full_width = "\uff29\uff24\uff29\uff2f\uff34"
     text = f"{prefix}you are an {full_width}! {prefix}"
-    assert len(tokenize(text, None)) > 64
+    assert len(tokenize(text, None)) > 3 * 128
     scores = engine.score([text])
     (span,) = scores.evidence(0, 0, threshold=0.5)
     assert full_width in text[span.start : span.end]

@@ -109,11 +109,11 @@ def test_short_benign_chat_joins_training_as_a_negative_for_every_label() -> Non
 
 
 def test_every_example_is_encoded_as_its_windows() -> None:
-    long_text = " ".join(["word"] * 150)
+    long_text = " ".join(["word"] * 300)
     examples = [Example("you idiot", (1.0, 0.0), (1.0, 0.0), SOURCE_INSULTS)]
     examples.append(Example(long_text, (0.0, 0.0), (1.0, 0.0), SOURCE_INSULTS))
     vocab = build_vocab(TrainConfig.tiny(min_freq=1), [["you", "idiot", "word"]], None)
     config = TrainConfig.tiny().model_config(len(vocab), 2)
     rows, lengths = encode_examples(vocab, config, examples)
-    assert [len(r) for r in rows] == [1, 4]  # 150 tokens: windows at 0, 32, 64 and 86
-    assert lengths.tolist() == [2, 4 * 64]
+    assert [len(r) for r in rows] == [1, 4]  # 300 tokens: windows at 0, 64, 128 and 172
+    assert lengths.tolist() == [2, 4 * 128]
