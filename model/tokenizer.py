@@ -226,13 +226,18 @@ def tokenize(
 
 
 def scan(
-    text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS, gaps: bool | None = True
+    text: str,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    gaps: bool | None = True,
+    max_chars: int | None = None,
 ) -> tuple[list[str], list[int]]:
     """Rules 1-5: the tokens, and the number of whitespace characters before each
     (0 inside a run of characters; the first token's count is its offset). `gaps`
     None counts them only where rule 6 could apply at all, False never; where not
-    counted the gaps are an empty list."""
-    max_chars = None if max_tokens is None else max_tokens * MAX_CHARS_PER_TOKEN
+    counted the gaps are an empty list. `max_chars`, if given, is rule 1's slice
+    instead of `max_tokens * MAX_CHARS_PER_TOKEN`."""
+    if max_chars is None and max_tokens is not None:
+        max_chars = max_tokens * MAX_CHARS_PER_TOKEN
     text = normalize(text, max_chars)
     # Rule 3 only where some character repeats 3+ times: most texts skip it entirely.
     collapse = _REPEAT_RE.search(text) is not None

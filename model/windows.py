@@ -17,7 +17,8 @@ Rules (`WindowPlanner.plan`), in order:
    whitespace within `SNAP_CHARS`, so words are not cut. Cost: one CRC over the text
    and tokenising at most `max_chars` characters, whatever the text's length.
 2. **Pieces.** Each region is split at whitespace into pieces (`\\S+`, a piece longer
-   than `MAX_PIECE_CHARS` cut into chunks), and each piece is tokenised on its own.
+   than `MAX_PIECE_CHARS`, 2,048, cut into chunks), and each piece is tokenised on its
+   own (normalised on the tokenizer's bounded path).
    No tokenizer rule but the last (spelled-out words) spans whitespace and
    normalisation is per character, so the pieces' tokens, in order, are the text's
    tokens before that rule (checked on all 11,456 corpus texts, and by a unit test);
@@ -72,7 +73,7 @@ from typing import Literal
 import numpy as np
 
 from model.bounded import ENTRY_OVERHEAD, BoundedDict
-from model.tokenizer import scan, spelled_runs, spelled_word
+from model.tokenizer import MIN_SPELLED, scan, spelled_runs, spelled_word
 
 DEFAULT_WINDOW_TOKENS = 128
 DEFAULT_STRIDE = 64
@@ -80,7 +81,15 @@ DEFAULT_MAX_CHARS = 10_000
 DEFAULT_MAX_WINDOWS = 32
 MIDDLE_SLICES = 4
 SNAP_CHARS = 32
-MAX_PIECE_CHARS = 256
+# A longer piece (no whitespace in 2,048 characters) is machine text, cut into chunks;
+# URLs and words stay far below, so they are never cut.
+MAX_PIECE_CHARS = 2_048
+# Normalisation slice of a piece: NFKC expands a character at most 18-fold, so this
+# never cuts a piece, and it sends even short pieces down the tokenizer's bounded
+# normalisation (rule 1), whose cost does not grow with runs of combining marks.
+PIECE_NORMALIZED_CHARS = 18 * MAX_PIECE_CHARS
+# Longer pieces are not cached: they rarely repeat and would crowd out common words.
+MAX_CACHED_PIECE_CHARS = 256
 # The piece → tokens cache, bounded in bytes (`model.bounded`): the 47,974 distinct
 # pieces of the corpora's 11,456 texts take 22 MiB there.
 PIECE_CACHE_BYTES = 32 << 20
@@ -93,7 +102,8 @@ _PIECE = re.compile(r"\S+")
 _SPACE = re.compile(r"\s")
 
 Scan = Callable[[str], tuple[list[str], list[int]]]  # `model.tokenizer.scan`
-PieceTokens = tuple[tuple[str, ...], tuple[int, ...]]  # a piece's tokens and their gaps
+# A piece's tokens, the whitespace before each, and how many are single letters.
+PieceTokens = tuple[tuple[str, ...], tuple[int, ...], int]
 Span = tuple[int, int]
 
 
@@ -189,8 +199,12 @@ class WindowPlanner:
         starts: list[int] = []  # per token: its piece's span in `text`
         ends: list[int] = []
         previous_end = start
+        letters = 0  # single-letter tokens: rule 6 needs at least MIN_SPELLED
         for piece_start, piece_end in pieces(text, start, end):
-            piece_tokens, piece_gaps = self._piece_tokens(text[piece_start:piece_end])
+            piece_tokens, piece_gaps, piece_letters = self._piece_tokens(
+                text[piece_start:piece_end]
+            )
+            letters += piece_letters
             if piece_tokens:
                 tokens.extend(piece_tokens)
                 gaps.append(piece_start - previous_end)
@@ -198,7 +212,8 @@ class WindowPlanner:
                 starts.extend([piece_start] * len(piece_tokens))
                 ends.extend([piece_end] * len(piece_tokens))
             previous_end = piece_end
-        for a, b in reversed(spelled_runs(tokens, gaps)):  # rule 6 works across pieces
+        runs = spelled_runs(tokens, gaps) if letters >= MIN_SPELLED else []
+        for a, b in reversed(runs):  # rule 6 works across pieces
             tokens[a:b] = [spelled_word(tokens[a:b])]
             starts[a:b] = [starts[a]]
             ends[a:b] = [ends[b - 1]]
@@ -213,17 +228,20 @@ class WindowPlanner:
         known = self._cache.get(piece)
         if known is None:
             tokens, gaps = self._scan(piece)
-            known = self._cache[piece] = (tuple(tokens), tuple(gaps))
+            letters = sum(1 for token in tokens if len(token) == 1 and token.isalpha())
+            known = (tuple(tokens), tuple(gaps), letters)
+            if len(piece) <= MAX_CACHED_PIECE_CHARS:
+                self._cache[piece] = known
         return known
 
 
 def _scan_piece(piece: str) -> tuple[list[str], list[int]]:
-    return scan(piece, None, gaps=True)
+    return scan(piece, None, gaps=True, max_chars=PIECE_NORMALIZED_CHARS)
 
 
 def _piece_size(piece: str, value: PieceTokens) -> int:
     """An upper estimate of a cache entry's bytes: the piece, its tokens and gaps."""
-    tokens, gaps = value
+    tokens, gaps, _ = value
     return (
         ENTRY_OVERHEAD
         + sys.getsizeof(piece)

@@ -152,8 +152,16 @@ def test_every_window_is_a_run_of_its_spans_tokens() -> None:
 
 
 def test_a_piece_longer_than_the_limit_is_cut_into_chunks() -> None:
-    text = "x" * 600 + " tail"
-    assert pieces(text, 0, len(text)) == [(0, 256), (256, 512), (512, 600), (601, 605)]
+    text = "x" * 4_500 + " tail"
+    assert pieces(text, 0, len(text)) == [(0, 2048), (2048, 4096), (4096, 4500), (4501, 4505)]
+
+
+def test_a_long_url_stays_one_token_as_in_the_whole_texts_tokens() -> None:
+    url = "https://tracker.example/r?" + "&".join(f"k{i}=v{i}" for i in range(120))
+    text = f"see {url} now"
+    assert len(url) > 1_000
+    (window,) = planner(window_tokens=256).plan(text).windows
+    assert list(window.tokens) == tokenize(text, None) == ["see", "<url>", "now"]
 
 
 def test_within_the_budget_everything_is_read() -> None:
