@@ -41,13 +41,12 @@ from model.bounded import TOKEN_CACHE_BYTES, BoundedDict, sizeof_entry
 from model.checkpoint import load_checkpoint
 from model.errors import ExitCode, ModstreamError
 from model.network import Classifier, ModelConfig
+from model.reading import DEFAULT_MAX_CHARS, DEFAULT_MAX_WINDOWS
 from model.subword import ngram_ids, subword_batch, token_id
 from model.tokenizer import DEFAULT_MAX_TOKENS
 from model.vectors import TokenVectors, pack_rows
 from model.vocab import PAD_ID, UNK_TOKEN, Vocab
 from model.windows import (
-    DEFAULT_MAX_CHARS,
-    DEFAULT_MAX_WINDOWS,
     MAX_EVIDENCE_SPANS,
     Evidence,
     ScoredText,

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from model.reading import DEFAULT_STRIDE, DEFAULT_WINDOW_TOKENS
 from model.vocab import PAD_ID
-from model.windows import DEFAULT_STRIDE, DEFAULT_WINDOW_TOKENS
 
 RnnKind = Literal["lstm", "gru"]
 Pooling = Literal["last", "mean", "max", "meanmax"]

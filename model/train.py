@@ -51,6 +51,7 @@ from model.evaluation import (
 from model.glove import GloveVectors, embedding_matrix
 from model.network import Classifier, ModelConfig, Pooling, RnnKind
 from model.progress import Progress, ProgressBar, quiet
+from model.reading import DEFAULT_STRIDE, DEFAULT_WINDOW_TOKENS
 from model.tokenizer import tokenize
 from model.training_data import (
     build_vocab,
@@ -63,7 +64,6 @@ from model.training_data import (
     training_examples,
 )
 from model.vocab import Vocab
-from model.windows import DEFAULT_STRIDE, DEFAULT_WINDOW_TOKENS
 
 LrSchedule = Literal["constant", "linear"]
 PosWeight = Literal["none", "sqrt", "balanced"]

@@ -73,12 +73,14 @@ from typing import Literal
 import numpy as np
 
 from model.bounded import ENTRY_OVERHEAD, BoundedDict
+from model.reading import (
+    DEFAULT_MAX_CHARS,
+    DEFAULT_MAX_WINDOWS,
+    DEFAULT_STRIDE,
+    DEFAULT_WINDOW_TOKENS,
+)
 from model.tokenizer import MIN_SPELLED, scan, spelled_runs, spelled_word
 
-DEFAULT_WINDOW_TOKENS = 128
-DEFAULT_STRIDE = 64
-DEFAULT_MAX_CHARS = 10_000
-DEFAULT_MAX_WINDOWS = 32
 MIDDLE_SLICES = 4
 SNAP_CHARS = 32
 # A longer piece (no whitespace in 2,048 characters) is machine text, cut into chunks;

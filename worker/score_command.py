@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from model.errors import ExitCode
-from model.windows import DEFAULT_MAX_WINDOWS
+from model.reading import DEFAULT_MAX_WINDOWS
 from schemas.request import DEFAULT_MAX_TEXT_CHARS
 from worker.command_errors import CheckpointUnusableError, InvalidInputError, UsageError
 from worker.score_input import INPUT_FORMATS, open_lines, stdin_binary
@@ -218,8 +218,11 @@ def _not_scored(tally: Any, input_format: str) -> str:
     return message
 
 
-def _load_engine(checkpoint: Path, device: str, torch_threads: int, reading: dict[str, int]) -> Any:
-    """`reading`: how texts are read (`Engine.load`'s `max_chars`, `max_windows`)."""
+def _load_engine(
+    checkpoint: Path, device: str, torch_threads: int, reading: dict[str, int] | None = None
+) -> Any:
+    """`reading`: how texts are read (`Engine.load`'s `max_chars`, `max_windows`;
+    the defaults without)."""
     import torch
 
     from model.checkpoint import CheckpointError

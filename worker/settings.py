@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.paths import default_checkpoint_dir
-from model.windows import DEFAULT_MAX_WINDOWS
+from model.reading import DEFAULT_MAX_WINDOWS
 from schemas.request import DEFAULT_MAX_TEXT_CHARS
 
 RECONNECT_BACKOFF_MAX_MS = 1_000

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from model.reading import DEFAULT_STRIDE, DEFAULT_WINDOW_TOKENS
+
 Value = int | float | str | bool | None
 
 
@@ -157,6 +159,29 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
     TrainFlag(
         "comments_spam_negative", bool, True, "insult-corpus comments count as spam negatives"
     ),
+    TrainFlag("short_benign", bool, True, "short benign chat is a negative for every label"),
+    TrainFlag("window_tokens", int, DEFAULT_WINDOW_TOKENS, "tokens per window", valid=POSITIVE),
+    TrainFlag(
+        "window_stride",
+        int,
+        DEFAULT_STRIDE,
+        "tokens between window starts (at most --window-tokens)",
+        valid=POSITIVE,
+    ),
+    TrainFlag(
+        "context_share",
+        float,
+        0.5,
+        "share of the insult comments also trained among clean ones each epoch; 0 = off",
+        valid=Range(low=0, high=1),
+    ),
+    TrainFlag(
+        "context_fillers",
+        int,
+        4,
+        "most clean comments around one trained in context",
+        valid=POSITIVE,
+    ),
     TrainFlag(
         "pos_weight",
         str,
@@ -175,7 +200,6 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
     TrainFlag("report", bool, True, "write the evaluation report into the checkpoint"),
     TrainFlag("min_freq", int, 2, "keep tokens seen this often in training", valid=POSITIVE),
     TrainFlag("max_vocab", int, 40_000, "largest vocabulary", valid=POSITIVE),
-    TrainFlag("max_tokens", int, 256, "tokens read per text", valid=POSITIVE),
     TrainFlag(
         "patience",
         int,

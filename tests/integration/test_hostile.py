@@ -92,7 +92,8 @@ def hostile_traffic() -> list[Sent]:
             Sent(b"p-json", b'{"id": "x", "text": ', [], p, "invalid_json"),
             Sent(b"p-utf8", b'{"id": "x", "text": "\xc3\x28"}', [], p, "invalid_utf8"),
             Sent(b"p-null", None, [], p, "null_value"),
-            Sent(b"p-long", request_bytes("x", "y" * 200_000), [], p, "text_too_long"),
+            # Past the scoring budget: scored all the same (its coverage says how much).
+            Sent(b"p-long", request_bytes(f"p-long-{p}", "y " * 100_000), [], p, f"ok:p-long-{p}"),
             Sent(b"p-array", b"[1, 2]", [], p, "not_an_object"),
             Sent(None, b'{"id": "x", "text": "hi", "user": 1}', [], p, "extra_field"),
         ]

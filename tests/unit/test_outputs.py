@@ -36,7 +36,7 @@ RESULTS, LETTERS = "results", "dead-letters"
 
 def processor(limits: OutputLimits | None = None) -> BatchProcessor:
     fitter = OutputFitter(limits or OutputLimits(), LETTERS)
-    return BatchProcessor(Decoder(10_000), WorkerMetrics(), RESULTS, LETTERS, fitter)
+    return BatchProcessor(Decoder(), WorkerMetrics(), RESULTS, LETTERS, fitter)
 
 
 def record(offset: int, value: bytes | None, key: bytes | None = b"k") -> SourceRecord:
