@@ -48,7 +48,7 @@ from model.paths import STORE_POINTER as STORE_POINTER
 from model.paths import STORE_VERSIONS_DIR as STORE_VERSIONS_DIR
 from model.paths import WEIGHTS_FILE as WEIGHTS_FILE
 from model.paths import default_checkpoint_dir as default_checkpoint_dir
-from model.tokenizer import TOKENIZER_VERSION
+from model.tokenizer import SUPPORTED_TOKENIZER_VERSIONS, TOKENIZER_VERSION
 from model.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -104,6 +104,7 @@ class LoadedCheckpoint:
     created_at: str
     version: str
     path: Path
+    tokenizer: str = TOKENIZER_VERSION  # what it was trained with (model.tokenizer)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -252,9 +253,10 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
             f"{path}: format_version {format_version} is not supported (expected {FORMAT_VERSION})"
         )
     tokenizer = fields.get("tokenizer", str)
-    if tokenizer != TOKENIZER_VERSION:
+    if tokenizer not in SUPPORTED_TOKENIZER_VERSIONS:
         raise CheckpointVersionError(
-            f"{path}: trained with tokenizer {tokenizer!r}, this code has {TOKENIZER_VERSION!r}"
+            f"{path}: trained with tokenizer {tokenizer!r}, this code reads "
+            f"{', '.join(SUPPORTED_TOKENIZER_VERSIONS)}"
         )
     version = fields.get("version", str)
     config = fields.parse(
@@ -317,6 +319,7 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
         created_at=created_at,
         version=version,
         path=path,
+        tokenizer=tokenizer,
     )
 
 

@@ -43,7 +43,7 @@ from model.errors import ExitCode, ModstreamError
 from model.network import Classifier, ModelConfig
 from model.reading import DEFAULT_MAX_CHARS, DEFAULT_MAX_WINDOWS
 from model.subword import ngram_ids, subword_batch, token_id
-from model.tokenizer import DEFAULT_MAX_TOKENS
+from model.tokenizer import DEFAULT_MAX_TOKENS, TOKENIZER_VERSION, spelled_words
 from model.vectors import TokenVectors, pack_rows
 from model.vocab import PAD_ID, UNK_TOKEN, Vocab
 from model.windows import (
@@ -257,6 +257,7 @@ class Engine:
         cpu_threads: int | None = None,
         max_chars: int = DEFAULT_MAX_CHARS,
         max_windows: int = DEFAULT_MAX_WINDOWS,
+        tokenizer: str = TOKENIZER_VERSION,
     ) -> None:
         """`cpu_threads` (CPU devices only), if given, sets torch's process-wide intra-op
         thread count. This model is too small for intra-op parallelism to pay: on a
@@ -266,7 +267,8 @@ class Engine:
 
         Windows: the model's own shape (`ModelConfig.window_tokens`, `window_stride`),
         cut to `max_tokens` tokens if that is lower; `max_chars` and `max_windows` are
-        the scoring budget per text (`model.windows`, rules 1 and 4)."""
+        the scoring budget per text (`model.windows`, rules 1 and 4). `tokenizer` is the
+        version the model was trained with: rule 6 applies only from v3 on."""
         labels = tuple(labels)
         if len(labels) != model.config.num_labels:
             raise EngineError(f"{len(labels)} labels for a model with {model.config.num_labels}")
@@ -281,6 +283,7 @@ class Engine:
                 stride=min(model.config.window_stride, window),
                 max_chars=max_chars,
                 max_windows=max_windows,
+                spelled_words=spelled_words(tokenizer),
             )
         except WindowError as e:
             raise EngineError(str(e)) from e
@@ -327,6 +330,7 @@ class Engine:
             cpu_threads=cpu_threads,
             max_chars=max_chars,
             max_windows=max_windows,
+            tokenizer=checkpoint.tokenizer,
         )
 
     @classmethod

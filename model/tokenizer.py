@@ -79,6 +79,18 @@ import re
 import unicodedata
 
 TOKENIZER_VERSION = "modstream-tok-v3"
+TOKENIZER_V2 = "modstream-tok-v2"
+SUPPORTED_TOKENIZER_VERSIONS = (TOKENIZER_V2, TOKENIZER_VERSION)
+"""What a checkpoint may have been trained with. v2 differs from v3 by rule 6 alone, so a
+v2 checkpoint is served with rule 6 left out (`spelled_words`) and scores as before:
+upgrading the code never strands a running model."""
+
+
+def spelled_words(tokenizer_version: str) -> bool:
+    """Whether a model trained with `tokenizer_version` reads rule 6's joined words."""
+    return tokenizer_version != TOKENIZER_V2
+
+
 DEFAULT_MAX_TOKENS = 256
 MAX_CHARS_PER_TOKEN = 64
 MAX_TOKEN_CHARS = 64

@@ -142,6 +142,7 @@ class WindowSettings:
     stride: int = DEFAULT_STRIDE
     max_chars: int = DEFAULT_MAX_CHARS
     max_windows: int = DEFAULT_MAX_WINDOWS
+    spelled_words: bool = True  # tokenizer rule 6 (off for models trained before it)
 
     def __post_init__(self) -> None:
         for name in ("window_tokens", "stride", "max_chars", "max_windows"):
@@ -214,7 +215,8 @@ class WindowPlanner:
                 starts.extend([piece_start] * len(piece_tokens))
                 ends.extend([piece_end] * len(piece_tokens))
             previous_end = piece_end
-        runs = spelled_runs(tokens, gaps) if letters >= MIN_SPELLED else []
+        rule_6 = self.settings.spelled_words and letters >= MIN_SPELLED
+        runs = spelled_runs(tokens, gaps) if rule_6 else []
         for a, b in reversed(runs):  # rule 6 works across pieces
             tokens[a:b] = [spelled_word(tokens[a:b])]
             starts[a:b] = [starts[a]]
