@@ -1,8 +1,4 @@
 #!/usr/bin/env python3
-
-Named `worker_profile.py`, not `profile.py`: scripts run from bench/ put it first on
-sys.path, where a `profile.py` shadows the standard library module that torch's
-`cProfile` import needs (bench/soak.py failed on it).
 """Where the worker's time goes: py-spy samples every thread of a worker draining a
 pre-filled topic, and this prints, per thread, the share of samples per function.
 
@@ -13,6 +9,10 @@ Used to name the bottleneck behind the throughput figures of `bench/run.py`:
 
 Needs `py-spy` (a dev dependency) and permission to ptrace the worker (root, or
 kernel.yama.ptrace_scope=0). Sampling slows the worker down; read shares, not rates.
+
+Named `worker_profile.py`, not `profile.py`: scripts run from bench/ put it first on
+sys.path, where a `profile.py` shadows the standard library module that torch's
+`cProfile` import needs (bench/soak.py failed on it).
 """
 
 from __future__ import annotations
