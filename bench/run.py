@@ -120,8 +120,9 @@ def model_only(
     engine.score(texts[:256])  # warm-up
     rows = []
     for size in sizes:
-        scored = tokens = 0
+        scored = tokens = windows = 0
         start = time.perf_counter()
+        cpu_start = time.process_time()
         offset = 0
         while time.perf_counter() - start < seconds or scored == 0:
             chunk = texts[offset : offset + size]
@@ -131,11 +132,23 @@ def model_only(
             result = engine.score(chunk)
             scored += len(chunk)
             tokens += result.real_tokens
+            windows += result.num_windows
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
         rows.append(
-            {"batch": size, "msg_per_s": scored / elapsed, "tokens_per_s": tokens / elapsed}
+            {
+                "batch": size,
+                "msg_per_s": scored / elapsed,
+                "windows_per_s": windows / elapsed,
+                "tokens_per_s": tokens / elapsed,
+                # Per second of this process's CPU: steadier than wall time on a shared host.
+                "msg_per_cpu_s": scored / cpu,
+            }
         )
-        log(f"model-only batch {size}: {scored / elapsed:,.0f} msg/s")
+        log(
+            f"model-only batch {size}: {scored / elapsed:,.0f} msg/s, "
+            f"{windows / elapsed:,.0f} windows/s"
+        )
     return rows
 
 
@@ -147,7 +160,13 @@ def padding(checkpoint: Path, texts: list[str], batch: int) -> dict[str, float]:
     engine = Engine.load(checkpoint, device="cpu")
     real = bucketed = unbucketed = 0
     for start in range(0, len(texts) - batch + 1, batch):
-        lengths = np.asarray([len(engine.encode(t)) for t in texts[start : start + batch]])
+        lengths = np.asarray(
+            [
+                max(1, len(window.tokens))
+                for text in texts[start : start + batch]
+                for window in engine.plan(text).windows
+            ]
+        )
         real += int(lengths.sum())
         unbucketed += len(lengths) * int(lengths.max())
         bucketed += sum(len(b) * int(lengths[b].max()) for b in engine.buckets(lengths))
@@ -236,7 +255,7 @@ def naive(bootstrap: str, source: str, checkpoint: Path, count: int) -> float:
     from worker.results import build_result
 
     engine = Engine.load(checkpoint, device="cpu", cpu_threads=1)
-    decoder = Decoder(10_000)
+    decoder = Decoder()
     out = topics(bootstrap, "naive", 6)["output"]
     consumer = KafkaConsumer(
         source,
@@ -329,6 +348,11 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--batch-sizes", default="1,8,32,128,256,512,1024")
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "latest.json")
+    parser.add_argument(
+        "--model-only",
+        action="store_true",
+        help="only the Kafka-free parts: padding, tokeniser and the model-only table",
+    )
     args = parser.parse_args()
     if args.messages < 1000 or args.naive_messages < 10:
         parser.error("--messages must be ≥ 1000 and --naive-messages ≥ 10")
@@ -344,6 +368,11 @@ def main() -> int:
     results["padding"] = padding(checkpoint, texts[:20_000], 256)
     results["tokenizer"] = tokenizer_speed(common.real_texts())
     results["model_only"] = model_only(checkpoint, texts, sizes, args.model_seconds)
+    if args.model_only:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+        print_model_only(results)
+        return 0
     with common.broker() as bootstrap:
         names = topics(bootstrap, "e2e", 6)
         log(f"pre-filling {args.messages:,} messages")
@@ -395,10 +424,7 @@ def print_table(r: dict[str, Any]) -> None:
     out(f"\nend-to-end / min(ceilings) = {ratios['end_to_end_over_ceiling']:.2f}; ")
     out(f"end-to-end / naive = {ratios['end_to_end_over_naive']:.1f}x; ")
     out(f"worker peak RSS = {r['end_to_end']['peak_rss_bytes'] / 2**20:,.0f} MiB\n")
-    out("\n## Model only (tokenise → bucket → packed LSTM, 1 thread)\n\n")
-    out("| batch | msg/s | tokens/s |\n|---:|---:|---:|\n")
-    for row in r["model_only"]:
-        out(f"| {row['batch']} | {row['msg_per_s']:,.0f} | {row['tokens_per_s']:,.0f} |\n")
+    print_model_only(r, padding_and_tokenizer=False)
     out("\n## End-to-end latency (record timestamp → output record timestamp)\n\n")
     out("| load | offered msg/s | p50 ms | p95 ms | p99 ms |\n|---:|---:|---:|---:|---:|\n")
     for row in r["latency"]:
@@ -406,6 +432,27 @@ def print_table(r: dict[str, Any]) -> None:
             f"| {row['load']:.0%} | {row['offered_msg_per_s']:,.0f} | {row['p50_ms']:.1f} "
             f"| {row['p95_ms']:.1f} | {row['p99_ms']:.1f} |\n"
         )
+    print_model_only(r, table=False)
+
+
+def print_model_only(
+    r: dict[str, Any], table: bool = True, padding_and_tokenizer: bool = True
+) -> None:
+    """The model-only table (per message and per window: a long text is several
+    windows), then padding and tokeniser speed."""
+    out = sys.stdout.write
+    if table:
+        out("\n## Model only (tokenise → windows → bucket → packed LSTM, 1 thread)\n\n")
+        out(
+            "| batch | msg/s | windows/s | tokens/s | msg per CPU-s |\n|---:|---:|---:|---:|---:|\n"
+        )
+        for row in r["model_only"]:
+            out(
+                f"| {row['batch']} | {row['msg_per_s']:,.0f} | {row['windows_per_s']:,.0f} | "
+                f"{row['tokens_per_s']:,.0f} | {row['msg_per_cpu_s']:,.0f} |\n"
+            )
+    if not padding_and_tokenizer:
+        return
     p = r["padding"]
     out(f"\nPadding efficiency (real/padded tokens, batches of {p['batch']}): ")
     out(f"bucketed {p['bucketed']:.2f}, unbucketed {p['unbucketed']:.2f}\n")

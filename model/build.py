@@ -3,7 +3,9 @@
 1. Train (`model.train.train`) on the training split plus any extra examples.
 2. Score validation and test through the serving `Engine`; pick each label's threshold
    on validation (`model.evaluation`).
-3. Fit the TF-IDF baseline on the same splits and measure it the same way.
+3. Fit the TF-IDF baseline on the same splits and measure it the same way; measure
+   both on long messages and short benign chat, and the model on the probes
+   (`model.robustness`).
 4. Write the checkpoint atomically with metrics, thresholds, the data fingerprint and
    the evaluation report (`report/`, see `model.report`).
 5. Reload what was written and check it scores like the in-memory model did.
@@ -34,6 +36,7 @@ from model.evaluation import (
 )
 from model.progress import Progress, quiet
 from model.report import REPORT_DIR, Scored, build_report, cross_domain, report_files
+from model.robustness import robustness
 from model.train import TrainConfig, TrainResult, torch_settings, train
 from model.training_data import training_examples
 
@@ -99,7 +102,6 @@ def _evaluate_and_save(
         result.vocab,
         result.labels,
         device=config.device,
-        max_tokens=config.max_tokens,
         cpu_threads=None,
     )
     evaluated = _evaluate(engine, config, splits, extra_examples, progress)
@@ -155,6 +157,7 @@ class _Evaluated:
     baseline: BaselineMeasured | None
     models: dict[str, dict[str, Scored]]  # "lstm" (and "baseline") → split → scores
     crossed: dict[str, dict[str, Any]]  # model → split → cross-domain flag rates
+    robust: dict[str, Any]  # long messages, short benign chat, probes
 
     @property
     def baseline_metrics(self) -> dict[str, Any]:
@@ -193,7 +196,14 @@ def _evaluate(
         }
         for model_name, scored in models.items()
     }
-    return _Evaluated(evaluation, lstm, notes, baseline, models, crossed)
+    robust = robustness(
+        engine,
+        evaluation,
+        splits,
+        lstm.thresholds,
+        None if baseline is None else (baseline.predict, baseline.measured.thresholds),
+    )
+    return _Evaluated(evaluation, lstm, notes, baseline, models, crossed, robust)
 
 
 def _checkpoint_metrics(
@@ -215,6 +225,7 @@ def _checkpoint_metrics(
         "threshold_rules": evaluated.threshold_rules,
         "baseline": evaluated.baseline_metrics,
         "cross_domain": evaluated.crossed,
+        **evaluated.robust,
     }
 
 
@@ -245,6 +256,7 @@ def _report(
             },
             "thresholds": evaluated.lstm.thresholds,
             "threshold_rules": evaluated.threshold_rules,
+            **evaluated.robust,
             "best_epoch": result.best_epoch,
             "history": result.history,
             "config": asdict(config),
@@ -272,6 +284,22 @@ def _log_results(progress: Progress, evaluated: _Evaluated) -> None:
                 )
     for what, c in evaluated.crossed["lstm"]["validation"].items():
         progress(f"validation {what} lstm: flag rate {c['flag_rate']:.4f} (n={c['examples']})")
+    for split_name in EVAL_SPLITS:
+        long = evaluated.robust["long_messages"][split_name]
+        short = evaluated.robust["short_benign"][split_name]
+        for model_name in ("lstm", "baseline"):
+            if model_name not in long:
+                continue
+            m = long[model_name]
+            progress(
+                f"{split_name} long messages {model_name}: auc {m['roc_auc']:.4f} "
+                f"(plain {m['plain_roc_auc']:.4f}, ceiling {m['ceiling_roc_auc']:.4f}) "
+                f"recall {m['recall']:.4f} precision {m['precision']:.4f} "
+                f"(n={long['messages']}); short benign insult flag rate "
+                f"{short[model_name]['insult']['flag_rate']:.4f} (n={short['examples']})"
+            )
+    failed = [p["name"] for p in evaluated.robust["probes"] if not p["ok"]]
+    progress(f"probes: {len(evaluated.robust['probes']) - len(failed)} ok, failed: {failed}")
 
 
 def _verify_written(directory: str | Path, version: str, engine: Engine, texts: list[str]) -> None:

@@ -42,21 +42,19 @@ from model.durable import fsync_dir, write_synced
 from model.errors import ExitCode, ModstreamError
 from model.jsonsafe import json_safe
 from model.network import Classifier, ModelConfig
-from model.tokenizer import TOKENIZER_VERSION
+from model.paths import CHECKPOINT_DIR_ENV as CHECKPOINT_DIR_ENV
+from model.paths import META_FILE as META_FILE
+from model.paths import STORE_POINTER as STORE_POINTER
+from model.paths import STORE_VERSIONS_DIR as STORE_VERSIONS_DIR
+from model.paths import WEIGHTS_FILE as WEIGHTS_FILE
+from model.paths import default_checkpoint_dir as default_checkpoint_dir
+from model.tokenizer import SUPPORTED_TOKENIZER_VERSIONS, TOKENIZER_VERSION
 from model.vocab import Vocab
 
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
-META_FILE = "model.json"
 MAX_WEIGHTS_BYTES = 1 << 30  # 1 GiB: far above any model this project trains
 MAX_META_BYTES = 64 << 20  # 64 MiB: the vocabulary dominates; 20k tokens is ~300 KB
 VERSION_CHARS = 12
-CHECKPOINT_DIR_ENV = "MODSTREAM_CHECKPOINT_DIR"
-# A checkpoint store (model/store.py) is a root holding `versions/<version>/` and a
-# `current` symlink to the serving one; loaders accept the root wherever a checkpoint
-# directory is expected.
-STORE_VERSIONS_DIR = "versions"
-STORE_POINTER = "current"
 # The wide path (a hashed n-gram bag whose linear logits added to the head's; README
 # "What was tried", E10-E17) was removed from the code. Checkpoints written while it
 # existed carry its fields in `config`, at these values when it was off.
@@ -106,22 +104,7 @@ class LoadedCheckpoint:
     created_at: str
     version: str
     path: Path
-
-
-def default_checkpoint_dir() -> Path:
-    """`$MODSTREAM_CHECKPOINT_DIR`, else `checkpoints/current` under the repo root.
-
-    The repo root is used when running from a source checkout (a `pyproject.toml` sits
-    beside this package); an installed package falls back to the working directory.
-    `checkpoints/` is the default checkpoint store and `current` its pointer, so this
-    path always names the serving checkpoint (a plain directory works too).
-    """
-    env = os.environ.get(CHECKPOINT_DIR_ENV)
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parent.parent
-    base = repo if (repo / "pyproject.toml").is_file() else Path.cwd()
-    return base / "checkpoints" / "current"
+    tokenizer: str = TOKENIZER_VERSION  # what it was trained with (model.tokenizer)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -230,14 +213,15 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 def resolve_checkpoint_dir(directory: str | Path) -> Path:
     """The concrete checkpoint directory that `directory` designates.
 
-    A store root resolves through its `current` pointer; a symlink (such as the pointer
+    A store root resolves through its `current` pointer (a link, or the plain directory
+    older releases wrote there); a symlink (such as the pointer
     itself) resolves to its target, once, so that both files are then read from the
     same immutable version directory even if the pointer moves meanwhile. A plain
     checkpoint directory is returned unchanged.
     """
     path = Path(directory)
-    if (path / STORE_VERSIONS_DIR).is_dir() and (path / STORE_POINTER).exists():
-        path = path / STORE_POINTER
+    if not (path / META_FILE).exists() and (path / STORE_POINTER).exists():
+        path = path / STORE_POINTER  # a store root, or one holding a plain `current/`
     if path.is_symlink():
         return Path(os.path.realpath(path))
     return path
@@ -269,9 +253,10 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
             f"{path}: format_version {format_version} is not supported (expected {FORMAT_VERSION})"
         )
     tokenizer = fields.get("tokenizer", str)
-    if tokenizer != TOKENIZER_VERSION:
+    if tokenizer not in SUPPORTED_TOKENIZER_VERSIONS:
         raise CheckpointVersionError(
-            f"{path}: trained with tokenizer {tokenizer!r}, this code has {TOKENIZER_VERSION!r}"
+            f"{path}: trained with tokenizer {tokenizer!r}, this code reads "
+            f"{', '.join(SUPPORTED_TOKENIZER_VERSIONS)}"
         )
     version = fields.get("version", str)
     config = fields.parse(
@@ -334,6 +319,7 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
         created_at=created_at,
         version=version,
         path=path,
+        tokenizer=tokenizer,
     )
 
 

@@ -3,6 +3,15 @@
 Keeping a single path means the metrics written into a checkpoint were measured with
 exactly the code that serves it.
 
+Windows: every text is read as one or more windows (`model.windows`: at most the
+model's `window_tokens` tokens each, overlapping, spans into the original text, a
+character budget `max_chars` and a cap of `max_windows` per text). Every window is a
+row of the same packed, bucketed batches, and a label's score for a text is the
+maximum over its windows, so one abusive part drives it however long the text is. A
+text that fits one window is one row holding exactly the tokens of the whole text, so
+it scores as it did before windows (tested for equality). `Scores` keeps each
+window's scores and span for coverage and evidence.
+
 Batching: texts are sorted by token count and cut into buckets (at most
 `bucket_width` tokens apart, and at most `max_batch_tokens` rows x longest row), so
 memory is bounded whatever the mix of lengths. Packing makes each row's score
@@ -28,13 +37,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.bounded import TOKEN_CACHE_BYTES, BoundedDict, sizeof_entry
 from model.checkpoint import load_checkpoint
 from model.errors import ExitCode, ModstreamError
 from model.network import Classifier, ModelConfig
+from model.reading import DEFAULT_MAX_CHARS, DEFAULT_MAX_WINDOWS
 from model.subword import ngram_ids, subword_batch, token_id
-from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
+from model.tokenizer import DEFAULT_MAX_TOKENS, TOKENIZER_VERSION, spelled_words
 from model.vectors import TokenVectors, pack_rows
 from model.vocab import PAD_ID, UNK_TOKEN, Vocab
+from model.windows import (
+    MAX_EVIDENCE_SPANS,
+    Evidence,
+    ScoredText,
+    WindowError,
+    WindowPlan,
+    WindowPlanner,
+    WindowSettings,
+    aggregate,
+)
 
 DEFAULT_BUCKET_WIDTH = DEFAULT_MAX_TOKENS  # no split by length spread (see above)
 DEFAULT_MAX_BATCH_TOKENS = 16_384
@@ -54,24 +75,42 @@ TOKEN_CACHE_SIZE = 200_000
 TokenCache = dict[str, tuple[int, tuple[int, ...]]]
 
 
-def encode_text(
+def window_planner(config: ModelConfig, settings: WindowSettings | None = None) -> WindowPlanner:
+    """How a model with `config` reads texts: its window shape, and the budget of
+    `settings` (the defaults without)."""
+    budget = settings or WindowSettings()
+    return WindowPlanner(
+        WindowSettings(
+            window_tokens=config.window_tokens,
+            stride=config.window_stride,
+            max_chars=budget.max_chars,
+            max_windows=budget.max_windows,
+        )
+    )
+
+
+def encode_windows(
     vocab: Vocab,
     config: ModelConfig,
+    planner: WindowPlanner,
     text: str,
-    max_tokens: int,
     cache: TokenCache | None = None,
-) -> Encoded:
-    """The one text → input function, shared by training and serving.
+) -> list[Encoded]:
+    """The one text → input function, shared by training and serving: one row per
+    window (`model.windows`), never empty.
 
     `cache` (see `TokenCache`) must belong to this vocab and config; it saves the
     fallback lookups and hashing for tokens seen before (most of them).
     """
-    return encode_tokens(vocab, config, tokenize_text(text, max_tokens), cache)
+    return [
+        encode_tokens(vocab, config, row_tokens(window.tokens), cache)
+        for window in planner.plan(text).windows
+    ]
 
 
-def tokenize_text(text: str, max_tokens: int) -> list[str]:
-    """The tokens the model reads; never empty, so every row has length ≥ 1."""
-    return tokenize(text, max_tokens) or [UNK_TOKEN]
+def row_tokens(tokens: Sequence[str]) -> Sequence[str]:
+    """A window's tokens as a model row: never empty, so every row has length ≥ 1."""
+    return tokens or (UNK_TOKEN,)
 
 
 def encode_tokens(
@@ -118,12 +157,14 @@ class EncodedBatch:
     """Texts encoded by one engine (`version`), ready for `Engine.score_encoded`: row i's
     token vectors are `table[slots[starts[i] : starts[i] + lengths[i]]]`."""
 
-    lengths: np.ndarray  # int64 [n], tokens per row
+    lengths: np.ndarray  # int64 [rows], tokens per row (one row per window)
     version: str
     tokenize_seconds: float
     slots: np.ndarray  # int64 [sum(lengths)]
-    starts: np.ndarray  # int64 [n]
+    starts: np.ndarray  # int64 [rows]
     table: torch.Tensor  # [slots, token_dim] on the engine's device
+    plans: tuple[WindowPlan, ...]  # per text; text i's rows follow text i-1's
+    owners: np.ndarray  # int64 [rows], the text each row belongs to
 
 
 class EngineError(ModstreamError):
@@ -134,12 +175,40 @@ class EngineError(ModstreamError):
 
 @dataclass(frozen=True)
 class Scores:
-    probabilities: np.ndarray  # float32 [n, num_labels], input order
+    probabilities: np.ndarray  # float32 [n, num_labels], input order: max over windows
     tokenize_seconds: float
     inference_seconds: float
-    real_tokens: int  # sum of lengths
+    real_tokens: int  # sum of row lengths
     padded_tokens: int  # sum over buckets of bucket_size * bucket_max_len
     num_buckets: int
+    plans: tuple[WindowPlan, ...] = ()  # per text: windows, spans, coverage
+    window_probabilities: np.ndarray | None = None  # float32 [rows, num_labels]
+    owners: np.ndarray | None = None  # int64 [rows], each row's text
+
+    @property
+    def num_windows(self) -> int:
+        return 0 if self.owners is None else len(self.owners)
+
+    def window_scores(self, text: int) -> np.ndarray:
+        """Text `text`'s windows' scores, [windows, num_labels], in text order."""
+        if self.window_probabilities is None or self.owners is None:
+            raise IndexError("these scores carry no windows")
+        first = int(np.searchsorted(self.owners, text, side="left"))
+        return self.window_probabilities[first : first + len(self.plans[text].windows)]
+
+    def text(self, text: int) -> ScoredText:
+        """Text `text`'s scores, windows and coverage."""
+        return ScoredText(self.probabilities[text], self.plans[text], self.window_scores(text))
+
+    def texts(self) -> list[ScoredText]:
+        return [self.text(i) for i in range(len(self.plans))]
+
+    def evidence(
+        self, text: int, label: int, threshold: float, limit: int = MAX_EVIDENCE_SPANS
+    ) -> list[Evidence]:
+        """The spans of text `text` that reach `threshold` for label index `label`
+        (`model.windows.evidence`)."""
+        return self.text(text).evidence(label, threshold, limit)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -186,12 +255,20 @@ class Engine:
         bucket_width: int = DEFAULT_BUCKET_WIDTH,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         cpu_threads: int | None = None,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
+        tokenizer: str = TOKENIZER_VERSION,
     ) -> None:
         """`cpu_threads` (CPU devices only), if given, sets torch's process-wide intra-op
         thread count. This model is too small for intra-op parallelism to pay: on a
         2-core host 1 thread matched 2 when idle and was ~8x faster when other processes
         competed for the CPU (OpenMP threads spin-wait), so 1 is the advice for serving;
-        None leaves the process setting alone."""
+        None leaves the process setting alone.
+
+        Windows: the model's own shape (`ModelConfig.window_tokens`, `window_stride`),
+        cut to `max_tokens` tokens if that is lower; `max_chars` and `max_windows` are
+        the scoring budget per text (`model.windows`, rules 1 and 4). `tokenizer` is the
+        version the model was trained with: rule 6 applies only from v3 on."""
         labels = tuple(labels)
         if len(labels) != model.config.num_labels:
             raise EngineError(f"{len(labels)} labels for a model with {model.config.num_labels}")
@@ -199,16 +276,28 @@ class Engine:
             raise EngineError(f"thresholds {sorted(thresholds)} must cover labels {labels}")
         if max_tokens < 1 or bucket_width < 1 or max_batch_tokens < 1:
             raise EngineError("max_tokens, bucket_width and max_batch_tokens must be >= 1")
+        window = min(model.config.window_tokens, max_tokens)
+        try:
+            self.windows = WindowSettings(
+                window_tokens=window,
+                stride=min(model.config.window_stride, window),
+                max_chars=max_chars,
+                max_windows=max_windows,
+                spelled_words=spelled_words(tokenizer),
+            )
+        except WindowError as e:
+            raise EngineError(str(e)) from e
         self.model = model.to(device).eval()
         self.vocab = vocab
         self.labels = labels
         self.thresholds = {label: float(thresholds[label]) for label in labels}
         self.version = version
         self.device = device
-        self.max_tokens = max_tokens
+        self.max_tokens = window  # tokens per row
         self.bucket_width = bucket_width
         self.max_batch_tokens = max_batch_tokens
-        self._token_cache: TokenCache = {}
+        self._token_cache: TokenCache = BoundedDict(TOKEN_CACHE_BYTES, sizeof_entry)
+        self._planner = WindowPlanner(self.windows)
         self._vectors = TokenVectors(self.model, device)
         if device.type == "cpu" and cpu_threads is not None:
             torch.set_num_threads(max(1, cpu_threads))
@@ -222,6 +311,8 @@ class Engine:
         bucket_width: int = DEFAULT_BUCKET_WIDTH,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         cpu_threads: int | None = None,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
     ) -> Engine:
         """Raises `CheckpointError` subclasses for bad checkpoints, `EngineError` for devices."""
         resolved = resolve_device(device)
@@ -237,6 +328,9 @@ class Engine:
             bucket_width=bucket_width,
             max_batch_tokens=max_batch_tokens,
             cpu_threads=cpu_threads,
+            max_chars=max_chars,
+            max_windows=max_windows,
+            tokenizer=checkpoint.tokenizer,
         )
 
     @classmethod
@@ -252,6 +346,8 @@ class Engine:
         bucket_width: int = DEFAULT_BUCKET_WIDTH,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         cpu_threads: int | None = None,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
     ) -> Engine:
         """Wraps an in-memory model (training evaluation, tests). Puts it in eval mode;
         callers that keep training must switch it back with `model.train()`."""
@@ -267,14 +363,17 @@ class Engine:
             bucket_width=bucket_width,
             max_batch_tokens=max_batch_tokens,
             cpu_threads=cpu_threads,
+            max_chars=max_chars,
+            max_windows=max_windows,
         )
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids for one text; never empty, so every row has length ≥ 1."""
-        return self.encode_full(text).ids
+    def plan(self, text: str) -> WindowPlan:
+        """The windows this engine reads `text` as."""
+        return self._planner.plan(text)
 
-    def encode_full(self, text: str) -> Encoded:
-        return encode_text(self.vocab, self.model.config, text, self.max_tokens, self._token_cache)
+    def encode_text(self, text: str) -> list[Encoded]:
+        """One text's rows, one per window (`encode_windows`)."""
+        return encode_windows(self.vocab, self.model.config, self._planner, text, self._token_cache)
 
     def warm_up(self) -> float:
         """Gets a fresh engine to its steady speed before it serves; returns seconds.
@@ -288,7 +387,7 @@ class Engine:
         start = time.perf_counter()
         self._vectors.assign(self.vocab.tokens, self._describe)
         words = [token for token in self.vocab.tokens[2:] if token.isalpha()][:64] or ["word"]
-        lengths = sorted({1, 4, 16, 64, self.max_tokens})
+        lengths = sorted({1, 4, 16, 64, self.max_tokens, 4 * self.max_tokens})
         texts = [" ".join(words[i % len(words)] for i in range(n)) for n in lengths]
         self.score(texts * 8)
         return time.perf_counter() - start
@@ -320,13 +419,23 @@ class Engine:
         """The pure-Python half of `score`: a worker runs it on another thread than
         `score_encoded`, whose LSTM releases the GIL, so the two halves overlap."""
         start = time.perf_counter()
-        tokenized = [tokenize_text(text, self.max_tokens) for text in texts]
-        slots, table = self._vectors.assign(list(chain.from_iterable(tokenized)), self._describe)
-        lengths = np.fromiter((len(t) for t in tokenized), dtype=np.int64, count=len(tokenized))
+        plans = tuple(self._planner.plan(text) for text in texts)
+        rows = [row_tokens(window.tokens) for plan in plans for window in plan.windows]
+        slots, table = self._vectors.assign(list(chain.from_iterable(rows)), self._describe)
+        lengths = np.fromiter((len(t) for t in rows), dtype=np.int64, count=len(rows))
         starts = np.zeros_like(lengths)
         np.cumsum(lengths[:-1], out=starts[1:])
+        counts = np.fromiter((len(p.windows) for p in plans), dtype=np.int64, count=len(plans))
+        owners = np.repeat(np.arange(len(plans), dtype=np.int64), counts)
         return EncodedBatch(
-            lengths, self.version, time.perf_counter() - start, slots, starts, table
+            lengths,
+            self.version,
+            time.perf_counter() - start,
+            slots,
+            starts,
+            table,
+            plans,
+            owners,
         )
 
     def _describe(self, tokens: Sequence[str]) -> tuple[list[int], tuple[tuple[int, ...], ...]]:
@@ -351,21 +460,32 @@ class Engine:
                 logits = self.model.forward_packed(packed)
                 probabilities[longest_first] = torch.sigmoid(logits).float().cpu().numpy()
                 padded_tokens += len(bucket) * int(lengths[longest_first[0]])
+        texts = len(batch.plans)
+        per_text = (
+            probabilities  # one window each: the rows are the texts
+            if len(lengths) == texts
+            else aggregate(probabilities, batch.owners, texts)
+        )
         return Scores(
-            probabilities=probabilities,
+            probabilities=per_text,
             tokenize_seconds=batch.tokenize_seconds,
             inference_seconds=time.perf_counter() - start,
             real_tokens=int(lengths.sum()),
             padded_tokens=padded_tokens,
             num_buckets=len(buckets),
+            plans=batch.plans,
+            window_probabilities=probabilities,
+            owners=batch.owners,
         )
 
     def score_one_by_one(self, texts: Sequence[str]) -> np.ndarray:
-        """Unbatched reference path: one forward per text, no padding at all."""
+        """Unbatched reference path: one forward per window, no padding at all, each
+        text's maximum over its windows."""
         probabilities = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
             for i, text in enumerate(texts):
-                probabilities[i] = self._forward([self.encode_full(text)])[0]
+                windows = [self._forward([row])[0] for row in self.encode_text(text)]
+                probabilities[i] = np.max(windows, axis=0)
         return probabilities
 
     def _forward(self, rows: Sequence[Encoded]) -> np.ndarray:

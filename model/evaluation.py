@@ -10,7 +10,7 @@ TF-IDF baseline (`model.baseline`) is measured on the same examples the same way
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -199,6 +199,7 @@ class BaselineMeasured:
     name: str
     seconds: float  # fitting time
     measured: Measured
+    predict: Callable[[Sequence[str]], np.ndarray]  # texts → [n, labels] probabilities
 
 
 def measure_baseline(
@@ -218,5 +219,8 @@ def measure_baseline(
         return None
     probabilities = {name: baseline.predict(texts) for name, texts in evaluation.texts.items()}
     return BaselineMeasured(
-        baseline.name, baseline.seconds, measure(probabilities, evaluation, labels, rules)
+        baseline.name,
+        baseline.seconds,
+        measure(probabilities, evaluation, labels, rules),
+        baseline.predict,
     )

@@ -21,12 +21,14 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from model.reading import DEFAULT_STRIDE, DEFAULT_WINDOW_TOKENS
 from model.vocab import PAD_ID
 
 RnnKind = Literal["lstm", "gru"]
 Pooling = Literal["last", "mean", "max", "meanmax"]
 RNN_KINDS: tuple[str, ...] = ("lstm", "gru")
 POOLINGS: tuple[str, ...] = ("last", "mean", "max", "meanmax")
+WINDOW_FIELDS: tuple[str, ...] = ("window_tokens", "window_stride")  # optional when loading
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,22 @@ class ModelConfig:
     subword_dim: int = 32
     subword_min_n: int = 3
     subword_max_n: int = 5
+    # How the model reads a text (`model.windows`): windows of at most `window_tokens`
+    # tokens every `window_stride` tokens, a label's score the maximum over them. The
+    # network itself never sees these; the engine and training read texts with them.
+    window_tokens: int = DEFAULT_WINDOW_TOKENS
+    window_stride: int = DEFAULT_STRIDE
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "num_labels", "embed_dim", "hidden_dim", "num_layers"):
+        for name in (
+            "vocab_size",
+            "num_labels",
+            "embed_dim",
+            "hidden_dim",
+            "num_layers",
+            "window_tokens",
+            "window_stride",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -58,6 +73,10 @@ class ModelConfig:
             raise ValueError("subword n-gram sizes must satisfy 1 <= subword_min_n <= max_n")
         if self.subword_buckets and self.subword_dim < 1:
             raise ValueError("subword_dim must be positive when subword_buckets > 0")
+        if self.window_stride > self.window_tokens:
+            raise ValueError(
+                f"window_stride {self.window_stride} exceeds window_tokens {self.window_tokens}"
+            )
         if self.vocab_size < 2:
             raise ValueError("vocab_size must be at least 2 (PAD and UNK)")
         if self.rnn not in RNN_KINDS:
@@ -85,14 +104,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Strict: unknown or missing keys are errors, so a checkpoint can't half-load.
+        """Strict: unknown or missing keys are errors, so a checkpoint can't half-load;
+        only the window fields, added later, may be absent (the defaults then apply).
         (Fields of removed features are the checkpoint loader's business, see
         `model.checkpoint.RETIRED_CONFIG_FIELDS`.)"""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}")
-        missing = sorted(known - set(data))
+        missing = sorted(known - set(data) - set(WINDOW_FIELDS))
         if missing:
             raise ValueError(f"missing field(s) {missing}")
         return cls(**data)

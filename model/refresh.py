@@ -119,7 +119,7 @@ def _measure_current(
     if current_dir is None:
         return None, None
     try:
-        engine = Engine.load(current_dir, device=config.device, max_tokens=config.max_tokens)
+        engine = Engine.load(current_dir, device=config.device)
     except (CheckpointError, EngineError) as exc:
         return None, f"current checkpoint unusable ({exc})"
     if engine.labels != splits.labels:

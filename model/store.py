@@ -78,6 +78,7 @@ class VersionInfo:
     current: bool
     previous: bool
     problem: str | None = None
+    legacy: bool = False  # a plain checkpoint directory at `current`, not yet a version
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +89,7 @@ class VersionInfo:
             "current": self.current,
             "previous": self.previous,
             "problem": self.problem,
+            "legacy": self.legacy,
         }
 
 
@@ -114,13 +116,14 @@ class PointerChange:
 def store_root_for(path: str | Path) -> Path:
     """The store that a checkpoint setting designates.
 
-    A store root is itself; `…/current` (link, legacy plain directory, or not there yet)
-    belongs to the store at its parent; a path that does not exist yet becomes a new
-    store. Any other existing directory — a plain checkpoint directory in particular —
-    is not a store.
+    A store root is itself, and so is a directory holding a plain checkpoint directory
+    at `current` (the layout of older releases, adopted on the first change); `…/current`
+    (link, legacy plain directory, or not there yet) belongs to the store at its parent;
+    a path that does not exist yet becomes a new store. Any other existing directory —
+    a plain checkpoint directory in particular — is not a store.
     """
     path = Path(path)
-    if (path / STORE_VERSIONS_DIR).is_dir() or (path / STORE_POINTER).is_symlink():
+    if is_store(path):
         return path
     if path.name == STORE_POINTER:
         return path.parent
@@ -135,6 +138,18 @@ def store_root_for(path: str | Path) -> Path:
             f"use a directory called '{STORE_POINTER}' inside it"
         )
     raise NotAStoreError(f"{path} is neither a checkpoint store nor empty")
+
+
+def is_store(root: str | Path) -> bool:
+    """Whether `root` is a store already: it holds `versions/`, a `current` link, or a
+    legacy plain checkpoint directory at `current`."""
+    root = Path(root)
+    pointer = root / STORE_POINTER
+    return (
+        (root / STORE_VERSIONS_DIR).is_dir()
+        or pointer.is_symlink()
+        or (pointer / META_FILE).is_file()
+    )
 
 
 def peek_version(directory: str | Path) -> str | None:
@@ -364,10 +379,30 @@ class CheckpointStore:
 
     # Last in the class: defined earlier, `list` would shadow the builtin in annotations.
     def list(self) -> list[VersionInfo]:
-        """Every version, oldest addition first, with what an operator wants to see."""
+        """Every version, oldest addition first, with what an operator wants to see.
+
+        A legacy plain checkpoint directory at `current` (what older releases wrote, and
+        what a fresh clone's `make demo` leaves) is listed first, as current, until the
+        first change adopts it as a version.
+        """
         current, previous = self.current_version(), self.previous_version()
         infos = []
-        for version in self.versions():
+        versions = self.versions()
+        if not self.pointer.is_symlink() and self.pointer.is_dir() and current not in versions:
+            created_at, auc, problem = describe(self.pointer)
+            infos.append(
+                VersionInfo(
+                    version=current or "-",
+                    path=self.pointer,
+                    created_at=created_at,
+                    mean_validation_auc=auc,
+                    current=True,
+                    previous=False,
+                    problem=problem,
+                    legacy=True,
+                )
+            )
+        for version in versions:
             path = self.versions_dir / version
             created_at, auc, problem = describe(path)
             infos.append(

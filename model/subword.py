@@ -18,6 +18,11 @@ functions of the token string, so training and serving agree and the tokenizer v
    and punctuation have no sub-words (an empty bag, a zero vector).
 
 CRC-32 rather than Python's `hash`, which is salted per process.
+
+`ngram_ids` memoises its answers in a dict bounded in bytes (`NGRAM_CACHE_BYTES`,
+`model.bounded`): a token's bag has up to `3 * len + 1` ids, so an entry-count bound let
+unique long words grow it without limit. The tokenizer caps tokens at 64 characters,
+so one entry holds at most ~6 KB; the corpus tokens average 1.1 KB.
 """
 
 from __future__ import annotations
@@ -25,17 +30,21 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
-from functools import lru_cache
 
 import torch
 
+from model.bounded import BoundedDict, sizeof_entry
 from model.vocab import UNK_ID, Vocab
 
 _LEET = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 )
 _RUNS = re.compile(r"(.)\1+")
-_CACHE_SIZE = 1 << 18
+# 32 MiB: the 22,724 distinct tokens of the corpora take 25 MiB.
+NGRAM_CACHE_BYTES = 32 << 20
+_NGRAM_CACHE: BoundedDict[tuple[str, int, int, int], tuple[int, ...]] = BoundedDict(
+    NGRAM_CACHE_BYTES, sizeof_entry
+)
 
 
 def deleet(token: str) -> str:
@@ -73,9 +82,16 @@ def has_subwords(token: str) -> bool:
     return not token.startswith("<") and any(c.isalnum() for c in token)
 
 
-@lru_cache(maxsize=_CACHE_SIZE)
 def ngram_ids(token: str, buckets: int, min_n: int, max_n: int) -> tuple[int, ...]:
     """Sorted distinct bucket ids of the token's character n-grams (and whole form)."""
+    key = (token, buckets, min_n, max_n)
+    found = _NGRAM_CACHE.get(key)
+    if found is None:
+        found = _NGRAM_CACHE[key] = _ngram_ids(token, buckets, min_n, max_n)
+    return found
+
+
+def _ngram_ids(token: str, buckets: int, min_n: int, max_n: int) -> tuple[int, ...]:
     if buckets < 1 or not has_subwords(token):
         return ()
     marked = f"<{canonical(token)}>"

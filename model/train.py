@@ -12,12 +12,21 @@ Training data choices (each a `TrainConfig` field, measured on validation; see R
 - `ema_decay`: validation, early stopping and the saved checkpoint use an exponential
   moving average of the weights rather than the last step's (`model.ema`);
 - `comments_spam_negative`: insult-corpus comments train the spam head as negatives
-  (`model.training_data`).
+  (`model.training_data`);
+- windows (`window_tokens`, `window_stride`, `model.windows`): every example is read
+  as serving reads it, and a label's logit for an example is the maximum over its
+  windows' logits, so the loss reaches the window that decides (a multiple-instance
+  objective; an example that fits one window trains exactly as before);
+- `context_share`: each epoch that share of the insult comments is also trained
+  placed among 1 to `context_fillers` clean training comments, so one abusive part
+  must drive a long message and clean context must not (`model.training_data`);
+- `short_benign`: short benign chat is a negative for every label (`model.short_chat`).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +40,7 @@ import torch.nn.functional as F
 
 from model.data import DataSplits, Example
 from model.ema import Ema
-from model.engine import Engine, forward_batch, resolve_device
+from model.engine import Encoded, Engine, TokenCache, forward_batch, resolve_device
 from model.evaluation import (
     evaluation_examples,
     masked_log_loss,
@@ -42,9 +51,11 @@ from model.evaluation import (
 from model.glove import GloveVectors, embedding_matrix
 from model.network import Classifier, ModelConfig, Pooling, RnnKind
 from model.progress import Progress, ProgressBar, quiet
-from model.tokenizer import DEFAULT_MAX_TOKENS, tokenize
+from model.reading import DEFAULT_STRIDE, DEFAULT_WINDOW_TOKENS
+from model.tokenizer import tokenize
 from model.training_data import (
     build_vocab,
+    context_examples,
     encode_examples,
     glove_for,
     glove_rows,
@@ -83,6 +94,13 @@ class TrainConfig:
     glove_vocab: int = 20_000  # add GloVe's N most frequent words to the vocabulary (<= 20000)
     freeze_glove: bool = True  # keep GloVe-initialised rows fixed while training
     comments_spam_negative: bool = True  # insult-corpus comments are spam negatives
+    short_benign: bool = True  # short benign chat is a negative for every label
+    window_tokens: int = DEFAULT_WINDOW_TOKENS  # tokens per window (model.windows)
+    window_stride: int = DEFAULT_STRIDE  # tokens between window starts
+    # Each epoch, this share of the insult comments is also trained placed among 1 to
+    # `context_fillers` clean training comments; 0 = off.
+    context_share: float = 0.5
+    context_fillers: int = 4
     pos_weight: PosWeight = "sqrt"  # positive-class loss weight per label
     # Threshold rule per label: "" = max F1 on validation; "0.95" = lowest cut reaching
     # that precision on validation (max F1 if none does); "spam=0.98,insult=0.8" per label.
@@ -91,7 +109,6 @@ class TrainConfig:
     report: bool = True  # write report/ into the checkpoint
     min_freq: int = 2
     max_vocab: int = 40_000
-    max_tokens: int = DEFAULT_MAX_TOKENS
     patience: int = 2
     grad_clip: float = 1.0
     limit: int | None = None  # cap on training examples (quick runs, tests)
@@ -127,6 +144,10 @@ class TrainConfig:
         parse_target_precision(self.target_precision)
         if not self.ema_decay < 1.0:  # 1 would never move from zero (and divide by zero)
             raise ValueError(f"ema_decay must be below 1 (0 = off), got {self.ema_decay!r}")
+        if not 0.0 <= self.context_share <= 1.0:
+            raise ValueError(f"context_share must be in [0, 1], got {self.context_share!r}")
+        if self.context_fillers < 1:
+            raise ValueError(f"context_fillers must be >= 1, got {self.context_fillers!r}")
 
     def model_config(self, vocab_size: int, num_labels: int) -> ModelConfig:
         return ModelConfig(
@@ -141,6 +162,8 @@ class TrainConfig:
             pooling=self.pooling,
             subword_buckets=self.subword_buckets,
             subword_dim=self.subword_dim,
+            window_tokens=self.window_tokens,
+            window_stride=self.window_stride,
         )
 
 
@@ -182,12 +205,14 @@ def _train(
 ) -> TrainResult:
     # 1. Data: examples, vocabulary, encoded inputs (see model.training_data).
     rng = np.random.default_rng(config.seed)  # batch order; torch's seed is set by `train`
+    context_rng = random.Random(config.seed)  # which comments go into context, and where
     examples = training_examples(config, splits) + list(extra_examples)
     validation = evaluation_examples(config, splits, "validation")
     glove = glove_for(config, progress)
-    vocab = build_vocab(config, [tokenize(ex.text, config.max_tokens) for ex in examples], glove)
+    vocab = build_vocab(config, [tokenize(ex.text, None) for ex in examples], glove)
     model_config = config.model_config(len(vocab), len(labels))
-    encoded, lengths = encode_examples(vocab, model_config, examples, config.max_tokens)
+    cache: TokenCache = {}
+    encoded, lengths = encode_examples(vocab, model_config, examples, cache)
     targets, mask = label_arrays(examples)
     progress(
         f"training on {len(examples)} examples, vocab {len(vocab)}, "
@@ -201,25 +226,34 @@ def _train(
     scheduler = _lr_scheduler(optimizer, config, len(examples))
     pos_weight = _pos_weight(config, targets, mask, device)
     ema = Ema(model, config.ema_decay)
-    validate = _Validator(validation, vocab, labels, config.max_tokens, device)
+    validate = _Validator(validation, vocab, labels, device)
     best_auc, best_epoch, best_state = -math.inf, 0, _cpu_state(model)
     history: list[dict[str, float]] = []
     interactive = progress is not quiet and sys.stderr.isatty()
 
-    # 3. Epochs: train on length-bucketed batches, then validate the averaged weights;
-    #    keep the best epoch, stop after `patience` epochs without improvement.
+    # 3. Epochs: this epoch's comments in context join the examples; train on
+    #    length-bucketed batches, then validate the averaged weights; keep the best
+    #    epoch, stop after `patience` epochs without improvement.
     for epoch in range(1, config.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
         total_loss = 0.0
-        batches = length_bucketed_batches(lengths, config.batch_size, rng)
+        placed = context_examples(
+            examples, labels, context_rng, config.context_share, config.context_fillers
+        )
+        placed_rows, placed_lengths = encode_examples(vocab, model_config, placed, cache)
+        rows = encoded + placed_rows
+        epoch_targets, epoch_mask = _joined(targets, mask, placed)
+        batches = length_bucketed_batches(
+            np.concatenate([lengths, placed_lengths]), config.batch_size, rng
+        )
         bar = ProgressBar(len(batches), f"epoch {epoch}/{config.epochs}", interactive)
         for step, batch in enumerate(batches, start=1):
-            logits = forward_batch(model, [encoded[i] for i in batch], device)
+            logits = example_logits(model, [rows[i] for i in batch], device)
             loss = masked_bce(
                 logits,
-                torch.from_numpy(targets[batch]).to(device),
-                torch.from_numpy(mask[batch]).to(device),
+                torch.from_numpy(epoch_targets[batch]).to(device),
+                torch.from_numpy(epoch_mask[batch]).to(device),
                 pos_weight,
             )
             optimizer.zero_grad(set_to_none=True)
@@ -273,6 +307,35 @@ def _train(
     )
 
 
+def example_logits(
+    model: Classifier, examples: Sequence[Sequence[Encoded]], device: torch.device
+) -> torch.Tensor:
+    """Logits [examples, labels]: each label's maximum over an example's windows, as
+    serving takes it (the gradient reaches the deciding window). A batch of one-window
+    examples is one forward, exactly as before windows."""
+    rows = [row for windows in examples for row in windows]
+    logits = forward_batch(model, rows, device)
+    if len(rows) == len(examples):
+        return logits
+    owners = torch.repeat_interleave(
+        torch.arange(len(examples), device=logits.device),
+        torch.tensor([len(windows) for windows in examples], device=logits.device),
+    )
+    return logits.new_zeros((len(examples), logits.shape[1])).scatter_reduce(
+        0, owners[:, None].expand_as(logits), logits, "amax", include_self=False
+    )
+
+
+def _joined(
+    targets: np.ndarray, mask: np.ndarray, placed: Sequence[Example]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The label arrays of the examples followed by those of `placed`."""
+    if not placed:
+        return targets, mask
+    more_targets, more_mask = label_arrays(placed)
+    return np.concatenate([targets, more_targets]), np.concatenate([mask, more_mask])
+
+
 def masked_bce(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -302,17 +365,14 @@ class _Validator:
         examples: Sequence[Example],
         vocab: Vocab,
         labels: tuple[str, ...],
-        max_tokens: int,
         device: torch.device,
     ) -> None:
         self.texts = [ex.text for ex in examples]
         self.targets, self.mask = label_arrays(examples)
-        self.vocab, self.labels, self.max_tokens, self.device = vocab, labels, max_tokens, device
+        self.vocab, self.labels, self.device = vocab, labels, device
 
     def __call__(self, model: Classifier) -> tuple[dict[str, float], float]:
-        engine = Engine.from_model(
-            model, self.vocab, self.labels, device=self.device, max_tokens=self.max_tokens
-        )
+        engine = Engine.from_model(model, self.vocab, self.labels, device=self.device)
         probabilities = engine.score(self.texts).probabilities
         aucs = per_label_auc(probabilities, self.targets, self.mask, self.labels)
         return aucs, masked_log_loss(probabilities, self.targets, self.mask)

@@ -7,16 +7,23 @@
   not bulk advertising, so none is spam. Without it the spam head never sees
   comment-style text and scores abusive comments as spam (it only learned "not SMS
   ham"). Only the training split changes: spam validation/test metrics stay SMS-only,
-  and the cross-domain flag rates (spam on comments) are reported separately.
+  and the cross-domain flag rates (spam on comments) are reported separately. With
+  `short_benign`, reviewed short SMS ham and the curated chat lines of the training
+  split are negatives for every label (`model.short_chat`).
+- `context_examples`: each epoch, a share of the insult-corpus comments again, each
+  placed among clean training comments (`model.long_messages`), so the model learns
+  that one abusive part makes a long message abusive and that clean context does not.
 - `build_vocab`: the training tokens, plus (optionally) GloVe's most frequent words,
   so words first seen at serving time keep their pre-trained meaning (`model.glove`).
-- `encode_examples`: the model inputs, through the same function that serves
-  (`model.engine.encode_text`).
+- `encode_examples`: each example's windows as model rows, through the same function
+  that serves (`model.engine.encode_windows`); training takes a label's maximum over
+  an example's windows, as serving does.
 - `length_bucketed_batches`: shuffled batches of similar-length examples.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,10 +33,12 @@ import numpy as np
 import torch
 
 from model.data import SOURCE_INSULTS, DataSplits, Example
-from model.engine import Encoded, TokenCache, encode_text
+from model.engine import Encoded, TokenCache, encode_windows, window_planner
 from model.glove import GloveVectors, load_glove
+from model.long_messages import assemble, place
 from model.network import ModelConfig
 from model.progress import Progress
+from model.short_chat import curated, with_short_ham_negative
 from model.subword import lookup_forms
 from model.vocab import SPECIAL_TOKENS, UNK_ID, Vocab
 
@@ -70,11 +79,36 @@ def label_arrays(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def training_examples(config: TrainConfig, splits: DataSplits) -> list[Example]:
-    """The training split as the model sees it (subset, spam-negative comments)."""
+    """The training split as the model sees it (subset, spam-negative comments,
+    short benign chat)."""
     examples = subset(splits.train, config.limit, config.seed)
     if config.comments_spam_negative and "spam" in splits.labels:
         examples = [spam_negative(ex, splits.labels) for ex in examples]
+    if config.short_benign and "spam" in splits.labels:
+        examples = with_short_ham_negative(examples, splits.labels)
+        examples += curated("train", splits.labels)
     return examples
+
+
+def context_examples(
+    examples: Sequence[Example],
+    labels: Sequence[str],
+    rng: random.Random,
+    share: float,
+    max_fillers: int,
+) -> list[Example]:
+    """About `share` of the insult-corpus comments knowing "insult", each placed at a
+    random position among 1 to `max_fillers` other such comments that are not insults;
+    each result keeps its placed comment's labels (`model.long_messages`)."""
+    if share <= 0 or "insult" not in labels:
+        return []
+    j = list(labels).index("insult")
+    known = [i for i, ex in enumerate(examples) if ex.source == SOURCE_INSULTS and ex.mask[j] > 0]
+    clean = [i for i in known if examples[i].targets[j] <= 0.5]
+    if len(clean) <= max_fillers:
+        return []
+    chosen = [i for i in known if rng.random() < share]
+    return [assemble(examples, i, place(i, clean, rng, 1, max_fillers)).example for i in chosen]
 
 
 def spam_negative(example: Example, labels: Sequence[str]) -> Example:
@@ -144,9 +178,14 @@ def glove_for(config: TrainConfig, progress: Progress) -> GloveVectors | None:
 
 
 def encode_examples(
-    vocab: Vocab, config: ModelConfig, examples: Sequence[Example], max_tokens: int
-) -> tuple[list[Encoded], np.ndarray]:
-    """Each example's model input, and its token count (int64) for batching."""
-    cache: TokenCache = {}
-    encoded = [encode_text(vocab, config, ex.text, max_tokens, cache) for ex in examples]
-    return encoded, np.asarray([len(e.ids) for e in encoded], dtype=np.int64)
+    vocab: Vocab,
+    config: ModelConfig,
+    examples: Sequence[Example],
+    cache: TokenCache | None = None,
+) -> tuple[list[list[Encoded]], np.ndarray]:
+    """Each example's rows (one per window), and its token count (int64) for batching."""
+    planner = window_planner(config)
+    cache = {} if cache is None else cache
+    encoded = [encode_windows(vocab, config, planner, ex.text, cache) for ex in examples]
+    lengths = np.asarray([sum(len(row.ids) for row in rows) for rows in encoded], np.int64)
+    return encoded, lengths

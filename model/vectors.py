@@ -14,10 +14,19 @@ the table makes a new tensor, so a scorer never sees a row change under it.
 
 The cached rows are only valid for the weights they were computed with: an engine
 must not be used after its model's weights change.
+
+Memory is bounded in bytes (`max_bytes`, 64 MiB by default): the table's allocated
+rows (`token_dim` float32 each) plus, per cached token, its key (`sys.getsizeof`) and
+`SLOT_OVERHEAD` for its dict entry. A table at or past the budget is started afresh
+before the next batch (slots cannot be evicted one by one while earlier batches may
+still read them), so it holds at most the budget plus one batch's new tokens. The
+bound used to be 100,000 slots, whatever the tokens' length: their keys alone could
+grow without limit before the tokenizer capped tokens at 64 characters.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Sequence
 
@@ -28,10 +37,13 @@ from torch.nn.utils.rnn import PackedSequence
 from model.network import Classifier
 from model.subword import subword_batch
 
-# 100k rows x (100 + 32) float32 = 53 MB; the 11,456 corpus texts hold 22,724 distinct
-# tokens, and warm-up adds the vocabulary (22,364 for the default checkpoint).
-DEFAULT_MAX_SLOTS = 100_000
+# 64 MiB: 98,000 tokens of the default model (rows of 100 + 32 float32 = 528 bytes,
+# keys of 56 bytes on average), about what the old 100,000-slot bound held. The 11,456
+# corpus texts hold 22,724 distinct tokens, and warm-up adds the vocabulary (22,364
+# for the default checkpoint).
+DEFAULT_MAX_BYTES = 64 << 20
 INITIAL_SLOTS = 4096
+SLOT_OVERHEAD = 100  # bytes per cached token besides its key: dict entry and index
 
 
 class TokenVectors:
@@ -39,21 +51,29 @@ class TokenVectors:
         self,
         model: Classifier,
         device: torch.device,
-        max_slots: int = DEFAULT_MAX_SLOTS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         initial_slots: int = INITIAL_SLOTS,
     ) -> None:
         self.model = model
         self.device = device
-        self.max_slots = max_slots
+        self.max_bytes = max_bytes
         self.initial_slots = initial_slots
+        self.row_bytes = model.config.token_dim * torch.finfo(torch.float32).bits // 8
+        self.resets = 0
         self._lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
         self._slots: dict[str, int] = {}
+        self._key_bytes = 0
         self._table = torch.empty(
             (self.initial_slots, self.model.config.token_dim), device=self.device
         )
+
+    @property
+    def bytes(self) -> int:
+        """What the cache holds now: the table's allocated rows and the tokens' keys."""
+        return self._table.shape[0] * self.row_bytes + self._key_bytes
 
     def assign(
         self,
@@ -63,13 +83,14 @@ class TokenVectors:
         """Slots for `tokens` (a batch's, concatenated), and the table that holds them.
 
         `describe` gives new tokens' vocabulary ids and sub-word buckets (an empty
-        sequence for models without sub-words). A table past `max_slots` is started
-        afresh first, so its size stays bounded by `max_slots` plus one batch's new
+        sequence for models without sub-words). A table at or past `max_bytes` is
+        started afresh first, so it holds at most `max_bytes` plus one batch's new
         tokens.
         """
         with self._lock:
-            if len(self._slots) >= self.max_slots:
+            if self.bytes >= self.max_bytes:
                 self._reset()
+                self.resets += 1
             slots = self._slots
             found = list(map(slots.get, tokens))
             if None in found:
@@ -82,11 +103,14 @@ class TokenVectors:
                             slot = slots[token] = len(slots)
                             new_tokens.append(token)
                         found[position] = slot
+                key_bytes = sum(map(sys.getsizeof, new_tokens)) + SLOT_OVERHEAD * len(new_tokens)
+                self._key_bytes += key_bytes
                 try:
                     self._fill(*describe(new_tokens))
                 except BaseException:
                     for token in new_tokens:  # no slot may point at a row never written
                         del slots[token]
+                    self._key_bytes -= key_bytes
                     raise
             return np.array(found, dtype=np.int64), self._table
 
@@ -95,8 +119,10 @@ class TokenVectors:
         needed = len(self._slots)
         filled = needed - len(ids)
         if needed > self._table.shape[0]:
-            # Doubling, but not past max_slots unless one batch needs more.
-            rows = max(needed, min(2 * self._table.shape[0], self.max_slots))
+            # Doubling, but not past the budget left beside the keys unless one batch
+            # needs more.
+            affordable = (self.max_bytes - self._key_bytes) // self.row_bytes
+            rows = max(needed, min(2 * self._table.shape[0], affordable))
             grown = torch.empty((rows, self._table.shape[1]), device=self.device)
             grown[:filled] = self._table[:filled]
             self._table = grown

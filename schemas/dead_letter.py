@@ -24,6 +24,13 @@ class ErrorKind(StrEnum):
     TEXT_TOO_LONG = "text_too_long"
     INVALID_FIELD = "invalid_field"
     INFERENCE_ERROR = "inference_error"
+    OUTPUT_TOO_LARGE = "output_too_large"
+    """The record's result or dead letter exceeded the producer's or the output topic's
+    size limit: this minimal dead letter (coordinates and reason, nothing embedded)
+    stands in for it."""
+    OUTPUT_REJECTED = "output_rejected"
+    """The broker refused the record's output as invalid (`InvalidRecordError`, e.g. a
+    compacted topic and no key): this minimal dead letter stands in for it."""
 
 
 Encoding = Literal["utf-8", "base64"]
@@ -48,8 +55,9 @@ class DeadLetter(BaseModel):
     truncated: Annotated[
         bool,
         Field(
-            description="True when key/value hold only a prefix of the original bytes: the "
-            "record was too large to embed whole in a dead letter."
+            description="True when key/value hold only a prefix of the original bytes (none "
+            "at all for output_too_large and output_rejected): the record was too large to "
+            "embed whole in a dead letter."
         ),
     ] = False
 

@@ -1,19 +1,22 @@
 """The input message: what producers put on the requests topic.
 
-The maximum text length is an operator setting, not a schema constant, so it is
-passed through pydantic's validation context (`{"max_text_chars": N}`); the
-exported JSON Schema shows the default.
+Every valid text is scored, however long: the operator's `MODSTREAM_MAX_TEXT_CHARS`
+(default `DEFAULT_MAX_TEXT_CHARS`) only bounds how much of it the model reads (the
+result's `coverage` says how much). The one length limit here is a hard cap,
+`MAX_TEXT_CHARS`, as many characters as the worker's hard cap on a record's bytes
+(`worker.decode.MAX_VALUE_BYTES`, 1 MiB): no chat message or comment comes near it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-DEFAULT_MAX_TEXT_CHARS = 10_000
+DEFAULT_MAX_TEXT_CHARS = 10_000  # the default scoring budget (characters read per text)
+MAX_TEXT_CHARS = 1 << 20  # the hard cap: longer texts are rejected
 MAX_ID_CHARS = 256
 MAX_METADATA_ENTRIES = 64
 
@@ -27,8 +30,10 @@ class ModerationRequest(BaseModel):
     text: Annotated[
         str,
         Field(
-            description="Content to score; whitespace-only text is rejected.",
-            json_schema_extra={"maxLength": DEFAULT_MAX_TEXT_CHARS},
+            description="Content to score; whitespace-only text is rejected. Any length up "
+            "to the hard cap is scored; past the operator's budget the result's coverage "
+            "says how much was read.",
+            json_schema_extra={"maxLength": MAX_TEXT_CHARS},
         ),
     ]
     metadata: Annotated[dict[str, str] | None, Field(max_length=MAX_METADATA_ENTRIES)] = None
@@ -36,22 +41,13 @@ class ModerationRequest(BaseModel):
 
     @field_validator("text")
     @classmethod
-    def _text_within_limits(cls, text: str, info: ValidationInfo) -> str:
+    def _text_within_limits(cls, text: str) -> str:
         if not text.strip():
             raise PydanticCustomError("empty_text", "text is empty or whitespace only")
-        limit = _max_text_chars(info.context)
-        if len(text) > limit:
+        if len(text) > MAX_TEXT_CHARS:
             raise PydanticCustomError(
                 "text_too_long",
-                "text has {length} characters, the limit is {limit}",
-                {"length": len(text), "limit": limit},
+                "text has {length} characters, over the hard cap of {limit}",
+                {"length": len(text), "limit": MAX_TEXT_CHARS},
             )
         return text
-
-
-def _max_text_chars(context: Any) -> int:
-    if isinstance(context, dict):
-        value = context.get("max_text_chars")
-        if isinstance(value, int) and value > 0:
-            return value
-    return DEFAULT_MAX_TEXT_CHARS

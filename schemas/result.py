@@ -1,8 +1,13 @@
-"""The moderation result published for every valid request."""
+"""The moderation result published for every valid request.
+
+`coverage` and `evidence` came later: both are optional, so a consumer that ignores
+unknown fields, or validates with an older copy of this schema that allows them, is
+unaffected. The worker and `modstream score` always fill them.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +26,35 @@ class Timings(BaseModel):
     batch_size: Annotated[int, Field(ge=1, description="Valid requests scored together.")]
 
 
+class Coverage(BaseModel):
+    """How much of the text was read. A text longer than the scoring budget
+    (`MODSTREAM_MAX_TEXT_CHARS`) is read in parts: its head, its tail and slices of the
+    middle placed by a seeded draw (`strategy` "head+tail+sampled"); otherwise whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chars_scored: Annotated[
+        int, Field(ge=0, description="Characters of the text the model read (see README).")
+    ]
+    chars_total: Annotated[int, Field(ge=0, description="Characters in the text.")]
+    windows: Annotated[int, Field(ge=1, description="Windows the model scored.")]
+    strategy: Annotated[
+        Literal["whole", "head+tail+sampled"],
+        Field(description="How the scored parts were chosen."),
+    ]
+
+
+class Span(BaseModel):
+    """A part of the text that drove a category's score: characters [start, end) of the
+    request's `text` (Python string indices, i.e. code points), and that part's score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: Annotated[int, Field(ge=0)]
+    end: Annotated[int, Field(ge=0)]
+    score: Probability
+
+
 class ModerationResult(BaseModel):
     """One result per valid request; `flagged` is true when any category is."""
 
@@ -35,3 +69,12 @@ class ModerationResult(BaseModel):
     partition: Annotated[int, Field(ge=0)]
     offset: Annotated[int, Field(ge=0)]
     timings: Timings
+    coverage: Annotated[Coverage | None, Field(description="How much of the text was read.")] = None
+    evidence: Annotated[
+        dict[str, list[Span]] | None,
+        Field(
+            description="For each flagged category, the spans (at most 3, best first "
+            "among those that do not overlap, listed in text order) whose score reached "
+            "the category's threshold."
+        ),
+    ] = None

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerates the README's generated tables (configuration, metrics) from the code.
+"""Regenerates the README's generated tables (configuration, metrics, retrain's training
+flags) from the code.
 
 `python scripts/readme_tables.py` rewrites them in place; `--check` exits 1 when the
 README is stale (a unit test runs the check).
@@ -18,9 +19,14 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from worker.metrics import catalogue_markdown  # noqa: E402
 from worker.settings import settings_markdown  # noqa: E402
+from worker.train_flags import train_flags_markdown  # noqa: E402
 
 README = REPO_ROOT / "README.md"
-TABLES: dict[str, Callable[[], str]] = {"config": settings_markdown, "metrics": catalogue_markdown}
+TABLES: dict[str, Callable[[], str]] = {
+    "config": settings_markdown,
+    "metrics": catalogue_markdown,
+    "retrain": train_flags_markdown,
+}
 
 
 def render(text: str) -> str:

@@ -36,8 +36,9 @@ One batch, and where each step lives:
 other, or (at-least-once, `MODSTREAM_PIPELINE_DEPTH` > 0) with scoring and output
 building on their own threads (worker/pipeline.py) while this thread polls the next.
 
-Shutdown (SIGTERM/SIGINT) stops polling, finishes the batches in hand through step 3,
-then closes the clients and exits 0.
+Shutdown (SIGTERM/SIGINT, relayed by worker/signals.py) stops polling, finishes the
+batches in hand through step 3, then closes the clients and exits 0; during start-up it
+exits 0 after the step in progress.
 """
 
 from __future__ import annotations
@@ -48,8 +49,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import structlog
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.structs import TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 
 from model.engine import Engine
 from model.errors import ExitCode, ModstreamError
@@ -57,23 +57,21 @@ from worker import clients
 from worker.batcher import Batcher
 from worker.clients import WorkerFencedError
 from worker.decode import Decoder, SourceRecord
-from worker.delivery import (
-    AtLeastOnceDelivery,
-    BatchDelivery,
-    TransactionalDelivery,
-    WorkerStoppedError,
-)
+from worker.delivery import AtLeastOnceDelivery, BatchDelivery, WorkerStoppedError
 from worker.engine_slot import EngineSlot
 from worker.health import HealthState
 from worker.lag import LagMonitor
 from worker.metrics import WorkerMetrics
+from worker.outputs import OutputFitter, OutputLimits
 from worker.pipeline import OutputsFailedError, ScoringFailedError
 from worker.processing import BatchProcessor
+from worker.rebalance import GroupListener
 from worker.runner import BatchRunner
 from worker.settings import WorkerSettings
 from worker.sink import Sink
 from worker.source import Source
 from worker.summary import SummaryLog
+from worker.transactional import TransactionalDelivery
 
 log = structlog.get_logger("modstream.worker")
 
@@ -106,9 +104,10 @@ class Connected:
 class Worker:
     """The processing loop and its wiring.
 
-    Threads: `run`, the rebalance callbacks (kafka-python calls them inside poll) and
-    everything they call on the processing thread; `request_stop` from a signal
-    handler; `engines.offer_engine` from the reload thread.
+    Threads: `run` and everything it calls on the processing thread; the rebalance
+    listener (worker/rebalance.py) on kafka-python's I/O thread while `run` waits in
+    poll; `request_stop` from the signals thread (worker/signals.py);
+    `engines.offer_engine` from the reload thread.
     """
 
     def __init__(
@@ -131,7 +130,7 @@ class Worker:
             max_bytes=settings.max_batch_bytes,
         )
         self.processor = BatchProcessor(
-            Decoder(settings.max_text_chars),
+            Decoder(),
             self.metrics,
             settings.output_topic,
             settings.dead_letter_topic,
@@ -169,11 +168,19 @@ class Worker:
     def connect(self) -> None:
         """Create the Kafka clients; raises BrokerUnavailableError with the bootstrap named."""
         made = clients.connect(self.settings)
-        self.attach(made.consumer, made.producer)
+        self.attach(made.consumer, made.producer, made.limits)
 
-    def attach(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
-        """Wire the worker to its clients (`connect` makes them; tests hand in stand-ins)."""
+    def attach(
+        self,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        limits: OutputLimits | None = None,
+    ) -> None:
+        """Wire the worker to its clients (`connect` makes them; tests hand in stand-ins).
+        `limits`: the output topics' size limits (None: the producer's default only)."""
         s = self.settings
+        fitter = OutputFitter(limits or OutputLimits(), s.dead_letter_topic)
+        self.processor.fitter = fitter
         source = Source(consumer, s, self.metrics, self.health, self._stop)
         delivery: BatchDelivery
         if s.delivery == "exactly_once":
@@ -185,14 +192,28 @@ class Worker:
                 self.metrics,
                 self.health,
                 self._stop,
+                fitter=fitter,
             )
         else:
-            sink = Sink(producer, s.publish_timeout_s)
-            delivery = AtLeastOnceDelivery(sink, consumer, self.metrics, self.health, self._stop)
+            sink = Sink(producer, s.publish_timeout_s, lambda: clients.new_producer(s))
+            delivery = AtLeastOnceDelivery(
+                sink, consumer, self.metrics, self.health, self._stop, fitter=fitter, settings=s
+            )
         lag = LagMonitor(consumer, self.metrics, s.input_topic, s.lag_interval_s)
         runner = BatchRunner(self.processor, self.engines, delivery, self.metrics, self.summary)
         self._connected = Connected(source, delivery, lag, runner)
-        source.subscribe(_Rebalance(self))
+        source.subscribe(
+            GroupListener(
+                self.batcher,
+                runner,
+                source,
+                delivery,
+                lag,
+                self.metrics,
+                self.health,
+                drain_s=min(s.publish_timeout_s, s.session_timeout_ms / 2000.0),
+            )
+        )
         self.health.set(kafka_ok=True, problem=None)
 
     def run(self) -> int:
@@ -251,60 +272,3 @@ class Worker:
     def process_batch(self, batch: Sequence[SourceRecord]) -> None:
         """One closed batch through every step, synchronously."""
         self.kafka.runner.process(batch)
-
-    # -- group membership (processing thread, inside poll) ---------------------------
-
-    def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        pending = self.batcher.take()
-        if pending:
-            log.info("finishing_batch_before_revocation", records=len(pending))
-            self.kafka.runner.handle(pending)
-        self.kafka.runner.drain()  # commit all in flight while the partitions are still ours
-        # Cooperative: only `revoked` goes, no assign follows.
-        self.metrics.assigned_partitions.set(len(self.kafka.source.assignment() - revoked))
-        self.kafka.lag.forget(revoked)
-
-    def on_lost(self, lost: set[TopicPartition]) -> None:
-        """Evicted from the group: the partitions' new owners re-read from the last
-        commit, so the records in hand are dropped rather than answered twice."""
-        self.kafka.delivery.forget(lost)
-        pending = self.batcher.take()
-        if pending:
-            self.metrics.in_flight.dec(len(pending))
-        self.kafka.lag.forget(lost)
-        log.warning(
-            "partitions_lost",
-            partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in lost),
-            dropped_records=len(pending),
-        )
-
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.metrics.rebalances.inc()
-        # With the cooperative assignor `assigned` holds only the partitions added.
-        current = self.kafka.source.assignment()
-        self.metrics.assigned_partitions.set(len(current))
-        # A member with no partitions (more workers than partitions) is ready too: it
-        # takes over as soon as a rebalance hands it some.
-        self.health.set(group_joined=True, assigned_partitions=len(current))
-        self.kafka.lag.keep_only(current)
-        self.kafka.lag.refresh_soon()  # measure the new assignment on the next turn
-        log.info(
-            "partitions_assigned",
-            partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned),
-        )
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """kafka-python calls these inside `poll`, on the processing thread."""
-
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._worker.on_revoked(revoked)
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker.on_assigned(assigned)
-
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        self._worker.on_lost(lost)

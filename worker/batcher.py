@@ -13,7 +13,9 @@ their own (adaptive batching).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+
+from kafka.structs import TopicPartition
 
 from worker.decode import SourceRecord
 
@@ -43,6 +45,19 @@ class Batcher:
         self._pending_bytes = 0
         self._first_at = None
         return batch
+
+    def release(self, partitions: Collection[TopicPartition]) -> list[SourceRecord]:
+        """Take out the pending records of `partitions` (revoked or lost): they were
+        never answered, so whoever owns the partitions next reads them again."""
+        kept = [r for r in self._pending if TopicPartition(r.topic, r.partition) not in partitions]
+        if len(kept) == len(self._pending):
+            return []
+        released = [r for r in self._pending if TopicPartition(r.topic, r.partition) in partitions]
+        self._pending = kept
+        self._pending_bytes = sum(len(r.value or b"") for r in kept)
+        if not kept:
+            self._first_at = None
+        return released
 
     def _full(self) -> bool:
         return len(self._pending) >= self.max_size or self._pending_bytes >= self.max_bytes

@@ -14,41 +14,98 @@ load, 1 when there is nothing to roll back to.
 
 A command fails by raising a `ModstreamError` (model/errors.py); `main` turns it into
 `modstream <command>: <message>` on stderr and the error's `exit_code`, in one place.
+
+Parsing imports nothing heavy: torch (2.3 s, `python -X importtime`) is imported by a
+command once it needs a model, so `--help` and argument errors answer at once. The
+retrain flags come from a torch-free table (worker/train_flags.py) for that reason.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import sys
-import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
 
 from model.errors import ExitCode, ModstreamError
-from worker import store_commands
+from worker import score_command, store_commands
 from worker.command_errors import (
     CheckpointUnusableError,
-    InvalidInputError,
     UsageError,
     describe_validation_error,
     exit_code_of,
 )
 
+__all__ = ["build_parser", "exit_code_of", "load_settings", "main"]
+
+EXIT_CODES = """\
+exit codes: 0 ok; 1 failure; 2 bad arguments or settings (the message names the flag
+and variable); 3 checkpoint missing or invalid; 4 Kafka unreachable at start;
+10 retrain: the promotion gate kept the current model."""
+
+WORKER_DESCRIPTION = """\
+Consume moderation requests from Kafka, score them in batches, publish one result (or
+dead letter) per request, and commit offsets only after the outputs are acknowledged.
+Every setting is a flag and a MODSTREAM_* environment variable (flags win); the values
+in effect are logged once at start. Serves /metrics, /livez and /readyz on
+--metrics-port. SIGTERM/SIGINT: finish the batch in hand, commit, exit 0. SIGHUP:
+check the checkpoint for a new version now.
+
+The passwords have no flag (a command line shows in `ps` and shell history): set
+MODSTREAM_SASL_PASSWORD and MODSTREAM_SSL_KEY_PASSWORD in the environment only, or
+name a file holding them with --sasl-password-file / --ssl-key-password-file."""
+
+WORKER_EPILOG = """\
+example:
+  MODSTREAM_KAFKA_BOOTSTRAP=broker:9092 modstream worker --checkpoint-dir checkpoints
+
+exit codes: 0 stopped by SIGTERM/SIGINT after committing; 1 failure (e.g. outputs not
+acknowledged at shutdown, another worker with the same identity); 2 a bad setting, or
+the metrics port is in use; 3 the checkpoint is missing or does not load; 4 no Kafka
+broker answered within --startup-timeout-s."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; the one place an escaping `ModstreamError` becomes an exit code
-    and a line on stderr."""
+    and a line on stderr. A reader that stops early (`modstream score … | head -1`)
+    ends the command quietly, with exit code 0."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    signals = None
+    if arguments[:1] == ["worker"]:
+        # Before the parser and the model load (seconds on a busy node): from here on a
+        # SIGTERM is a request to stop, never death by the signal (worker/signals.py).
+        from worker.signals import SignalRelay
+
+        signals = SignalRelay()
+        signals.install()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
+    args.signals = signals
     try:
         return int(args.handler(args))
     except ModstreamError as exc:
         sys.stderr.write(f"modstream {_failing_step(args, exc)}: {exc}\n")
         return exit_code_of(exc)
+    except BrokenPipeError:
+        _silence_stdout()
+        return ExitCode.OK
+
+
+def _silence_stdout() -> None:
+    """stdout's reader is gone: point stdout at /dev/null so that the interpreter's
+    final flush does not print a second BrokenPipeError at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (tests capture it)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _failing_step(args: argparse.Namespace, exc: ModstreamError) -> str:
@@ -60,22 +117,52 @@ def _failing_step(args: argparse.Namespace, exc: ModstreamError) -> str:
     return f"{args.command} {action}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modstream", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def version() -> str:
+    """The installed package's version (pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
 
-    worker = sub.add_parser("worker", help="consume requests, publish results (long-running)")
+    try:
+        return package_version("modstream")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """`--version`, looked up only when asked for (importlib.metadata scans packages)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        sys.stdout.write(f"modstream {version()}\n")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modstream",
+        description="Streaming content moderation: Kafka in, packed-LSTM scores out.",
+        epilog="examples:\n  modstream score messages.jsonl --format table\n"
+        "  modstream worker --help\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action=_VersionAction)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = sub.add_parser(
+        "worker",
+        help="consume requests, publish results (long-running)",
+        description=WORKER_DESCRIPTION,
+        epilog=WORKER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No abbreviations: `--sasl-password x` must fail, not become `--sasl-password-file x`.
+        allow_abbrev=False,
+    )
     _add_settings_flags(worker)
     worker.set_defaults(handler=_run_worker)
 
-    score = sub.add_parser("score", help="score request JSONL from a file or stdin")
-    score.add_argument("input", nargs="?", default="-", help="JSONL file (default: stdin)")
-    score.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory")
-    score.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    score.add_argument("--batch-size", type=int, default=256)
-    score.add_argument("--max-text-chars", type=int, default=None)
-    score.set_defaults(handler=_run_score)
-
+    score_command.add_parser(sub)
     store_commands.add_parsers(sub)
     return parser
 
@@ -89,6 +176,28 @@ def _settings_fields() -> dict[str, Any]:
     return dict(WorkerSettings.model_fields)
 
 
+def _flag_shape(name: str, annotation: Any) -> dict[str, Any]:
+    """choices for a Literal setting, else a metavar from its type or unit suffix."""
+    options = [a for a in get_args(annotation) if a is not type(None)]
+    inner = options[0] if get_origin(annotation) in (Union, UnionType) else annotation
+    if get_origin(inner) is Literal:
+        return {"choices": list(get_args(inner))}
+    if inner is Path:
+        return {"metavar": "PATH"}
+    for suffix, metavar in (("_ms", "MS"), ("_us", "MICROSECONDS"), ("_s", "SECONDS")):
+        if name.endswith(suffix):
+            return {"metavar": metavar}
+    return {"metavar": {int: "N", float: "X"}.get(inner, "TEXT")}
+
+
+def _shown_default(field: Any) -> str:
+    if field.default_factory is not None:
+        return "checkpoints/current under the repo root"
+    if field.default is None:
+        return "none"
+    return str(field.default)
+
+
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     from worker.settings import ENV_ONLY_SETTINGS
 
@@ -97,12 +206,13 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + name.replace("_", "-")
         env = "MODSTREAM_" + name.upper()
+        description = (field.description or "").rstrip(".")
         parser.add_argument(
             flag,
             dest=f"setting_{name}",
             default=None,
-            metavar="VALUE",
-            help=f"{field.description or ''} [env {env}]",
+            help=f"{description} (default: {_shown_default(field)}) [env {env}]",
+            **_flag_shape(name, field.annotation),
         )
 
 
@@ -120,7 +230,60 @@ def load_settings(args: argparse.Namespace) -> Any:
         raise UsageError(describe_validation_error(exc)) from exc
 
 
+def _metrics_server(settings: Any, worker: Any) -> Any:
+    """The /metrics and health server, bound now; a port already taken is a usage error
+    naming the setting, not a traceback."""
+    import errno
+
+    from worker.health import HealthServer
+
+    try:
+        return HealthServer(
+            settings.metrics_host, settings.metrics_port, worker.metrics.registry, worker.health
+        )
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(
+                f"metrics port {settings.metrics_port} on {settings.metrics_host} is already in "
+                "use (--metrics-port / MODSTREAM_METRICS_PORT; 0 picks a free port)"
+            ) from exc
+        raise UsageError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
+            f"(--metrics-host / MODSTREAM_METRICS_HOST, --metrics-port / "
+            f"MODSTREAM_METRICS_PORT): {exc.strerror or exc}"
+        ) from exc
+
+
+def _announce_settings(settings: Any, log: Any) -> None:
+    """One line with the settings in effect (secrets masked), and a warning per
+    `MODSTREAM_*` variable nothing reads, naming the closest known one."""
+    from worker.startup import effective_settings, unknown_variables
+
+    for variable, closest in unknown_variables(os.environ):
+        log.warning(
+            "unknown_variable",
+            variable=variable,
+            did_you_mean=closest,
+            note="no setting reads it; it is ignored",
+        )
+    log.info("settings", **effective_settings(settings))
+
+
+def check_security_files(settings: Any) -> None:
+    """TLS and secret files are usable, before anything slow starts (exit 2 if not)."""
+    from worker.security import SecuritySettingsError
+
+    try:
+        settings.kafka_common()
+    except SecuritySettingsError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _run_worker(args: argparse.Namespace) -> int:
+    from worker.signals import SignalRelay
+
+    # Installed by `main` before parsing; start-up checks it between its steps.
+    signals: SignalRelay = args.signals
     settings = load_settings(args)
     from worker.logs import configure_logging
 
@@ -128,13 +291,22 @@ def _run_worker(args: argparse.Namespace) -> int:
     import structlog
 
     log = structlog.get_logger("modstream.cli")
+    log.info("worker_starting", checkpoint_dir=str(settings.checkpoint_dir))
+    _announce_settings(settings, log)
+    check_security_files(settings)
     from model.checkpoint import CheckpointError
     from model.engine import Engine, EngineError
     from worker.app import Worker
     from worker.clients import BrokerUnavailableError
-    from worker.health import HealthServer
     from worker.reload import Reloader
 
+    def stopped_during(step: str) -> bool:
+        if signals.requested:
+            log.info("stopped_during_startup", step=step)
+        return signals.requested
+
+    if stopped_during("starting"):
+        return ExitCode.OK
     if settings.gil_switch_interval_us:
         # The scoring thread releases the GIL inside every torch call and must win it
         # back from the processing thread; at Python's 5 ms default each handover can
@@ -146,25 +318,23 @@ def _run_worker(args: argparse.Namespace) -> int:
         torch.set_num_threads(settings.torch_threads)
     try:
         engine = Engine.load(
-            settings.checkpoint_dir, device=settings.device, max_tokens=settings.max_tokens
+            settings.checkpoint_dir, device=settings.device, **settings.engine_options()
         )
     except (CheckpointError, EngineError) as exc:
         log.error(
             "checkpoint_unusable", checkpoint_dir=str(settings.checkpoint_dir), error=str(exc)
         )
         raise CheckpointUnusableError(f"checkpoint {settings.checkpoint_dir}: {exc}") from exc
-
+    if stopped_during("loading the model"):
+        return ExitCode.OK
     log.info("engine_warmed_up", seconds=round(engine.warm_up(), 3), version=engine.version)
+    if stopped_during("warming up"):
+        return ExitCode.OK
     worker = Worker(settings, engine)
-    server = HealthServer(
-        settings.metrics_host, settings.metrics_port, worker.metrics.registry, worker.health
-    )
+    signals.on_stop(worker.request_stop)  # at once if the signal came meanwhile
+    server = _metrics_server(settings, worker)
     server.start()
     log.info("metrics_listening", port=server.port, host=settings.metrics_host)
-
-    def _stop(signum: int, _frame: types.FrameType | None) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
-        worker.request_stop()
 
     reloader = Reloader(
         settings.checkpoint_dir,
@@ -172,65 +342,23 @@ def _run_worker(args: argparse.Namespace) -> int:
         worker.metrics,
         settings.reload_interval_s,
         device=settings.device,
-        max_tokens=settings.max_tokens,
+        engine_options=settings.engine_options(),
     )
-
-    def _reload(signum: int, _frame: types.FrameType | None) -> None:
-        reloader.request_check()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGHUP, _reload)
+    signals.on_reload(reloader.request_check)
     try:
         worker.connect()
     except BrokerUnavailableError as exc:
-        log.error("broker_unreachable", error=str(exc))
         server.stop()
+        if stopped_during("connecting"):
+            return ExitCode.OK
+        log.error("broker_unreachable", error=str(exc))
         raise
     reloader.start()
     try:
-        return worker.run()
+        return worker.run()  # a stop that came while connecting ends it at once, cleanly
     finally:
         reloader.stop()
         server.stop()
-
-
-# -- score -------------------------------------------------------------------------
-
-
-def _run_score(args: argparse.Namespace) -> int:
-    from model.checkpoint import CheckpointError, default_checkpoint_dir
-    from model.engine import Engine, EngineError
-    from worker.logs import configure_logging
-    from worker.scoring import score_stream
-
-    # Output is the JSON lines on stdout: log lines (errors only) go to stderr.
-    configure_logging("error")
-
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    checkpoint = args.checkpoint or default_checkpoint_dir()
-    try:
-        engine = Engine.load(checkpoint, device=args.device)
-    except (CheckpointError, EngineError) as exc:
-        raise CheckpointUnusableError(f"checkpoint {checkpoint}: {exc}") from exc
-    source: TextIO
-    if args.input == "-":
-        source = sys.stdin
-        invalid = score_stream(
-            engine, source, sys.stdout, "stdin", args.batch_size, args.max_text_chars
-        )
-    else:
-        path = Path(args.input)
-        if not path.is_file():
-            raise UsageError(f"input file {path} does not exist")
-        with path.open(encoding="utf-8", errors="surrogateescape") as source:
-            invalid = score_stream(
-                engine, source, sys.stdout, path.name, args.batch_size, args.max_text_chars
-            )
-    if invalid:
-        raise InvalidInputError(f"{invalid} invalid input line(s), see error_kind")
-    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """The worker's Kafka clients: how they are built, and what their refusals mean.
 
 `connect` builds the consumer and the producer from `WorkerSettings` (bootstrap, group,
-security: `WorkerSettings.kafka_common` hands both clients the same SASL/TLS settings).
+security: `WorkerSettings.kafka_common` hands both clients the same SASL/TLS settings),
+and reads the output topics' size limits (`read_output_limits`, worker/outputs.py).
 When no broker answers within `MODSTREAM_STARTUP_TIMEOUT_S` it raises
 `BrokerUnavailableError` (exit code 4) saying which step failed: nothing accepts TCP
-connections, or something does but the SASL or TLS handshake never completed.
+connections (or the host name does not resolve), or something does but the SASL or
+TLS handshake never completed. kafka-python's own retry lines are held back meanwhile
+(worker/logs.py), so the reason is one line, not 17 (2 s against a closed port).
 
 Runs on the main thread at start; `new_producer` also on the processing thread, when
 exactly-once delivery replaces a producer it could not abort a transaction with.
@@ -13,11 +16,13 @@ exactly-once delivery replaces a producer it could not abort a transaction with.
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
@@ -29,6 +34,15 @@ from kafka.errors import (
 )
 
 from model.errors import ExitCode, ModstreamError
+from worker.logs import client_logs_quieted
+from worker.outputs import OutputLimits
+from worker.security import (
+    authorization_hint,
+    explain_refusal,
+    missing_right,
+    recording_handshake_failures,
+    refusal_settings_hint,
+)
 from worker.settings import WorkerSettings
 from worker.sink import describe
 
@@ -65,23 +79,64 @@ class KafkaClients:
 
     consumer: KafkaConsumer
     producer: KafkaProducer
+    limits: OutputLimits
 
 
 def connect(settings: WorkerSettings) -> KafkaClients:
-    """Both clients, or BrokerUnavailableError naming the bootstrap and why it failed."""
+    """Both clients and the output limits, or BrokerUnavailableError naming the
+    bootstrap and why it failed."""
     consumer: KafkaConsumer | None = None
+    # kafka-python only logs why a handshake failed: record it to say so. Its lines are
+    # kept off stderr meanwhile: the error below says it once, and why.
+    with recording_handshake_failures() as handshake, client_logs_quieted():
+        try:
+            consumer = new_consumer(settings)
+            producer = new_producer(settings)
+        except KafkaError as exc:
+            if consumer is not None:
+                consumer.close(autocommit=False)
+            hint = authorization_hint(exc, settings) or refusal_hint(settings, handshake.failures)
+            raise BrokerUnavailableError(
+                f"no usable Kafka broker at {settings.kafka_bootstrap!r} within "
+                f"{settings.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security "
+                f"protocol {settings.security_protocol}): {describe(exc)}{hint}"
+            ) from exc
+    limits = read_output_limits(settings, int(producer.config["max_request_size"]))
+    return KafkaClients(consumer, producer, limits)
+
+
+def read_output_limits(settings: WorkerSettings, producer_max: int) -> OutputLimits:
+    """`max.message.bytes` of the result and dead-letter topics, as the broker applies
+    it (`config_filter="all"`: the default filter hides values inherited from the
+    broker). A topic whose limit cannot be read (describe not allowed, topic missing)
+    gets the producer's `max_request_size` alone; what the broker refuses anyway is
+    replaced when it is sent (worker/delivery.py)."""
+    topics = [settings.output_topic, settings.dead_letter_topic]
+    found: dict[str, int] = {}
     try:
-        consumer = new_consumer(settings)
-        producer = new_producer(settings)
+        admin = KafkaAdminClient(
+            client_id=f"{settings.client_id}-admin",
+            request_timeout_ms=int(settings.startup_timeout_s * 1000),
+            **settings.kafka_common(),
+        )
+        try:
+            answer = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics],
+                config_filter="all",
+            )
+        finally:
+            admin.close()
+        for topic in topics:
+            entry = answer.get("topic", {}).get(topic, {}).get("max.message.bytes", {})
+            if str(entry.get("value", "")).isdigit():
+                found[topic] = int(entry["value"])
     except KafkaError as exc:
-        if consumer is not None:
-            consumer.close(autocommit=False)
-        raise BrokerUnavailableError(
-            f"no usable Kafka broker at {settings.kafka_bootstrap!r} within "
-            f"{settings.startup_timeout_s:g}s (MODSTREAM_KAFKA_BOOTSTRAP, security protocol "
-            f"{settings.security_protocol}): {describe(exc)}{refusal_hint(settings)}"
-        ) from exc
-    return KafkaClients(consumer, producer)
+        log.warning("output_limits_unread", error=describe(exc), producer_max=producer_max)
+    missing = [topic for topic in topics if topic not in found]
+    if missing:
+        log.warning("output_limits_unknown", topics=missing, using_producer_max=producer_max)
+    log.info("output_limits", producer_max=producer_max, topic_max=found)
+    return OutputLimits(producer_max, found)
 
 
 def new_consumer(settings: WorkerSettings) -> KafkaConsumer:
@@ -136,7 +191,14 @@ def new_producer(settings: WorkerSettings) -> KafkaProducer:
 
 
 def fenced_message(settings: WorkerSettings, exc: BaseException) -> str:
-    """Why a fenced worker stops, naming the ids that must be unique."""
+    """Why a fenced worker stops, naming the ids that must be unique (or, when the
+    broker's ACLs refused the transactional id, the missing right)."""
+    right = missing_right(exc, settings)
+    if right is not None:  # TransactionalIdAuthorizationFailedError: an ACL, not a twin
+        return (
+            f"{describe(exc)}: the broker's ACLs deny this worker {right}; "
+            "stopping without committing"
+        )
     return (
         f"{type(exc).__name__}: {exc}: another live worker uses transactional id "
         f"{settings.resolved_transactional_id()!r} or group instance id "
@@ -145,27 +207,31 @@ def fenced_message(settings: WorkerSettings, exc: BaseException) -> str:
     )
 
 
-def refusal_hint(settings: WorkerSettings) -> str:
-    """When the servers accept TCP but the Kafka handshake never completes, say why."""
-    s = settings
-    reachable = [server for server in s.bootstrap_servers() if tcp_reachable(server)]
+def refusal_hint(settings: WorkerSettings, failures: Sequence[BaseException] = ()) -> str:
+    """Why no bootstrap server answered: its name does not resolve, nothing accepts TCP
+    connections there, or the Kafka handshake never completes: from the failures the
+    client reported (worker/security.py), else from the settings."""
+    servers = settings.bootstrap_servers()
+    unresolved = [server for server in servers if not resolves(server)]
+    if len(unresolved) == len(servers):
+        hosts = ", ".join(server.rpartition(":")[0] for server in unresolved)
+        return f"; {hosts} does not resolve (DNS): check the host name"
+    reachable = [server for server in servers if tcp_reachable(server)]
     if not reachable:
-        return "; nothing accepts TCP connections there"
-    if s.security_protocol.startswith("SASL_"):
-        return (
-            f"; {reachable[0]} accepts connections but closed them during SASL "
-            f"{s.sasl_mechanism} authentication: check MODSTREAM_SASL_USERNAME "
-            f"({s.sasl_username!r}), MODSTREAM_SASL_PASSWORD and MODSTREAM_SASL_MECHANISM"
-        )
-    if s.security_protocol.endswith("SSL"):
-        return (
-            f"; {reachable[0]} accepts connections but the TLS handshake failed: check "
-            "MODSTREAM_SSL_CAFILE and that the listener speaks TLS"
-        )
-    return (
-        f"; {reachable[0]} accepts connections but no Kafka handshake completed: is it a "
-        "Kafka PLAINTEXT listener (MODSTREAM_SECURITY_PROTOCOL)?"
-    )
+        also = f" ({', '.join(unresolved)} does not resolve)" if unresolved else ""
+        return f"; nothing accepts TCP connections there{also}"
+    explained = explain_refusal(settings, list(failures))
+    return f"; {explained or refusal_settings_hint(settings, reachable[0])}"
+
+
+def resolves(server: str) -> bool:
+    """Whether the host of `host:port` has an address (DNS, /etc/hosts, a literal IP)."""
+    host, _, port = server.rpartition(":")
+    try:
+        socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):  # socket.gaierror is an OSError
+        return False
+    return True
 
 
 def tcp_reachable(server: str, timeout_s: float = 2.0) -> bool:

@@ -33,12 +33,21 @@ def exit_code_of(exc: BaseException) -> int:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """pydantic's settings errors as one line, naming each field's flag and variable."""
+    """pydantic's settings errors as one line, naming each field's flag and variable (a
+    secret has no flag: `MODSTREAM_SASL_PASSWORD, environment only`)."""
+    from worker.settings import ENV_ONLY_SETTINGS
+
     parts = []
     for error in exc.errors(include_url=False):
         name = ".".join(str(p) for p in error["loc"])
-        parts.append(
-            f"invalid setting {name} (--{name.replace('_', '-')} / "
-            f"MODSTREAM_{name.upper()}): {error['msg']}"
+        if not name:  # a rule across settings: its message names them
+            parts.append(f"invalid settings: {error['msg'].removeprefix('Value error, ')}")
+            continue
+        env = f"MODSTREAM_{name.upper()}"
+        where = (
+            f"{env}, environment only"
+            if name in ENV_ONLY_SETTINGS
+            else f"--{name.replace('_', '-')} / {env}"
         )
+        parts.append(f"invalid setting {name} ({where}): {error['msg']}")
     return "; ".join(parts)

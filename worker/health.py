@@ -37,6 +37,9 @@ class HealthState:
     group_joined: bool = False
     kafka_ok: bool = True  # the clients connected, and polling and publishing work
     problem: str | None = None  # why not `kafka_ok`
+    # Offsets that cannot be committed (e.g. the group's ACL was taken away): cleared only
+    # by a commit that succeeds, whatever polls and publishes do meanwhile.
+    commit_problem: str | None = None
     assigned_partitions: int | None = None
     last_progress: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -77,6 +80,8 @@ class HealthState:
                 reasons.append("consumer group not joined")
             if not self.kafka_ok:
                 reasons.append(self.problem or "producer failing")
+            if self.commit_problem is not None:
+                reasons.append(self.commit_problem)
             ok = not reasons
             return ok, {
                 "ready": ok,

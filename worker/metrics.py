@@ -37,7 +37,7 @@ SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 OUTCOMES = ("ok", "invalid", "error")
 RELOAD_RESULTS = ("ok", "failed")
 STAGES = ("queue", "decode", "tokenize", "inference", "publish", "commit")
-COMMIT_RESULTS = ("ok", "failed")
+COMMIT_RESULTS = ("ok", "failed", "deferred")
 
 
 class WorkerMetrics:
@@ -124,6 +124,13 @@ class WorkerMetrics:
             "Batches whose outputs had to be sent again after a failure.",
             registry=r,
         )
+        self.outputs_abandoned = Counter(
+            "modstream_outputs_abandoned",
+            "Records left without any output: the broker refused even the minimal dead "
+            "letter standing in for their refused output (each an output_abandoned error "
+            "line); their partition moves on.",
+            registry=r,
+        )
         self.kafka_errors = Counter(
             "modstream_kafka_errors",
             "Kafka client errors by kind (exception class).",
@@ -132,7 +139,9 @@ class WorkerMetrics:
         )
         self.commits = Counter(
             "modstream_commits",
-            "Offset commits by result, counted when the group coordinator answers.",
+            "Offset commits by result, counted when the group coordinator answers: ok, "
+            "failed, deferred (refused while the group rebalances; sent again), aborted "
+            "(exactly-once).",
             ["result"],
             registry=r,
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from worker.processing import PreparedBatch
 from worker.sink import PublishError, Shipment
 
 log = structlog.get_logger("modstream.pipeline")
+
+SETTLE_CHECK_S = 0.005
+"""How often `InFlight.wait_settled` looks at a batch's send futures."""
 
 
 @dataclass
@@ -56,6 +60,22 @@ class InFlight:
         if self.shipment is None:
             return True  # a stage failed: completing raises it
         return all(f is None or f.is_done for f in self.shipment.futures)
+
+    def wait_settled(self, deadline: float) -> bool:
+        """Wait until `settled`, at the latest until `deadline` (`time.monotonic()`).
+        The send futures are looked at every `SETTLE_CHECK_S`: kafka-python resolves
+        them on its own thread and offers no wait for many at once."""
+        while not self.settled():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self.ready.wait(min(remaining, SETTLE_CHECK_S)):
+                time.sleep(min(remaining, SETTLE_CHECK_S))  # sent: look again shortly
+        return True
+
+    def has_failed_sends(self) -> bool:
+        """Some output was never sent or its send failed: completing it means re-sending."""
+        return self.shipment is not None and bool(self.shipment.unsent())
 
 
 class PipelineError(ModstreamError):

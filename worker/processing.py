@@ -6,7 +6,10 @@
 2. Score: run the model on the whole batch; if the batch fails (encoding or inference),
    score the texts one by one so that one bad text dead-letters only itself.
 3. Prepare: one output per record, in consumption order: a Result, or a DeadLetter
-   (invalid input, or inference failed for that text) (invariant 2).
+   (invalid input, or inference failed for that text, or its scores are no
+   probabilities) (invariant 2). Each output's record key is bounded and its size
+   checked against the output topic's limit (`OutputFitter`, worker/outputs.py): one
+   that does not fit becomes a minimal `output_too_large` dead letter.
 
 The worker runs the steps on up to three threads (worker/pipeline.py); `modstream score`
 runs them one after the other (`process`) over JSON lines, so both write identical
@@ -18,17 +21,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from model.engine import EncodedBatch, Engine
+from model.windows import ScoredText
 from schemas.dead_letter import DeadLetter, ErrorKind
-from schemas.result import Timings
+from schemas.result import ModerationResult, Timings
 from worker.decode import Decoded, Decoder, Rejected, SourceRecord
 from worker.metrics import WorkerMetrics
-from worker.results import build_result
-from worker.sink import OutputRecord
+from worker.outputs import OutputFitter, bounded_key
+from worker.results import InvalidScoresError, build_result
+from worker.sink import Origin, OutputRecord
 
 log = structlog.get_logger("modstream.worker")
 
@@ -49,7 +53,7 @@ class StagedBatch:
 class ScoredBatch:
     """Step 2's answer for a staged batch."""
 
-    rows: list[Any]  # per decoded request its scores, None where scoring failed
+    rows: list[ScoredText | None]  # per decoded request its scores; None where it failed
     inference_s: float  # the batch's tokenise + inference seconds
     failures: dict[int, str]  # per failed request (by `id()`) why
 
@@ -70,8 +74,8 @@ class BatchProcessor:
 
     Threads: `stage` on the processing thread; `score` on the scoring thread and
     `prepare` on the publishing thread when the worker is pipelined, else both on the
-    processing thread. It keeps no state between calls (the decoder and the metrics are
-    thread-safe), so the three may run on different batches at once.
+    processing thread. It keeps no state between calls (the decoder, the fitter and the
+    metrics are thread-safe), so the three may run on different batches at once.
     """
 
     def __init__(
@@ -80,11 +84,15 @@ class BatchProcessor:
         metrics: WorkerMetrics,
         result_topic: str,
         dead_letter_topic: str,
+        fitter: OutputFitter | None = None,
     ) -> None:
+        """`fitter`: the output topics' size limits (set once they were read from the
+        broker, before the first batch); None checks no size (`modstream score`)."""
         self.decoder = decoder
         self.metrics = metrics
         self.result_topic = result_topic
         self.dead_letter_topic = dead_letter_topic
+        self.fitter = fitter
 
     def process(self, batch: Sequence[SourceRecord], engine: Engine) -> PreparedBatch:
         """Steps 1-3 one after the other, on the calling thread."""
@@ -134,17 +142,16 @@ class BatchProcessor:
         m.batch_tokens.observe(scores.real_tokens)
         if scores.padded_tokens:
             m.padding_efficiency.observe(scores.real_tokens / scores.padded_tokens)
-        return ScoredBatch(
-            list(scores.probabilities), scores.tokenize_seconds + scores.inference_seconds, {}
-        )
+        rows: list[ScoredText | None] = list(scores.texts())
+        return ScoredBatch(rows, scores.tokenize_seconds + scores.inference_seconds, {})
 
     def _score_individually(self, engine: Engine, decoded: Sequence[Decoded]) -> ScoredBatch:
-        rows: list[Any] = []
+        rows: list[ScoredText | None] = []
         failed: dict[int, str] = {}
         start = time.perf_counter()
         for item in decoded:
             try:
-                rows.append(engine.score([item.request.text]).probabilities[0])
+                rows.append(engine.score([item.request.text]).text(0))
             except Exception as exc:
                 rows.append(None)
                 failed[id(item)] = f"{type(exc).__name__}: {exc}"
@@ -167,9 +174,6 @@ class BatchProcessor:
         outcomes: dict[str, int] = {"ok": 0, "invalid": 0, "error": 0}
         for item in staged.items:
             if isinstance(item, Rejected):
-                outputs.append(self._dead_letter_output(item.dead_letter, item.record))
-                outcomes["invalid"] += 1
-                self.metrics.dead_letters.labels(reason=item.dead_letter.error_kind).inc()
                 log.warning(
                     "dead_lettered",
                     topic=item.record.topic,
@@ -178,32 +182,51 @@ class BatchProcessor:
                     error_kind=item.dead_letter.error_kind.value,
                     error_message=item.dead_letter.error_message[:200],
                 )
+                outputs.append(self._dead_letter_output(item.dead_letter, item.record))
+                outcomes["invalid"] += 1
                 continue
             request_item, row = next(scored)
-            if row is None:
-                why = scores.failures.get(id(request_item), "")
-                rejected = self.decoder.reject(item.record, ErrorKind.INFERENCE_ERROR, why)
-                outputs.append(self._dead_letter_output(rejected.dead_letter, item.record))
-                outcomes["error"] += 1
-                self.metrics.dead_letters.labels(reason=ErrorKind.INFERENCE_ERROR).inc()
-                continue
-            outputs.append(
-                self._result_output(
-                    engine, request_item, row, started, scores.inference_s, len(decoded)
-                )
-            )
-            outcomes["ok"] += 1
+            why = scores.failures.get(id(request_item), "") if row is None else ""
+            if row is not None:
+                try:
+                    result = self._result(
+                        engine, request_item, row, started, scores.inference_s, len(decoded)
+                    )
+                except InvalidScoresError as exc:
+                    why = str(exc)
+                    log.error(
+                        "inference_failed",
+                        topic=item.record.topic,
+                        partition=item.record.partition,
+                        offset=item.record.offset,
+                        error=why,
+                    )
+                else:
+                    record = item.record
+                    key = record.key if record.key is not None else result.id.encode("utf-8")
+                    output = self._output(self.result_topic, key, result.model_dump_json(), record)
+                    fitted = self._fit(output)
+                    outputs.append(fitted)
+                    if fitted is output:
+                        self._count_scores(result)
+                        outcomes["ok"] += 1
+                    else:
+                        outcomes["error"] += 1
+                    continue
+            rejected = self.decoder.reject(item.record, ErrorKind.INFERENCE_ERROR, why)
+            outputs.append(self._dead_letter_output(rejected.dead_letter, item.record))
+            outcomes["error"] += 1
         return PreparedBatch(list(batch), outputs, outcomes, started, scores.inference_s)
 
-    def _result_output(
+    def _result(
         self,
         engine: Engine,
         item: Decoded,
-        row: Any,
+        row: ScoredText,
         started: float,
         inference_s: float,
         batch_size: int,
-    ) -> OutputRecord:
+    ) -> ModerationResult:
         record = item.record
         queued_ms = (
             (started - record.timestamp_ms / 1000.0) * 1000.0 if record.timestamp_ms else 0.0
@@ -213,26 +236,39 @@ class BatchProcessor:
             inference_ms=round(inference_s * 1000.0, 3),
             batch_size=batch_size,
         )
-        result = build_result(engine, item, row, timings)
+        return build_result(engine, item, row, timings)
+
+    def _count_scores(self, result: ModerationResult) -> None:
         for label, score in result.category_scores.items():
             self.metrics.scores.labels(category=label).observe(score)
             if result.categories[label]:
                 self.metrics.flagged.labels(category=label).inc()
-        key = record.key if record.key is not None else item.request.id.encode("utf-8")
-        return OutputRecord(
-            self.result_topic,
-            key,
-            result.model_dump_json().encode("utf-8"),
-            record.timestamp_ms,
-        )
 
     def _dead_letter_output(self, dead_letter: DeadLetter, record: SourceRecord) -> OutputRecord:
-        return OutputRecord(
-            self.dead_letter_topic,
-            record.key,
-            dead_letter.model_dump_json().encode("utf-8"),
-            record.timestamp_ms,
+        """The dead letter's output (or the minimal one standing in), counted by reason."""
+        output = self._fit(
+            self._output(self.dead_letter_topic, record.key, dead_letter.model_dump_json(), record)
         )
+        if not output.last_resort:
+            self.metrics.dead_letters.labels(reason=dead_letter.error_kind).inc()
+        return output
+
+    @staticmethod
+    def _output(topic: str, key: bytes | None, value: str, record: SourceRecord) -> OutputRecord:
+        output_key, headers = bounded_key(key)
+        origin = Origin(record.topic, record.partition, record.offset, record.timestamp_ms)
+        return OutputRecord(
+            topic, output_key, value.encode("utf-8"), record.timestamp_ms, headers, origin
+        )
+
+    def _fit(self, output: OutputRecord) -> OutputRecord:
+        """The output, or the minimal dead letter standing in when it is too large."""
+        if self.fitter is None:
+            return output
+        fitted = self.fitter.fit(output)
+        if fitted is not output:
+            self.metrics.dead_letters.labels(reason=ErrorKind.OUTPUT_TOO_LARGE).inc()
+        return fitted
 
 
 def _arrival(record: SourceRecord, default: float) -> float:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -130,14 +131,17 @@ class Reloader:
         metrics: WorkerMetrics,
         interval_s: float,
         device: str = "auto",
-        max_tokens: int | None = None,
+        engine_options: Mapping[str, int] | None = None,
     ) -> None:
+        """`engine_options`: `Engine.load`'s keyword arguments besides the device
+        (`WorkerSettings.engine_options`), so a reloaded model reads texts as the
+        first one did."""
         self.checkpoint_dir = Path(checkpoint_dir)
         self.slot = slot
         self.metrics = metrics
         self.interval_s = interval_s
         self.device = device
-        self.max_tokens = max_tokens
+        self.engine_options = dict(engine_options or {})
         self.failed_version: str | None = None
         self._seen: Fingerprint | None = None
         self._wake = threading.Event()
@@ -187,8 +191,7 @@ class Reloader:
             return "same_version"
         log.info("model_reload_started", version=version, path=str(resolved))
         try:
-            kwargs = {} if self.max_tokens is None else {"max_tokens": self.max_tokens}
-            engine = Engine.load(resolved, device=self.device, **kwargs)
+            engine = Engine.load(resolved, device=self.device, **self.engine_options)
             if engine.version == serving.version:
                 self._seen = seen
                 return "same_version"

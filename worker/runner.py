@@ -19,7 +19,7 @@ from worker.decode import SourceRecord
 from worker.delivery import AtLeastOnceDelivery, BatchDelivery
 from worker.engine_slot import EngineSlot
 from worker.metrics import WorkerMetrics
-from worker.pipeline import Pipeline
+from worker.pipeline import InFlight, Pipeline
 from worker.processing import BatchProcessor, PreparedBatch
 from worker.sink import Shipment
 from worker.summary import SummaryLog
@@ -89,6 +89,7 @@ class BatchRunner:
         if self._pipeline is not None:
             while self._complete_oldest(block=False):
                 pass
+            self._delivery.retry_deferred_commits()
 
     def drain(self) -> None:
         """Every batch handed over is acknowledged and committed, the last commits
@@ -96,6 +97,22 @@ class BatchRunner:
         while self._pipeline is not None and len(self._pipeline):
             self._complete_oldest(block=True)
         self._delivery.flush()
+
+    def complete_settled(self, deadline: float) -> int:
+        """Complete, oldest first, the batches whose outputs the broker acknowledged,
+        waiting for acknowledgements until `deadline` (`time.monotonic()`); stop at the
+        first batch with a failed send or still unanswered then. Never re-sends: the
+        rebalance listener calls it on kafka-python's I/O thread, while the processing
+        thread waits in poll. Returns how many batches stay in flight."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return 0
+        while len(pipeline):
+            item = pipeline.oldest(max(deadline - time.monotonic(), 0.0))
+            if item is None or not item.wait_settled(deadline) or item.has_failed_sends():
+                break
+            self._complete(item)
+        return len(pipeline)
 
     def close(self) -> None:
         """Stop the pipeline's threads."""
@@ -108,12 +125,17 @@ class BatchRunner:
         item = self._pipeline.oldest(None if block else 0)
         if item is None or (not block and not item.settled()):
             return False
+        self._complete(item)
+        return True
+
+    def _complete(self, item: InFlight) -> None:
+        """Deliver the oldest batch (its acknowledgements, then its commit) and pop it."""
+        assert self._pipeline is not None
         assert item.prepared is not None and item.shipment is not None
         acked_at = self._delivery.deliver(item.batch, item.shipment)
         assert acked_at is not None  # at-least-once retries until acknowledged
         self._pipeline.pop_oldest()
         self._account(item.prepared, acked_at)
-        return True
 
     def _account(self, prepared: PreparedBatch, acked_at: float) -> None:
         """The books of a delivered batch: latency, outcomes, summary, debug line."""

@@ -10,20 +10,31 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.checkpoint import default_checkpoint_dir
+from model.paths import default_checkpoint_dir
+from model.reading import DEFAULT_MAX_WINDOWS
 from schemas.request import DEFAULT_MAX_TEXT_CHARS
 
 RECONNECT_BACKOFF_MAX_MS = 1_000
 
-# Secrets never go on a command line, where `ps` and shell history would show them.
-ENV_ONLY_SETTINGS = frozenset({"sasl_password"})
+# Secrets never go on a command line, where `ps` and shell history would show them;
+# each also has a `*_file` twin for secrets mounted as files.
+ENV_ONLY_SETTINGS = frozenset({"sasl_password", "ssl_key_password"})
+# Settings that only mean something on a TLS connection.
+TLS_SETTINGS = (
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_key_password",
+    "ssl_key_password_file",
+)
 
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 Delivery = Literal["at_least_once", "exactly_once"]
 AssignmentStrategy = Literal["range", "roundrobin", "cooperative-sticky"]
 
@@ -85,10 +96,31 @@ class WorkerSettings(BaseSettings):
         ),
     ] = 2
     max_text_chars: Annotated[
-        int, Field(ge=1, le=1_000_000, description="Longer texts are dead-lettered.")
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="Scoring budget: characters read per text. Longer texts are still "
+            "scored, on their head, tail and sampled middle; the result's coverage says how "
+            "much was read.",
+        ),
     ] = DEFAULT_MAX_TEXT_CHARS
+    max_windows: Annotated[
+        int,
+        Field(
+            ge=2,
+            le=4096,
+            description="Windows scored per text at most (the first, the last and evenly "
+            "spread ones beyond it).",
+        ),
+    ] = DEFAULT_MAX_WINDOWS
     max_tokens: Annotated[
-        int, Field(ge=1, le=4096, description="Tokens scored per text; the rest is cut.")
+        int,
+        Field(
+            ge=1,
+            le=4096,
+            description="Tokens per window at most; the model's own window (128) unless lower.",
+        ),
     ] = 256
     torch_threads: Annotated[
         int,
@@ -133,14 +165,62 @@ class WorkerSettings(BaseSettings):
         SecurityProtocol, Field(description="Kafka security protocol.")
     ] = "PLAINTEXT"
     sasl_mechanism: Annotated[
-        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None,
-        Field(description="SASL mechanism when the protocol uses SASL."),
+        SaslMechanism | None,
+        Field(
+            description="SASL mechanism when the protocol uses SASL: PLAIN, SCRAM-SHA-256, "
+            "SCRAM-SHA-512 or OAUTHBEARER."
+        ),
     ] = None
-    sasl_username: Annotated[str | None, Field(description="SASL user name.")] = None
+    sasl_username: Annotated[str | None, Field(description="SASL user name (PLAIN and SCRAM).")] = (
+        None
+    )
     sasl_password: Annotated[
-        SecretStr | None, Field(description="SASL password (env or secret file only).")
+        SecretStr | None,
+        Field(description="SASL password (env only; or sasl_password_file)."),
     ] = None
-    ssl_cafile: Annotated[Path | None, Field(description="CA bundle for TLS.")] = None
+    sasl_password_file: Annotated[
+        Path | None,
+        Field(description="File holding the SASL password (e.g. a mounted Secret)."),
+    ] = None
+    sasl_oauth_token_file: Annotated[
+        Path | None,
+        Field(
+            description="OAUTHBEARER: file holding the access token, re-read whenever "
+            "it changes (e.g. a projected service-account token)."
+        ),
+    ] = None
+    ssl_cafile: Annotated[
+        Path | None,
+        Field(
+            description="CA bundle (PEM) the broker certificate must chain to; "
+            "default: the system's."
+        ),
+    ] = None
+    ssl_certfile: Annotated[
+        Path | None,
+        Field(description="Client certificate chain (PEM) for mutual TLS."),
+    ] = None
+    ssl_keyfile: Annotated[
+        Path | None,
+        Field(description="Private key (PEM) of the client certificate."),
+    ] = None
+    ssl_key_password: Annotated[
+        SecretStr | None,
+        Field(
+            description="Password of an encrypted ssl_keyfile (env only; or ssl_key_password_file)."
+        ),
+    ] = None
+    ssl_key_password_file: Annotated[
+        Path | None,
+        Field(description="File holding the password of an encrypted ssl_keyfile."),
+    ] = None
+    ssl_check_hostname: Annotated[
+        bool,
+        Field(
+            description="Check that the broker certificate names the host connected to; "
+            "false (logged as a warning) only for brokers whose certificates cannot."
+        ),
+    ] = True
     delivery: Annotated[
         Delivery,
         Field(
@@ -203,14 +283,48 @@ class WorkerSettings(BaseSettings):
             raise ValueError(f"required when security_protocol is {protocol}")
         return value
 
-    @field_validator("sasl_username", "sasl_password")
-    @classmethod
-    def _sasl_needs_credentials(
-        cls, value: str | SecretStr | None, info: ValidationInfo
-    ) -> str | SecretStr | None:
-        if value is None and info.data.get("sasl_mechanism") is not None:
-            raise ValueError(f"required with sasl_mechanism {info.data['sasl_mechanism']}")
-        return value
+    @model_validator(mode="after")
+    def _security_settings_fit_together(self) -> WorkerSettings:
+        """Refuse combinations that could only fail later, or silently not apply."""
+        uses_tls = self.security_protocol.endswith("SSL")
+        if not uses_tls:
+            for name in TLS_SETTINGS:
+                if getattr(self, name) is not None:
+                    raise _invalid(
+                        name,
+                        f"set, but security_protocol {self.security_protocol} "
+                        "does not use TLS (SSL or SASL_SSL)",
+                    )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            missing = "ssl_keyfile" if self.ssl_keyfile is None else "ssl_certfile"
+            raise _invalid(missing, "mutual TLS needs both ssl_certfile and ssl_keyfile")
+        _at_most_one(self, "ssl_key_password")
+        if self.ssl_keyfile is None and (
+            self.ssl_key_password is not None or self.ssl_key_password_file is not None
+        ):
+            raise _invalid("ssl_key_password", "set without ssl_keyfile")
+        mechanism = self.sasl_mechanism
+        if mechanism is None:  # a SASL protocol without one is refused field by field
+            return self
+        if not self.security_protocol.startswith("SASL_"):
+            raise _invalid(
+                "sasl_mechanism",
+                f"set, but security_protocol {self.security_protocol} does not use SASL",
+            )
+        if mechanism == "OAUTHBEARER":
+            if self.sasl_oauth_token_file is None:
+                raise _invalid("sasl_oauth_token_file", "required with sasl_mechanism OAUTHBEARER")
+            return self
+        if self.sasl_username is None:
+            raise _invalid("sasl_username", f"required with sasl_mechanism {mechanism}")
+        _at_most_one(self, "sasl_password")
+        if self.sasl_password is None and self.sasl_password_file is None:
+            raise _invalid(
+                "sasl_password",
+                f"required with sasl_mechanism {mechanism}: set "
+                "MODSTREAM_SASL_PASSWORD or MODSTREAM_SASL_PASSWORD_FILE",
+            )
+        return self
 
     def resolved_transactional_id(self) -> str:
         """The transactional id of this worker: stable across its restarts, unique among
@@ -220,27 +334,51 @@ class WorkerSettings(BaseSettings):
         member = self.group_instance_id or socket.gethostname()
         return f"{self.group_id}.{member}"
 
+    def engine_options(self) -> dict[str, int]:
+        """`Engine.load`'s keyword arguments for how a text is read: tokens per window,
+        the scoring budget in characters and the most windows per text."""
+        return {
+            "max_tokens": self.max_tokens,
+            "max_chars": self.max_text_chars,
+            "max_windows": self.max_windows,
+        }
+
     def bootstrap_servers(self) -> list[str]:
         return [server.strip() for server in self.kafka_bootstrap.split(",")]
 
     def kafka_common(self) -> dict[str, object]:
-        """Connection settings shared by the consumer, the producer and admin clients."""
-        common: dict[str, object] = {
+        """Connection settings shared by the consumer, the producer and admin clients.
+
+        Raises `worker.security.SecuritySettingsError` when a TLS file or a secret file
+        cannot be used (exit 2, naming the setting).
+        """
+        from worker.security import kafka_security_options
+
+        return {
             "bootstrap_servers": self.bootstrap_servers(),
-            "security_protocol": self.security_protocol,
             # kafka-python backs off up to 30 s between reconnects; after a broker restart
             # that is up to 30 s of idling. The Java client's 1 s cap suits a worker better.
             "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+            **kafka_security_options(self),
         }
-        if self.sasl_mechanism is not None:
-            common["sasl_mechanism"] = self.sasl_mechanism
-            common["sasl_plain_username"] = self.sasl_username
-            common["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None
-            )
-        if self.ssl_cafile is not None:
-            common["ssl_cafile"] = str(self.ssl_cafile)
-        return common
+
+
+def setting_names(field: str) -> str:
+    """How an operator sets `field`: its env name, and its flag unless it is env only."""
+    env = f"MODSTREAM_{field.upper()}"
+    if field in ENV_ONLY_SETTINGS:
+        return f"{env} (environment only)"
+    return f"{env} / --{field.replace('_', '-')}"
+
+
+def _invalid(field: str, why: str) -> ValueError:
+    return ValueError(f"{setting_names(field)}: {why}")
+
+
+def _at_most_one(settings: WorkerSettings, secret: str) -> None:
+    """A secret comes from the environment or from its file, never both."""
+    if getattr(settings, secret) is not None and getattr(settings, f"{secret}_file") is not None:
+        raise _invalid(f"{secret}_file", f"set together with MODSTREAM_{secret.upper()}; use one")
 
 
 def settings_markdown() -> str:

@@ -25,6 +25,7 @@ from worker.commit import first_offsets
 from worker.decode import SourceRecord
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
+from worker.security import authorization_hint, input_topic_unauthorized
 from worker.settings import WorkerSettings
 from worker.sink import describe
 
@@ -79,12 +80,16 @@ class Source:
             if isinstance(exc, FENCING_ERRORS):  # e.g. another live member with our id
                 raise WorkerFencedError(fenced_message(self._settings, exc)) from exc
             self._metrics.kafka_errors.labels(kind=type(exc).__name__).inc()
-            self._polling_failed(f"polling Kafka failed: {describe(exc)}")
+            hint = authorization_hint(exc, self._settings)
+            self._polling_failed(f"polling Kafka failed: {describe(exc)}{hint}")
             self._stop.wait(self._error_pause_s)
             return []
         if not polled and self._coordinator_lost():
             # An idle worker's polls do not fail when the broker goes: this does.
             self._polling_failed("the group coordinator is unreachable (broker down?)")
+            return []
+        if not polled and (denied := input_topic_unauthorized(self.consumer, self._settings)):
+            self._polling_failed(denied)  # else it would look idle and ready
             return []
         if self._failing:
             self._failing = False

@@ -14,6 +14,12 @@ an importable helper (``tests/conftest.py`` loads it by file path because
 
     python deploy/local/kafka_local.py fetch   # resolve jars into the cache
     python deploy/local/kafka_local.py run     # print bootstrap=..., block until SIGTERM/SIGINT
+    python deploy/local/kafka_local.py run --secure /tmp/tls   # + SASL_SSL, SSL, ACLs
+
+:class:`SecureLocalKafka` adds what production clusters run: TLS with a CA, broker and
+client certificates made with ``openssl`` at start (:func:`make_tls_files`), SCRAM and
+OAUTHBEARER over ``SASL_SSL``, client-certificate authentication on ``SSL``, and the KRaft
+``StandardAuthorizer`` with ACLs.
 
 POSIX only (process groups, ``fcntl``).
 """
@@ -26,6 +32,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -36,6 +43,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -55,6 +63,8 @@ __all__ = [
     "KafkaLocalError",
     "KafkaStartError",
     "LocalKafka",
+    "SecureLocalKafka",
+    "TlsFiles",
     "ToolMissingError",
     "broker_from_env",
     "cache_dir",
@@ -64,6 +74,8 @@ __all__ = [
     "find_java",
     "libs_dir",
     "main",
+    "make_tls_files",
+    "unsecured_jwt",
 ]
 
 KAFKA_VERSION: Final = "4.1.1"
@@ -310,6 +322,8 @@ class LocalKafka:
         controller_port: int | None = None,
         startup_timeout: float = 90.0,
         extra_config: Mapping[str, str] | None = None,
+        extra_listeners: Mapping[str, str] | None = None,
+        format_args: Sequence[str] = (),
     ) -> None:
         """Configure, without starting anything.
 
@@ -320,6 +334,10 @@ class LocalKafka:
             controller_port: fixed KRaft controller port (default: free one).
             startup_timeout: seconds :meth:`start` waits for a usable broker.
             extra_config: additional/overriding ``server.properties`` entries.
+            extra_listeners: more listeners, ``{name: security protocol}`` (e.g.
+                ``{"SASL_SSL": "SASL_SSL"}``), each on a free port picked at start;
+                their per-listener settings go in ``extra_config``.
+            format_args: extra arguments of ``StorageTool format`` (fresh storage only).
         """
         self._owns_dir = log_dir is None
         self._root: Path | None = None if log_dir is None else Path(log_dir).resolve()
@@ -327,6 +345,9 @@ class LocalKafka:
         self._port, self._cport = self._user_ports
         self.startup_timeout = startup_timeout
         self._extra = dict(extra_config or {})
+        self._extra_listeners = dict(extra_listeners or {})
+        self._listener_ports: dict[str, int] = {}
+        self._format_args = list(format_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._atexit_registered = False
         #: Seconds the last successful :meth:`start` took (format + JVM boot + probe).
@@ -339,6 +360,12 @@ class LocalKafka:
         if self._port is None:
             raise KafkaLocalError("broker has no port yet; call start() first")
         return f"127.0.0.1:{self._port}"
+
+    def listener_bootstrap(self, name: str) -> str:
+        """``"127.0.0.1:PORT"`` of an extra listener (see ``extra_listeners``)."""
+        if name not in self._listener_ports:
+            raise KafkaLocalError(f"no listener {name!r} (yet): {sorted(self._extra_listeners)}")
+        return f"127.0.0.1:{self._listener_ports[name]}"
 
     @property
     def pid(self) -> int | None:
@@ -423,6 +450,9 @@ class LocalKafka:
                     picked = _free_ports(2)
                     self._port = self._port or picked[0]
                     self._cport = self._cport or picked[1]
+                if set(self._listener_ports) != set(self._extra_listeners):
+                    ports = _free_ports(len(self._extra_listeners))
+                    self._listener_ports = dict(zip(self._extra_listeners, ports, strict=True))
                 try:
                     self._launch(java, libs, deadline=t0 + self.startup_timeout)
                 except KafkaStartError as err:
@@ -430,6 +460,7 @@ class LocalKafka:
                     # _free_ports() and the JVM binding it: re-pick and retry.
                     if attempt < attempts and "Address already in use" in str(err):
                         self._port, self._cport = self._user_ports
+                        self._listener_ports = {}
                         shutil.rmtree(data, ignore_errors=True)
                         continue
                     raise
@@ -464,6 +495,14 @@ class LocalKafka:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
         }
+        if self._extra_listeners:
+            extra = [f"{n}://127.0.0.1:{self._listener_ports[n]}" for n in self._extra_listeners]
+            props["listeners"] = ",".join([props["listeners"], *extra])
+            props["advertised.listeners"] = ",".join([props["advertised.listeners"], *extra])
+            props["listener.security.protocol.map"] = ",".join(
+                [props["listener.security.protocol.map"]]
+                + [f"{n}:{proto}" for n, proto in self._extra_listeners.items()]
+            )
         props.update(self._extra)
         path = self._root / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -480,7 +519,8 @@ class LocalKafka:
             # Fresh data dir: KRaft refuses to start on unformatted storage.
             # Static quorum (controller.quorum.voters), so no --standalone flag.
             fmt = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config),
+                 *self._format_args],
                 capture_output=True, text=True, check=False, cwd=self._root,
                 timeout=max(1.0, deadline - time.monotonic()),
             )  # fmt: skip
@@ -560,6 +600,7 @@ class LocalKafka:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
         self._port, self._cport = self._user_ports
+        self._listener_ports = {}
         if self._atexit_registered:
             atexit.unregister(self._atexit_cleanup)
             self._atexit_registered = False
@@ -575,6 +616,204 @@ class LocalKafka:
     def delete_topics(self, names: Sequence[str]) -> None:
         """Delete topics on this broker; see module-level :func:`delete_topics`."""
         delete_topics(self.bootstrap, names)
+
+
+# ------------------------------------------------------------------ secure broker
+
+#: The secure broker's super user (besides ANONYMOUS, the PLAINTEXT listener's principal).
+SECURE_SUPER_USER: Final = "admin"
+SCRAM_MECHANISMS: Final = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+_CERT_DAYS: Final = "2"
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """A client certificate (CN = the principal's name on the SSL listener) and its key,
+    plain and encrypted (PKCS#8, AES-256) with ``key_password``."""
+
+    name: str
+    cert: Path
+    key: Path
+    encrypted_key: Path
+    key_password: str
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Throw-away PKI for the secure broker, made with ``openssl`` at test time.
+
+    ``ca`` signed the broker certificate (SAN ``IP:127.0.0.1`` only, so connecting by
+    the name ``localhost`` is a host-name mismatch) and every client in ``clients``;
+    ``other_ca`` is unrelated (a client trusting only it must refuse the broker) and
+    signed ``untrusted_client`` (a certificate the broker must refuse).
+    """
+
+    directory: Path
+    ca: Path
+    other_ca: Path
+    broker_keystore: Path  # PKCS12: broker key + certificate + CA
+    keystore_password: str
+    clients: dict[str, ClientCertificate]
+    untrusted_client: ClientCertificate
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    openssl = _require("openssl", "install OpenSSL (it makes the test certificates)")
+    done = subprocess.run(
+        [openssl, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
+    )
+    if done.returncode != 0:
+        raise KafkaLocalError(f"openssl {args[0]} failed: {done.stderr.strip()[-2000:]}")
+
+
+def _new_key(cwd: Path, name: str) -> str:
+    key = f"{name}.key"
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-out", key, cwd=cwd)  # fmt: skip
+    return key
+
+
+def _make_ca(cwd: Path, name: str) -> tuple[str, str]:
+    key = _new_key(cwd, name)
+    cert = f"{name}.pem"
+    _openssl("req", "-x509", "-new", "-key", key, "-out", cert, "-days", _CERT_DAYS,
+             "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=cwd)  # fmt: skip
+    return cert, key
+
+
+def _sign(cwd: Path, name: str, subject: str, ca: tuple[str, str], extensions: str) -> str:
+    key = _new_key(cwd, name)
+    _openssl("req", "-new", "-key", key, "-out", f"{name}.csr", "-subj", subject, cwd=cwd)
+    (cwd / f"{name}.ext").write_text(extensions)
+    cert = f"{name}.pem"
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", ca[0], "-CAkey", ca[1],
+             "-CAcreateserial", "-out", cert, "-days", _CERT_DAYS,
+             "-extfile", f"{name}.ext", cwd=cwd)  # fmt: skip
+    return cert
+
+
+def _client(cwd: Path, name: str, ca: tuple[str, str], file_name: str) -> ClientCertificate:
+    # Most specific last, so Java's RFC 2253 name reads "CN=<name>,O=modstream-test".
+    cert = _sign(cwd, file_name, f"/O=modstream-test/CN={name}", ca,
+                 "extendedKeyUsage=clientAuth\n")  # fmt: skip
+    password = "key-" + uuid.uuid4().hex
+    encrypted = f"{file_name}-encrypted.key"
+    _openssl("pkcs8", "-topk8", "-in", f"{file_name}.key", "-out", encrypted,
+             "-v2", "aes-256-cbc", "-passout", f"pass:{password}", cwd=cwd)  # fmt: skip
+    return ClientCertificate(name, cwd / cert, cwd / f"{file_name}.key", cwd / encrypted, password)
+
+
+def make_tls_files(
+    directory: str | os.PathLike[str], client_names: Sequence[str] = ("worker", "admin")
+) -> TlsFiles:
+    """Make a CA, the broker's keystore and client certificates in ``directory``."""
+    cwd = Path(directory)
+    cwd.mkdir(parents=True, exist_ok=True)
+    ca = _make_ca(cwd, "modstream-test-ca")
+    other = _make_ca(cwd, "unrelated-ca")
+    broker = _sign(cwd, "broker", "/CN=modstream-test-broker", ca,
+                   "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")  # fmt: skip
+    store_password = "store-" + uuid.uuid4().hex
+    _openssl("pkcs12", "-export", "-in", broker, "-inkey", "broker.key", "-certfile", ca[0],
+             "-name", "broker", "-out", "broker.p12", "-passout", f"pass:{store_password}",
+             cwd=cwd)  # fmt: skip
+    clients = {name: _client(cwd, name, ca, f"client-{name}") for name in client_names}
+    untrusted = _client(cwd, client_names[0], other, "untrusted-client")
+    for path in cwd.iterdir():
+        if path.suffix == ".key":
+            path.chmod(0o600)
+    return TlsFiles(cwd, cwd / ca[0], cwd / other[0], cwd / "broker.p12", store_password,
+                    clients, untrusted)  # fmt: skip
+
+
+def unsecured_jwt(subject: str, lifetime_s: float, *, issued_at: float | None = None) -> str:
+    """An unsigned OAUTHBEARER token (``alg: none``), which the broker's default (test
+    only) validator accepts; the principal is ``User:<subject>``."""
+
+    def part(data: dict[str, Any]) -> str:
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    now = time.time() if issued_at is None else issued_at
+    claims = {"sub": subject, "iat": int(now), "exp": int(now + lifetime_s)}
+    return f"{part({'alg': 'none'})}.{part(claims)}."
+
+
+class SecureLocalKafka(LocalKafka):
+    """A LocalKafka with TLS, SASL and ACLs, as production clusters run.
+
+    Listeners, all on loopback:
+
+    - ``SASL_SSL``: SCRAM-SHA-512, SCRAM-SHA-256 and OAUTHBEARER (unsigned test tokens,
+      see :func:`unsecured_jwt`); ``oauth_reauth_ms`` makes OAUTHBEARER sessions expire
+      so clients must re-authenticate (KIP-368).
+    - ``SSL``: requires a client certificate signed by ``tls.ca``; the principal is its
+      CN (``User:worker``).
+    - ``PLAINTEXT``: for the test harness (topics, ACLs, reading outputs); its principal
+      ``User:ANONYMOUS`` is a super user, as is ``User:admin``.
+
+    The KRaft ``StandardAuthorizer`` denies everything else unless an ACL allows it.
+    SCRAM users are added with :meth:`add_scram_user` once the broker runs.
+    """
+
+    def __init__(self, tls: TlsFiles, *, oauth_reauth_ms: int | None = None, **kwargs: Any):
+        self.tls = tls
+        config: dict[str, str] = {
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:ANONYMOUS;User:{SECURE_SUPER_USER}",
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(tls.broker_keystore),
+            "ssl.keystore.password": tls.keystore_password,
+            "ssl.key.password": tls.keystore_password,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(tls.ca),
+            "listener.name.ssl.ssl.client.auth": "required",
+            # User:<CN> rather than the whole distinguished name.
+            "ssl.principal.mapping.rules": "RULE:^CN=([^,]+),.*$/$1/,DEFAULT",
+            "sasl.enabled.mechanisms": ",".join([*SCRAM_MECHANISMS, "OAUTHBEARER"]),
+            "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config": (
+                "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule "
+                f'required unsecuredLoginStringClaim_sub="{SECURE_SUPER_USER}";'
+            ),
+        }
+        for mechanism in SCRAM_MECHANISMS:
+            config[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+        if oauth_reauth_ms is not None:
+            config["listener.name.sasl_ssl.oauthbearer.connections.max.reauth.ms"] = str(
+                oauth_reauth_ms
+            )
+        config.update(kwargs.pop("extra_config", None) or {})
+        super().__init__(
+            extra_config=config,
+            extra_listeners={"SASL_SSL": "SASL_SSL", "SSL": "SSL"},
+            **kwargs,
+        )
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        return self.listener_bootstrap("SASL_SSL")
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        return self.listener_bootstrap("SSL")
+
+    def add_scram_user(
+        self, name: str, password: str, mechanisms: Sequence[str] = SCRAM_MECHANISMS
+    ) -> None:
+        """Create or update a SCRAM user (through the PLAINTEXT listener, as super user)."""
+        from kafka.admin import UserScramCredentialUpsertion
+
+        with _admin(self.bootstrap) as admin:
+            for mechanism in mechanisms:  # one request per mechanism: the broker's rule
+                errors = admin.alter_user_scram_credentials(
+                    [UserScramCredentialUpsertion(name, mechanism, password)]
+                )
+                failed = {user: error for user, error in errors.items() if error}
+                if failed:
+                    raise KafkaLocalError(f"could not set {mechanism} credentials: {failed}")
 
 
 @contextlib.contextmanager
@@ -602,10 +841,19 @@ def _run(args: argparse.Namespace) -> int:
     # set explicitly too: shells start background jobs with SIGINT ignored.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.default_int_handler)
-    kafka = LocalKafka(log_dir=args.log_dir, port=args.port, startup_timeout=args.startup_timeout)
+    options = {"log_dir": args.log_dir, "port": args.port, "startup_timeout": args.startup_timeout}
+    kafka = (
+        SecureLocalKafka(make_tls_files(args.secure), **options)
+        if args.secure
+        else LocalKafka(**options)
+    )
     try:
         kafka.start()
         print(f"bootstrap={kafka.bootstrap}", flush=True)
+        if isinstance(kafka, SecureLocalKafka):
+            print(f"sasl_ssl_bootstrap={kafka.sasl_ssl_bootstrap}", flush=True)
+            print(f"ssl_bootstrap={kafka.ssl_bootstrap}", flush=True)
+            print(f"tls_dir={kafka.tls.directory}", flush=True)
         print(f"started in {kafka.last_start_seconds:.1f}s, log: {kafka.log_file}", file=sys.stderr)
         rc = kafka.wait()
         print(f"broker exited (rc={rc}):\n{_condense(kafka.log_tail())}", file=sys.stderr)
@@ -633,6 +881,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=None, help="PLAINTEXT port (default: free)")
     run.add_argument("--log-dir", default=None, help="persistent data dir (default: temp)")
     run.add_argument("--startup-timeout", type=float, default=90.0, metavar="SECONDS")
+    run.add_argument(
+        "--secure",
+        metavar="TLS_DIR",
+        default=None,
+        help="also SASL_SSL and SSL (client certificate) listeners with ACLs; the CA and "
+        "client certificates are written to TLS_DIR (add SCRAM users with the admin API)",
+    )
     args = parser.parse_args(argv)
     if args.command == "fetch":
         try:

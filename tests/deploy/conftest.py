@@ -22,7 +22,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-OVERLAYS = ("cpu", "gpu", "cpu-hpa")
+OVERLAYS = ("cpu", "gpu", "cpu-hpa", "cpu-scram", "cpu-mtls")
+#: Overlays whose workers reach Kafka over TLS (components/kafka-*): {overlay: protocol}.
+SECURE_OVERLAYS = {"cpu-scram": "SASL_SSL", "cpu-mtls": "SSL"}
 #: Kubernetes versions the manifests must be valid for (kubernetes-validate schemas).
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 #: Partitions of the input topic: the most consumers that can do work.

@@ -10,6 +10,7 @@ import pytest
 from tests.deploy.conftest import (
     INPUT_PARTITIONS,
     OVERLAYS,
+    SECURE_OVERLAYS,
     Obj,
     by_kind,
     one,
@@ -46,8 +47,10 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def test_overlay_renders_the_expected_objects(rendered: dict[str, list[Obj]], overlay: str) -> None:
     kinds = sorted(o["kind"] for o in rendered[overlay])
     autoscaler = "HorizontalPodAutoscaler" if overlay == "cpu-hpa" else "ScaledObject"
+    secure = ["TriggerAuthentication"] if overlay in SECURE_OVERLAYS else []
     assert kinds == sorted(
         [
+            *secure,
             "Namespace",
             "ServiceAccount",
             "ConfigMap",
@@ -58,6 +61,7 @@ def test_overlay_renders_the_expected_objects(rendered: dict[str, list[Obj]], ov
             "PodDisruptionBudget",
             autoscaler,
             "CronJob",
+            "Job",
             "NetworkPolicy",
             "NetworkPolicy",
         ]
@@ -100,7 +104,7 @@ def test_pods_are_locked_down(rendered: dict[str, list[Obj]], overlay: str) -> N
         assert spec["automountServiceAccountToken"] is False, name
         assert spec["enableServiceLinks"] is False, name
         tmp = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
-        for c in spec["containers"]:
+        for c in [*spec["containers"], *spec.get("initContainers", [])]:
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True, name
             assert sc["allowPrivilegeEscalation"] is False, name
@@ -133,23 +137,51 @@ def test_worker_deployment(rendered: dict[str, list[Obj]], overlay: str) -> None
     assert env_from["configMapRef"]["name"] == configmap["metadata"]["name"]
 
 
+# Where each Kafka secret is mounted: {volume: (Secret, mount path)}.
+KAFKA_SECRET_MOUNTS = {
+    "kafka-ca": ("modstream-kafka-ca", "/etc/modstream/kafka-ca"),
+    "kafka-sasl": ("modstream-kafka-sasl", "/etc/modstream/kafka-sasl"),
+    "kafka-client-tls": ("modstream-kafka-client-tls", "/etc/modstream/kafka-client-tls"),
+}
+# The file settings and the Secret key each must point at.
+FILE_SETTINGS = {
+    "MODSTREAM_SSL_CAFILE": ("kafka-ca", "ca.crt"),
+    "MODSTREAM_SASL_PASSWORD_FILE": ("kafka-sasl", "password"),
+    "MODSTREAM_SSL_CERTFILE": ("kafka-client-tls", "tls.crt"),
+    "MODSTREAM_SSL_KEYFILE": ("kafka-client-tls", "tls.key"),
+}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_kafka_credentials_come_from_optional_secrets(
+def test_kafka_secrets_are_mounted_files_the_settings_point_at(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
-    deployment = worker(rendered[overlay])
-    env = {e["name"]: e for e in container(deployment)["env"]}
-    for name, key in (
-        ("MODSTREAM_SASL_USERNAME", "username"),
-        ("MODSTREAM_SASL_PASSWORD", "password"),
-    ):
-        ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref["key"] == key and ref["optional"] is True
-        assert "value" not in env[name]
+    objects = rendered[overlay]
+    deployment = worker(objects)
+    for c in pod_spec(deployment)["containers"]:
+        for e in c.get("env", []):
+            assert "secretKeyRef" not in e.get("valueFrom", {}), f"{e['name']}: a secret in env"
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
-    assert volumes["kafka-ca"]["secret"]["optional"] is True
-    assert mounts["kafka-ca"]["readOnly"] is True
+    for volume, (secret, path) in KAFKA_SECRET_MOUNTS.items():
+        assert volumes[volume]["secret"]["secretName"] == secret
+        assert volumes[volume]["secret"]["optional"] is True, "no Secret: no such Kafka auth"
+        assert volumes[volume]["secret"]["defaultMode"] == 0o440
+        assert mounts[volume] == {"name": volume, "mountPath": path, "readOnly": True}
+    settings = settings_map(objects)
+    assert settings["MODSTREAM_SECURITY_PROTOCOL"] == SECURE_OVERLAYS.get(overlay, "PLAINTEXT")
+    assert not any("PASSWORD=" in k or k.endswith("_PASSWORD") for k in settings)
+    for name, (volume, key) in FILE_SETTINGS.items():
+        if name not in settings:
+            continue
+        secret_volume = volumes[volume]["secret"]
+        keys = [i["path"] for i in secret_volume.get("items", [])] or [key]
+        assert key in keys, f"{name}: Secret {secret_volume['secretName']} key {key} not mounted"
+        assert settings[name] == f"{KAFKA_SECRET_MOUNTS[volume][1]}/{key}"
+    if overlay == "cpu-scram":
+        assert {"MODSTREAM_SASL_PASSWORD_FILE", "MODSTREAM_SSL_CAFILE"} <= set(settings)
+    if overlay == "cpu-mtls":
+        assert {"MODSTREAM_SSL_CERTFILE", "MODSTREAM_SSL_KEYFILE"} <= set(settings)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -174,12 +206,77 @@ def test_checkpoints_shared_rwx_read_only_for_workers(
     assert mount["readOnly"] is True
     assert volume["persistentVolumeClaim"]["readOnly"] is True
 
-    cronjob = one(objects, "CronJob")
-    volume, mount = claim_mount(cronjob)
-    assert not mount.get("readOnly") and not volume["persistentVolumeClaim"].get("readOnly")
-    args = container(cronjob)["args"]
-    assert args[0] == "retrain"
-    assert args[args.index("--output") + 1] == checkpoint_dir
+    for writer in (one(objects, "CronJob"), one(objects, "Job")):
+        volume, mount = claim_mount(writer)
+        assert not mount.get("readOnly") and not volume["persistentVolumeClaim"].get("readOnly")
+        args = container(writer)["args"]
+        assert args[0] == "retrain"
+        assert args[args.index("--output") + 1] == checkpoint_dir
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_fresh_install_serves_without_a_manual_step(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """The first-model Job writes a model (only when there is none), and the workers
+    wait for it in an init container, saying so, instead of exiting 3 in a loop."""
+    objects = rendered[overlay]
+    job = one(objects, "Job")
+    assert "--if-missing" in container(job)["args"], "re-creating the Job must not retrain"
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0, "an immutable Job must go away"
+    assert pod_spec(job)["restartPolicy"] == "Never"
+    assert container(job)["image"] == container(one(objects, "CronJob"))["image"]
+
+    deployment = worker(objects)
+    (wait,) = pod_spec(deployment)["initContainers"]
+    assert wait["args"][:2] == ["checkpoints", "wait"]
+    assert wait["image"] == container(deployment)["image"]
+    (env_from,) = wait["envFrom"]
+    assert env_from["configMapRef"]["name"] == one(objects, "ConfigMap")["metadata"]["name"]
+    mounts = {m["mountPath"]: m for m in wait["volumeMounts"]}
+    assert mounts[CHECKPOINT_MOUNT]["readOnly"] is True
+
+
+def test_the_kafka_address_is_set_in_one_place(kustomize: Any, tmp_path: Any) -> None:
+    """Editing base/settings.env alone moves the workers and KEDA to another cluster:
+    the old address is left nowhere in the rendered manifests."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from tests.deploy.conftest import K8S
+
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    settings = copy / "base" / "settings.env"
+    old = dict(line.split("=", 1) for line in settings.read_text().splitlines() if "=" in line)[
+        "MODSTREAM_KAFKA_BOOTSTRAP"
+    ]
+    text = settings.read_text()
+    for key, value in (
+        ("MODSTREAM_KAFKA_BOOTSTRAP", "broker-0.example.net:9093"),
+        ("MODSTREAM_GROUP_ID", "moderators"),
+        ("MODSTREAM_INPUT_TOPIC", "requests.v2"),
+    ):
+        text = "\n".join(
+            f"{key}={value}" if line.startswith(f"{key}=") else line for line in text.splitlines()
+        )
+    settings.write_text(text + "\n")
+    for overlay in ("cpu", "gpu"):
+        built = subprocess.run(
+            [str(kustomize), "build", str(copy / "overlays" / overlay)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert old not in built, f"{overlay}: the old Kafka address is still somewhere"
+        objects = [o for o in yaml.safe_load_all(built) if o]
+        (trigger,) = one(objects, "ScaledObject")["spec"]["triggers"]
+        assert trigger["metadata"]["bootstrapServers"] == "broker-0.example.net:9093"
+        assert trigger["metadata"]["consumerGroup"] == "moderators"
+        assert trigger["metadata"]["topic"] == "requests.v2"
+        assert settings_map(objects)["MODSTREAM_KAFKA_BOOTSTRAP"] == "broker-0.example.net:9093"
 
 
 def test_retrain_cronjob(rendered: dict[str, list[Obj]]) -> None:
@@ -190,7 +287,7 @@ def test_retrain_cronjob(rendered: dict[str, list[Obj]]) -> None:
     assert spec["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o != "cpu-hpa"])
 def test_keda_scales_on_input_topic_lag(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objects = rendered[overlay]
     settings = settings_map(objects)
@@ -205,6 +302,27 @@ def test_keda_scales_on_input_topic_lag(rendered: dict[str, list[Obj]], overlay:
     assert meta["bootstrapServers"] == settings["MODSTREAM_KAFKA_BOOTSTRAP"]
     assert int(meta["lagThreshold"]) > 0
     assert not by_kind(objects, "HorizontalPodAutoscaler")
+    if overlay not in SECURE_OVERLAYS:
+        assert "authenticationRef" not in trigger
+        return
+    # KEDA connects as the worker does: TLS, the same mechanism, the same Secrets.
+    assert meta["tls"] == "enable"
+    mechanism = settings.get("MODSTREAM_SASL_MECHANISM")
+    keda_names = {
+        "PLAIN": "plaintext",
+        "SCRAM-SHA-256": "scram_sha256",
+        "SCRAM-SHA-512": "scram_sha512",
+    }
+    assert meta.get("sasl") == (keda_names[mechanism] if mechanism else None)
+    auth = one(objects, "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert refs["ca"] == ("modstream-kafka-ca", "ca.crt")
+    if mechanism:
+        assert refs["password"] == ("modstream-kafka-sasl", "password")
+    else:
+        assert refs["cert"] == ("modstream-kafka-client-tls", "tls.crt")
+        assert refs["key"] == ("modstream-kafka-client-tls", "tls.key")
 
 
 def test_hpa_alternative_replaces_keda(rendered: dict[str, list[Obj]]) -> None:
@@ -268,8 +386,10 @@ def test_network_policies(rendered: dict[str, list[Obj]], overlay: str) -> None:
         assert rule.get("to"), "egress rules must name their peers"
 
     cron_labels = one(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]
+    job_labels = one(objects, "Job")["spec"]["template"]["metadata"]
     retrain_policy = policies["modstream-retrain"]
     assert matches(retrain_policy["podSelector"]["matchLabels"], cron_labels["labels"])
+    assert matches(retrain_policy["podSelector"]["matchLabels"], job_labels["labels"])
     assert sorted(retrain_policy["policyTypes"]) == ["Egress", "Ingress"]
     assert not retrain_policy.get("ingress") and not retrain_policy.get("egress")
 

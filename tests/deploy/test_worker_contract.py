@@ -175,3 +175,17 @@ def test_no_secret_literal_in_manifests(rendered: dict[str, list[Obj]]) -> None:
                 for e in c.get("env", []):
                     if "PASSWORD" in e["name"] or "USERNAME" in e["name"]:
                         assert "value" not in e, e["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_command_is_a_modstream_command(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """The args of every container (worker, init container, retrain CronJob and Job)
+    parse as a `modstream` command line (the image's entrypoint)."""
+    from worker.cli import build_parser
+
+    for obj in workloads(rendered[overlay]):
+        spec = pod_spec(obj)
+        for c in [*spec["containers"], *spec.get("initContainers", [])]:
+            build_parser().parse_args(c["args"])  # SystemExit(2) on an unknown flag

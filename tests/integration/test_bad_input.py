@@ -43,8 +43,6 @@ CASES: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], str]] = [
     (b"b-textlist", req("x", ["a"]), [], "wrong_type"),
     (b"b-empty", req("x", ""), [], "empty_text"),
     (b"b-blank", req("x", " \n\t "), [], "empty_text"),
-    (b"b-long", req("x", "y" * (MAX_TEXT + 1)), [], "text_too_long"),
-    (b"b-huge", req("x", "z" * 1_000_000), [], "text_too_long"),  # near the 1 MiB limit
     (b"b-extra", req("x", "hi", user="u1"), [], "extra_field"),
     (b"b-nested", req("x", "hi", metadata=nested(40)), [], "wrong_type"),
     (b"b-deep", b'{"id": "x", "text": "t", "metadata": ' + b"[" * 3000, [], "invalid_json"),
@@ -53,11 +51,27 @@ CASES: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], str]] = [
     (b"b-tombstone", None, [], "null_value"),
     (None, b"not json, no key", [], "invalid_json"),
     (b"b-date", req("x", "hi", created_at="soon"), [], "invalid_field"),
+    # Absurd shapes, rejected from the structure (pydantic built an error per member).
+    (b"b-fields", req("x", "hi", **{f"f{i}": 0 for i in range(60_000)}), [], "extra_field"),
+    (
+        b"b-metadata",
+        req("x", "hi", metadata={f"k{i}": i for i in range(60_000)}),
+        [],
+        "invalid_field",
+    ),
     # Valid, however odd.
     (b"g-plain", req("g-plain", "see you at lunch"), [], "ok:g-plain"),
     (b"g-nul", req("g-nul", "a\u0000b escaped NUL"), [], "ok:g-nul"),
     (b"g-intl", req("g-intl", "مرحبا שלום \u200f\u200b\u2066x\u2069 😀👍🏽"), [], "ok:g-intl"),
     (b"g-tok10k", req("g-tok10k", "w " * 10_000), [], "ok:g-tok10k"),  # 10k tokens
+    # Past the scoring budget (MAX_TEXT): scored all the same, coverage says how much.
+    (b"g-long", req("g-long", "y " * MAX_TEXT), [], "ok:g-long"),
+    (b"g-huge", req("g-huge", "z" * 1_000_000), [], "ok:g-huge"),  # near Kafka's 1 MiB
+    # Hostile text: scored at a bounded cost (README, Cost bounds per message).
+    (b"g-marks", req("g-marks", "a" + "\u0301\u0316" * 12_000), [], "ok:g-marks"),
+    (b"g-expand", req("g-expand", "\u3316" * 20_000), [], "ok:g-expand"),
+    (b"g-email", req("g-email", "a." * 12_000 + "@"), [], "ok:g-email"),
+    (b"g-digits", req("g-digits", "a" + "1" * 20_000), [], "ok:g-digits"),
     (b"g-dup", req("same-id", "first of two"), [], "ok:same-id"),
     (b"g-dup", req("same-id", "second of two"), [], "ok:same-id"),
     (
@@ -119,5 +133,9 @@ def test_bad_input_catalogue_end_to_end(
         else:
             assert output.value["error_message"], output.value
             assert output.key == key
-    huge = by_offset[CASES.index(next(c for c in CASES if c[0] == b"b-huge"))][1]
-    assert huge.value["truncated"] is True
+    for key, total in ((b"g-long", 2 * MAX_TEXT), (b"g-huge", 1_000_000)):
+        scored = by_offset[CASES.index(next(c for c in CASES if c[0] == key))][1]
+        coverage = scored.value["coverage"]
+        assert coverage["chars_total"] == total
+        assert coverage["strategy"] == "head+tail+sampled"
+        assert 0 < coverage["chars_scored"] < total

@@ -209,6 +209,13 @@ def test_scaling_one_to_three_to_one_loses_nothing(
     print(f"\n{assignment}: {len(sent)} inputs, 1 -> 3 -> 1 workers: lost {len(lost)}, dups {dups}")
     assert not lost, f"{len(lost)} ids lost, e.g. {sorted(lost)[:5]}"
     assert set(ids) == sent
+    failures = [
+        event
+        for worker in [first, *extra]
+        for name in ("commit_failed", "revocation_failed")
+        for event in worker.events(name)
+    ]
+    assert not failures, failures  # every revocation committed what it had answered
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])

@@ -4,8 +4,10 @@ outcome, health, rebalances, and how `run` ends."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 import structlog
 from kafka.errors import FencedInstanceIdError
 from kafka.structs import TopicPartition
@@ -25,12 +27,30 @@ class GroupConsumer(CommittingConsumer):
 
     def __init__(self) -> None:
         super().__init__()
-        self.assigned = set()
+        self.assigned = {TopicPartition(TOPIC, 0)}
+        self.in_listener = False
         self.highwaters: dict[TopicPartition, int] = {}
         self.closed = False
 
     def subscribe(self, topics: list[str], listener: Any) -> None:
         self.listener = listener
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        if self.in_listener:  # what kafka-python 3 does on its I/O thread
+            raise RuntimeError("Cannot block on net.run() from the IO thread itself.")
+        super().commit(offsets)
+
+    def call_listener(self, method: str, partitions: set[TopicPartition]) -> None:
+        """Run a listener callback as kafka-python does: on the I/O thread (sync commits
+        raise), awaited to the end (the fakes answer commits at once, so it never
+        suspends)."""
+        self.in_listener = True
+        try:
+            coroutine = getattr(self.listener, method)(partitions)
+            with pytest.raises(StopIteration):
+                coroutine.send(None)
+        finally:
+            self.in_listener = False
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return self.highwaters.get(tp)
@@ -148,15 +168,17 @@ def test_rebalances_update_assignment_health_and_lag_series() -> None:
     tp0, tp1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
     consumer.assigned = {tp0, tp1}
     consumer.highwaters = {tp0: 3, tp1: 4}
-    consumer.listener.on_partitions_assigned({tp0, tp1})
+    consumer.call_listener("on_partitions_assigned", {tp0, tp1})
     worker.kafka.lag.refresh()
     assert sample(worker, "modstream_assigned_partitions") == 2
     assert sample(worker, "modstream_rebalances_total") == 1
     assert worker.health.readiness()[1]["assigned_partitions"] == 2
 
-    consumer.listener.on_partitions_revoked({tp0, tp1})
+    consumer.call_listener("on_partitions_revoked", {tp0, tp1})
     consumer.assigned = set()  # as the consumer reports after the revocation
-    consumer.listener.on_partitions_assigned(set())  # idle member: more workers than partitions
+    consumer.call_listener(
+        "on_partitions_assigned", set()
+    )  # idle member: more workers than partitions
     assert sample(worker, "modstream_assigned_partitions") == 0
     assert (
         worker.metrics.registry.get_sample_value(
@@ -167,29 +189,102 @@ def test_rebalances_update_assignment_health_and_lag_series() -> None:
     assert worker.health.readiness()[0], "an idle-assigned member is ready"
 
 
-def test_a_revocation_finishes_the_pending_batch_first() -> None:
-    """kafka-python revokes inside poll: the batch still open is published and committed
-    before the partition goes, then the worker stops cleanly."""
-    worker, producer, consumer = make_worker(max_batch_wait_ms=60_000)
-    tp = TopicPartition(TOPIC, 0)
-    consumer.assigned = {tp}
-    polls = 0
+IN0 = TopicPartition("in", 0)  # where `Polled` records come from
+
+
+def run_scripted(
+    worker: Worker, consumer: GroupConsumer, *answers: list[int] | Callable[[], None]
+) -> list[dict[str, Any]]:
+    """Run the worker while `consumer.poll` answers in turn: records of IN0 at these
+    offsets, or a callable run inside that poll (a rebalance, as kafka-python runs its
+    listener); after the last answer the worker is asked to stop. Returns the logs."""
+    script = list(answers)
 
     def poll(timeout_ms: int, max_records: int) -> dict[Any, Any]:
-        nonlocal polls
-        polls += 1
-        if polls == 1:
-            return {tp: [Polled(4)]}
-        consumer.listener.on_partitions_revoked({tp})
-        worker.request_stop()
+        answer = script.pop(0) if script else None
+        if not script:
+            worker.request_stop()
+        if isinstance(answer, list):
+            return {IN0: [Polled(offset) for offset in answer]}
+        if answer is not None:
+            answer()
         return {}
 
     consumer.poll = poll  # type: ignore[method-assign]
+    consumer.assigned = {IN0}
     with structlog.testing.capture_logs() as logs:
         assert worker.run() == 0
-    assert "finishing_batch_before_revocation" in [line["event"] for line in logs]
-    assert producer.calls == ["send", "close"]
-    assert consumer.commits == [{0: 5}] and consumer.closed
+    return logs
+
+
+def the_event(logs: list[dict[str, Any]], event: str) -> dict[str, Any]:
+    (line,) = [line for line in logs if line["event"] == event]
+    return line
+
+
+def test_a_revocation_releases_the_open_batch_and_seeks_back_to_it() -> None:
+    """Records polled but not yet handed over are released, not answered: under the
+    eager protocol the partition may come straight back with its position kept, so the
+    consumer is sought back to them; nothing is published or committed for them."""
+    worker, producer, consumer = make_worker(max_batch_wait_ms=60_000)
+    logs = run_scripted(
+        worker,
+        consumer,
+        [4, 5],
+        lambda: consumer.call_listener("on_partitions_revoked", {IN0}),
+    )
+    assert consumer.seeks == [(IN0, 4)]
+    assert producer.calls == ["close"] and consumer.commits == []
+    assert sample(worker, "modstream_in_flight_messages") == 0
+    assert the_event(logs, "partitions_revoked")["released_records"] == 2
+    assert "commit_failed" not in [line["event"] for line in logs]
+
+
+def test_a_revocation_commits_the_acknowledged_pipelined_batches_without_blocking() -> None:
+    """Pipelined: the batch in flight is completed inside the listener and its offsets
+    committed with an awaited asynchronous commit, even though a synchronous commit
+    raises there and the cooperative protocol already dropped the partition from the
+    assignment."""
+    worker, producer, consumer = make_worker(pipeline_depth=2, max_batch_wait_ms=60_000)
+
+    def cooperative_revocation() -> None:
+        consumer.assigned = set()  # cooperative: revoked partitions are gone already
+        consumer.call_listener("on_partitions_revoked", {IN0})
+
+    # The first batch closes at once (the scorer is idle) and is handed over.
+    logs = run_scripted(worker, consumer, [0, 1, 2], cooperative_revocation)
+    assert consumer.commits[-1] == {0: 3}  # one past the delivered batch, nothing more
+    assert producer.calls.count("send") == 3
+    events = [line["event"] for line in logs]
+    assert "commit_failed" not in events and "revocation_failed" not in events
+    revoked = the_event(logs, "partitions_revoked")
+    assert revoked["committed"] == {"in-0": 3} and revoked["batches_left_in_flight"] == 0
+    assert sample(worker, "modstream_in_flight_messages") == 0
+    assert sample(worker, "modstream_commits_total", result="failed") == 0
+
+
+def test_lost_partitions_release_their_records_and_commit_nothing_more() -> None:
+    worker, producer, consumer = make_worker(max_batch_wait_ms=60_000)
+
+    def eviction() -> None:
+        consumer.assigned = set()  # evicted: kafka-python clears the assignment
+        consumer.call_listener("on_partitions_lost", {IN0})
+
+    logs = run_scripted(worker, consumer, [7], eviction)
+    assert producer.calls == ["close"] and consumer.commits == [] and consumer.seeks == []
+    assert the_event(logs, "partitions_lost")["dropped_records"] == 1
+    assert sample(worker, "modstream_in_flight_messages") == 0
+
+
+def test_a_batch_of_a_partition_that_moved_is_answered_but_not_committed() -> None:
+    """The Committer only commits partitions the consumer owns: a late batch of a
+    partition that went to another member would be refused (and logged as a failure)."""
+    worker, producer, consumer = make_worker()
+    consumer.assigned = {TopicPartition(TOPIC, 1)}
+    now = time.time()
+    worker.metrics.in_flight.inc(1)
+    worker.process_batch([record(0, b'{"id": "a", "text": "hi"}', None, now)])
+    assert producer.calls == ["send"] and consumer.commits == []
     assert sample(worker, "modstream_in_flight_messages") == 0
 
 
@@ -206,7 +301,7 @@ def test_a_fenced_worker_stops_with_exit_code_1_and_closes_its_clients() -> None
 
 def test_a_pipelined_worker_delivers_every_batch_in_order_and_commits_at_shutdown() -> None:
     worker, producer, consumer = make_worker(pipeline_depth=2, max_batch_size=2)
-    tp = TopicPartition(TOPIC, 0)
+    tp = TopicPartition("in", 0)  # where `Polled` records come from
     consumer.assigned = {tp}
     records = [Polled(offset) for offset in range(7)]
 

@@ -17,9 +17,15 @@ from hypothesis import strategies as st
 from schemas import ErrorKind
 from schemas.dead_letter import decode_bytes
 from schemas.result import ModerationResult, Timings
-from worker.decode import MAX_EMBEDDED_BYTES, Decoded, Decoder, Rejected, SourceRecord
+from worker.decode import (
+    MAX_EMBEDDED_BYTES,
+    MAX_VALUE_BYTES,
+    Decoded,
+    Decoder,
+    Rejected,
+    SourceRecord,
+)
 
-MAX_TEXT = 1_000
 PRODUCER_MAX_REQUEST_BYTES = 1_048_576
 
 
@@ -60,7 +66,7 @@ CATALOGUE: list[tuple[str, bytes | None, ErrorKind | None]] = [
     ("text object", request(text={"a": "b"}), ErrorKind.WRONG_TYPE),
     ("empty text", request(text=""), ErrorKind.EMPTY_TEXT),
     ("whitespace text", request(text=" \t\n\u3000 "), ErrorKind.EMPTY_TEXT),
-    ("text over the limit", request(text="x" * (MAX_TEXT + 1)), ErrorKind.TEXT_TOO_LONG),
+    ("value over the hard cap", request(text="x" * MAX_VALUE_BYTES), ErrorKind.TEXT_TOO_LONG),
     ("extra field", request(lang="en"), ErrorKind.EXTRA_FIELD),
     ("metadata not strings", request(metadata={"a": 1}), ErrorKind.WRONG_TYPE),
     ("deeply nested metadata", request(metadata=nested(50)), ErrorKind.WRONG_TYPE),
@@ -79,12 +85,29 @@ CATALOGUE: list[tuple[str, bytes | None, ErrorKind | None]] = [
     ("lone high surrogate escape", b'{"id": "a", "text": "x\\ud800"}', ErrorKind.INVALID_JSON),
     ("lone low surrogate escape", b'{"id": "a\\udc00", "text": "x"}', ErrorKind.INVALID_JSON),
     ("NaN literal", b'{"id": "a", "text": NaN}', ErrorKind.WRONG_TYPE),
+    # Absurd shapes: rejected from the structure, before pydantic builds an error apiece.
+    (
+        "60,000 extra fields",
+        request(**{f"f{i}": 0 for i in range(60_000)}),
+        ErrorKind.EXTRA_FIELD,
+    ),
+    (
+        "extra fields and no id",
+        json.dumps({f"f{i}": [1] for i in range(1000)}).encode(),
+        ErrorKind.EXTRA_FIELD,
+    ),
+    (
+        "60,000 metadata entries of the wrong type",
+        request(metadata={f"k{i}": i for i in range(60_000)}),
+        ErrorKind.INVALID_FIELD,
+    ),
     ("tombstone", None, ErrorKind.NULL_VALUE),
     # Valid, however odd: these must be scored.
     ("escaped NUL in text", request(text="a\u0000b"), None),
     ("RTL, zero-width and emoji", request(text="שלום \u200f\u200b\u2066x\u2069 😀👍🏽"), None),
     ("surrogate pair escape", b'{"id": "a", "text": "smile \\ud83d\\ude00"}', None),
-    ("text at the limit", request(text="y" * MAX_TEXT), None),
+    ("text past the scoring budget", request(text="y" * 50_000), None),
+    ("text just under the hard cap", request(text="y" * (MAX_VALUE_BYTES - 100)), None),
     ("duplicate JSON key", b'{"id": "a", "text": "one", "text": "two"}', None),
     ("metadata and created_at", request(metadata={"u": "1"}, created_at="2024-01-01T00:00Z"), None),
 ]
@@ -94,7 +117,7 @@ CATALOGUE: list[tuple[str, bytes | None, ErrorKind | None]] = [
     ("value", "kind"), [(v, k) for _, v, k in CATALOGUE], ids=[name for name, _, _ in CATALOGUE]
 )
 def test_catalogue(value: bytes | None, kind: ErrorKind | None) -> None:
-    outcome = Decoder(MAX_TEXT).decode(record(value))
+    outcome = Decoder().decode(record(value))
     if kind is None:
         assert isinstance(outcome, Decoded), outcome
     else:
@@ -106,20 +129,25 @@ def test_catalogue(value: bytes | None, kind: ErrorKind | None) -> None:
 
 def test_the_decoder_gives_every_input_error_kind_somewhere_in_the_catalogue() -> None:
     """What the decoder answers, not what the catalogue declares: every kind a client
-    can receive for bad input (all but `inference_error`, which scoring gives) comes
-    out of decoding the catalogue."""
-    decoder = Decoder(MAX_TEXT)
+    can receive for bad input (all but the ones scoring and publishing give) comes out
+    of decoding the catalogue."""
+    decoder = Decoder()
     seen = set()
     for _, value, _ in CATALOGUE:
         outcome = decoder.decode(record(value))
         if isinstance(outcome, Rejected):
             seen.add(outcome.dead_letter.error_kind)
-    assert seen == set(ErrorKind) - {ErrorKind.INFERENCE_ERROR}
+    not_from_decoding = {
+        ErrorKind.INFERENCE_ERROR,
+        ErrorKind.OUTPUT_TOO_LARGE,
+        ErrorKind.OUTPUT_REJECTED,
+    }
+    assert seen == set(ErrorKind) - not_from_decoding
 
 
-def test_record_near_the_broker_size_limit_gives_a_publishable_dead_letter() -> None:
-    value = request(text="z" * 1_000_000)
-    outcome = Decoder(MAX_TEXT).decode(record(value, key=b"q" * 200_000))
+def test_record_over_the_hard_cap_gives_a_publishable_dead_letter() -> None:
+    value = request(text="z" * MAX_VALUE_BYTES)
+    outcome = Decoder().decode(record(value, key=b"q" * 200_000))
     assert isinstance(outcome, Rejected)
     letter = outcome.dead_letter
     assert letter.error_kind is ErrorKind.TEXT_TOO_LONG
@@ -127,14 +155,17 @@ def test_record_near_the_broker_size_limit_gives_a_publishable_dead_letter() -> 
     assert letter.value is not None and len(letter.value) == MAX_EMBEDDED_BYTES
     assert value.decode().startswith(letter.value)
     assert letter.key == "q" * MAX_EMBEDDED_BYTES
+    assert str(MAX_VALUE_BYTES) in letter.error_message
     assert_publishable(outcome)
+    # A million characters, within the cap, are no dead letter: they are scored.
+    assert isinstance(Decoder().decode(record(request(text="z" * 1_000_000))), Decoded)
 
 
 def test_truncation_keeps_whole_characters() -> None:
     value = ("é" * MAX_EMBEDDED_BYTES).encode()  # two bytes each: the cut falls mid-way
-    outcome = Decoder(MAX_TEXT).decode(record(value[1:] + value))  # invalid UTF-8 start
+    outcome = Decoder().decode(record(value[1:] + value))  # invalid UTF-8 start
     assert isinstance(outcome, Rejected) and outcome.dead_letter.value_encoding == "base64"
-    outcome = Decoder(MAX_TEXT).decode(record(b"\x00" + value))
+    outcome = Decoder().decode(record(b"\x00" + value))
     assert isinstance(outcome, Rejected)
     letter = outcome.dead_letter
     assert letter.truncated and letter.value_encoding == "utf-8"
@@ -142,7 +173,7 @@ def test_truncation_keeps_whole_characters() -> None:
 
 
 def test_small_dead_letters_keep_the_original_bytes() -> None:
-    outcome = Decoder(MAX_TEXT).decode(record(b"\xff" * 100, key=b"\xfe\x00"))
+    outcome = Decoder().decode(record(b"\xff" * 100, key=b"\xfe\x00"))
     assert isinstance(outcome, Rejected)
     letter = outcome.dead_letter
     assert not letter.truncated
@@ -196,7 +227,7 @@ near_requests = st.fixed_dictionaries(
 
 
 def check(value: bytes | None, key: bytes | None) -> None:
-    outcome = Decoder(50).decode(SourceRecord("t", 3, 99, -1, key, value))
+    outcome = Decoder().decode(SourceRecord("t", 3, 99, -1, key, value))
     assert isinstance(outcome, Decoded | Rejected)
     assert_publishable(outcome)
     if isinstance(outcome, Rejected):

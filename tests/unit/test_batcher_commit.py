@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+from kafka.errors import CommitFailedError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from worker.batcher import Batcher
@@ -110,6 +111,10 @@ class RecordingConsumer:
         self.asynchronous: list[dict[TopicPartition, int]] = []
         self.callbacks: list[Any] = []
         self.fail_sync = fail_sync
+        self.assigned = {TP0, TP1}
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         if self.fail_sync:
@@ -170,3 +175,26 @@ def test_an_idle_worker_polls_half_a_second_at_a_time_by_default() -> None:
     poll = ScriptedPoll([])
     assert Batcher(max_size=10, max_wait_s=1, max_bytes=10**9).collect(poll, lambda: False) == []
     assert poll.calls == [(0.5, 10)]
+
+
+def test_a_commit_refused_during_a_rebalance_is_sent_again_with_the_latest_offsets() -> None:
+    """The cooperative protocol keeps members consuming while the group rebalances, and
+    the broker refuses their commits meanwhile: those are deferred, not failed."""
+    consumer = RecordingConsumer()
+    outcomes: list[CommitError | None] = []
+    committer = Committer(consumer, outcomes.append)  # type: ignore[arg-type]
+    committer.commit_async([make(0, 4), make(1, 2)])
+    consumer.callbacks[0](None, RebalanceInProgressError())
+    committer.commit_async([make(0, 9)])
+    consumer.callbacks[1](None, CommitFailedError())  # the partition moved: not retried
+    deferred, failed = outcomes
+    assert deferred is not None and deferred.deferred
+    assert failed is not None and not failed.deferred
+
+    assert committer.retry_deferred() == {TP0: 10, TP1: 3}  # the latest, not the refused
+    assert consumer.asynchronous[-1] == {TP0: 10, TP1: 3}
+    assert committer.retry_deferred() == {}  # nothing deferred any more
+    committer.commit_async([make(1, 5)])
+    consumer.callbacks[-1](None, RebalanceInProgressError())
+    consumer.assigned = {TP0}  # partition 1 moved meanwhile
+    assert committer.retry_deferred() == {}, "only partitions still owned"

@@ -195,12 +195,12 @@ def test_score_exits_1_when_some_lines_are_invalid_and_still_answers_every_line(
     source = jsonl(tmp_path, '{"id": "a", "text": "hi"}', "{broken", '{"id": "c"}')
     code, out, err = score(capsys, source, "--checkpoint", str(checkpoint))
     assert code == ExitCode.FAILURE
-    assert [line.get("id", line.get("error_kind")) for line in out] == [
+    assert [line.get("error_kind") or line["id"] for line in out] == [
         "a",
         "invalid_json",
         "missing_field",
     ]
-    assert err.startswith("modstream score: 2 invalid input line(s)")
+    assert err.startswith("modstream score: 2 of 3 message(s) not scored")
 
 
 @pytest.mark.parametrize("bad", ["batch size", "missing file"])
@@ -209,7 +209,7 @@ def test_score_exits_2_for_bad_arguments(
 ) -> None:
     if bad == "batch size":
         argv = [jsonl(tmp_path, '{"id": "a", "text": "hi"}'), "--batch-size", "0"]
-        message = "--batch-size must be ≥ 1, got 0"
+        message = "--batch-size must be >= 1, got 0"
     else:
         argv, message = [str(tmp_path / "missing.jsonl")], "does not exist"
     code, out, err = score(capsys, *argv, "--checkpoint", str(checkpoint))
@@ -228,4 +228,166 @@ def test_score_exits_3_for_a_checkpoint_that_does_not_load(
     source = jsonl(tmp_path, '{"id": "a", "text": "hi"}')
     code, out, err = score(capsys, source, "--checkpoint", str(checkpoint))
     assert code == ExitCode.CHECKPOINT
-    assert out == [] and err.startswith(f"modstream score: checkpoint {checkpoint}: ")
+    assert out == [] and err.startswith(f"modstream score: checkpoint {checkpoint}")
+
+
+@pytest.mark.parametrize(
+    "action", [["list"], ["list", "--json"], ["promote", "0123456789ab"], ["rollback"]]
+)
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_a_path_that_is_not_a_store_exits_2_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: list[str], state: str
+) -> None:
+    typo = tmp_path / "typo"
+    if state == "empty":
+        typo.mkdir()
+    code, out, err = run(capsys, "checkpoints", *action, "--store", str(typo))
+    assert code == ExitCode.USAGE and out == ""
+    assert err.startswith("modstream checkpoints: no checkpoint store at ")
+    assert str(typo) in err and "--store" in err
+    if state == "missing":
+        assert not typo.exists()
+    else:
+        assert list(typo.iterdir()) == [], "no .lock, no versions/"
+
+
+def test_the_default_store_is_named_by_its_variable_when_it_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODSTREAM_CHECKPOINT_DIR", str(tmp_path / "nothing" / "current"))
+    code, _, err = run(capsys, "checkpoints", "list")
+    assert code == ExitCode.USAGE and "MODSTREAM_CHECKPOINT_DIR" in err
+    assert "`modstream retrain` creates one" in err
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_legacy_plain_current_checkpoint_is_listed_and_its_root_accepted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a fresh clone has after `make demo`: `checkpoints/current/` is a plain
+    checkpoint directory. Naming the root or its `current` lists it as current."""
+    version = make_checkpoint(tmp_path / "checkpoints" / "current", 1)
+    for store in (tmp_path / "checkpoints", tmp_path / "checkpoints" / "current"):
+        code, out, _ = run(capsys, "checkpoints", "list", "--store", str(store))
+        assert code == ExitCode.OK
+        (row,) = [line for line in out.splitlines() if version in line]
+        assert row.startswith("* ") and "current" in row and "plain directory" in row
+
+        code, out, _ = run(capsys, "checkpoints", "list", "--json", "--store", str(store))
+        document = json.loads(out)
+        assert document["current"] == version
+        assert [(v["version"], v["current"], v["legacy"]) for v in document["versions"]] == [
+            (version, True, True)
+        ]
+    assert not (tmp_path / "checkpoints" / "versions").exists(), "listing changes nothing"
+
+
+def test_the_store_root_of_a_legacy_checkpoint_loads_as_a_checkpoint(tmp_path: Path) -> None:
+    from model.checkpoint import load_checkpoint
+
+    version = make_checkpoint(tmp_path / "checkpoints" / "current", 1)
+    assert load_checkpoint(tmp_path / "checkpoints").version == version
+
+
+def test_promoting_in_a_legacy_store_root_adopts_its_current_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "checkpoints"
+    legacy = make_checkpoint(root / "current", 1)
+    make_checkpoint(tmp_path / "new", 2)
+    added = CheckpointStore(root).add(tmp_path / "new")
+    code, out, _ = run(capsys, "checkpoints", "promote", added, "--store", str(root))
+    assert code == ExitCode.OK and f"(was {legacy})" in out
+    code, out, _ = run(capsys, "checkpoints", "rollback", "--store", str(root))
+    assert code == ExitCode.OK and f"current is now {legacy}" in out
+
+
+def test_checkpoints_wait_returns_once_the_first_model_appears(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a worker pod's init container does on a fresh install."""
+    import threading
+
+    from tests.helpers import wait_for
+
+    target = tmp_path / "checkpoints" / "current"
+    codes: list[int] = []
+    argv = ["checkpoints", "wait", "--checkpoint", str(target), "--interval-s", "0.05"]
+    waiter = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+    waiter.start()
+    seen: list[str] = []
+
+    def said_waiting() -> bool:
+        seen.append(capsys.readouterr().err)
+        return "waiting for the first model at" in "".join(seen)
+
+    wait_for(said_waiting, 30, "the waiting line")
+    assert not codes, "returned before there was a model"
+    version = make_checkpoint(target, 1)
+    waiter.join(timeout=30)
+    assert codes == [ExitCode.OK]
+    assert f"model {version} is ready at {target}" in capsys.readouterr().out
+
+
+def test_checkpoints_wait_fails_at_once_on_a_checkpoint_that_does_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_checkpoint(tmp_path / "current", 1)
+    weights = tmp_path / "current" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run(capsys, "checkpoints", "wait", "--checkpoint", str(tmp_path / "current"))
+    assert code == ExitCode.CHECKPOINT and "is there but does not load" in err
+
+
+def test_checkpoints_wait_gives_up_after_its_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys,
+        "checkpoints",
+        "wait",
+        "--checkpoint",
+        str(tmp_path / "never"),
+        "--interval-s",
+        "0.01",
+        "--timeout-s",
+        "0.05",
+    )
+    assert code == ExitCode.CHECKPOINT
+    assert err.splitlines()[-1].startswith("modstream checkpoints wait: no model at ")
+
+
+@pytest.mark.parametrize("where", ["output", "store"])
+def test_retrain_if_missing_does_nothing_when_a_model_is_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: CheckpointStore, where: str
+) -> None:
+    if where == "output":
+        make_checkpoint(tmp_path / "out", 3)
+        argv = ["retrain", "--output", str(tmp_path / "out"), "--if-missing"]
+    else:
+        store.promote(store.versions()[0])
+        argv = ["retrain", "--store", str(store.root), "--if-missing"]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, out, _ = run(capsys, *argv)
+    summary = json.loads(out)
+    assert code == ExitCode.OK and summary["status"] == "skipped"
+    assert "a model is already there" in summary["reason"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, "nothing written"
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_score_sets_the_torch_threads_it_is_given(tmp_path: Path, threads: int) -> None:
+    import torch
+
+    from worker.score_command import _load_engine
+
+    make_checkpoint(tmp_path / "current", 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _load_engine(tmp_path / "current", "cpu", threads)
+        assert torch.get_num_threads() == threads
+        _load_engine(tmp_path / "current", "cpu", 0)  # 0 leaves torch's setting alone
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

@@ -23,6 +23,7 @@ class Consumer:
 
     def __init__(self, refuse: BaseException | None = None) -> None:
         self.refuse = refuse
+        self.assigned = {TP0, TP1}
         self.sync: list[dict[TopicPartition, Any]] = []
         self.asynchronous: list[tuple[dict[TopicPartition, Any], Any]] = []
 
@@ -33,6 +34,9 @@ class Consumer:
 
     def commit_async(self, offsets: dict[TopicPartition, Any], callback: Any) -> None:
         self.asynchronous.append((offsets, callback))
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
 
 
 def test_a_commit_request_carries_no_metadata_and_no_leader_epoch() -> None:

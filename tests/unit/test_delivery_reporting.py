@@ -61,7 +61,7 @@ class PendingProducer(FakeProducer):
         super().__init__()
         self.acknowledged = acknowledged
 
-    def send(self, topic: str, value: bytes, key: bytes | None) -> Any:
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: Any = None) -> Any:
         if self.acknowledged:
             self.acknowledged -= 1
             return super().send(topic, value, key)
@@ -72,6 +72,7 @@ class PendingProducer(FakeProducer):
 def parts(**settings: Any) -> Parts:
     made = Parts(**settings)
     made.consumer = Consumer()
+    made.consumer.assigned = {TopicPartition("in", 0), TopicPartition("in", 1)}
     return made
 
 
@@ -116,6 +117,7 @@ def test_a_failed_publish_is_logged_with_coordinates_counted_and_not_ready_until
         "acknowledged": 2,
         "retry_in_s": 0.0,
         "committed": False,
+        "failure": "retriable",
     }
     ((ready, body),) = seen
     assert not ready and body["producer_ok"] is False

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import model.checkpoint as checkpoint_module
 from model.checkpoint import (
     META_FILE,
     RETIRED_CONFIG_FIELDS,
@@ -29,6 +30,7 @@ from model.checkpoint import (
 from model.engine import Engine
 from model.errors import ExitCode
 from model.network import Classifier, ModelConfig
+from model.tokenizer import TOKENIZER_V2, TOKENIZER_VERSION
 from model.vocab import Vocab
 from tests.helpers import tiny_model
 
@@ -312,3 +314,27 @@ def test_default_checkpoint_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert default_checkpoint_dir() == tmp_path / "x"
     monkeypatch.delenv("MODSTREAM_CHECKPOINT_DIR")
     assert default_checkpoint_dir().parts[-2:] == ("checkpoints", "current")
+
+
+def test_a_checkpoint_of_the_previous_tokenizer_still_serves_as_it_was_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A v2 checkpoint (before rule 6 joined spelled-out words) loads after an upgrade
+    and reads texts with v2's rules; a v3 one joins them."""
+    model, vocab = build()
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint_module, "TOKENIZER_VERSION", TOKENIZER_V2)
+        save(tmp_path / "v2", model, vocab)
+    save(tmp_path / "v3", model, vocab)
+    assert load_checkpoint(tmp_path / "v2").tokenizer == TOKENIZER_V2
+    assert load_checkpoint(tmp_path / "v3").tokenizer == TOKENIZER_VERSION
+
+    text = "you are so s t u p i d today"
+
+    def tokens(directory: Path) -> tuple[str, ...]:
+        (window,) = Engine.load(directory, device="cpu")._planner.plan(text).windows
+        return window.tokens
+
+    assert "stupid" not in tokens(tmp_path / "v2")
+    assert tokens(tmp_path / "v2")[3:9] == ("s", "t", "u", "p", "i", "d")
+    assert "stupid" in tokens(tmp_path / "v3")

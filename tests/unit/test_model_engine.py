@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from model.engine import Engine, EngineError, resolve_device
-from model.tokenizer import tokenize
 from tests.helpers import tiny_model
 
 SENTENCE = "you are a total idiot free prize call now win cash the of and to in it is"
@@ -99,13 +98,16 @@ def test_token_accounting_and_bucket_limits() -> None:
     engine = make_engine(bucket_width=8, max_batch_tokens=256, max_tokens=100)
     texts = random_texts(80, seed=11)
     scores = engine.score(texts)
-    lengths = np.asarray([max(1, len(tokenize(t, 100))) for t in texts])
+    # One row per window of at most max_tokens (100, under the model's own 128) tokens:
+    # the texts reach 300.
+    lengths = np.asarray([max(1, len(w.tokens)) for t in texts for w in engine.plan(t).windows])
+    assert lengths.max() == 100 and scores.num_windows == len(lengths) > len(texts)
     assert scores.real_tokens == int(lengths.sum())
     assert scores.padded_tokens >= scores.real_tokens
     assert scores.tokenize_seconds >= 0 and scores.inference_seconds >= 0
 
     buckets = engine.buckets(lengths)
-    assert sorted(np.concatenate(buckets).tolist()) == list(range(len(texts)))
+    assert sorted(np.concatenate(buckets).tolist()) == list(range(len(lengths)))
     assert len(buckets) == scores.num_buckets
     padded = 0
     for bucket in buckets:
@@ -163,7 +165,8 @@ def test_encoding_apart_from_scoring_gives_the_same_scores() -> None:
     engine = make_engine()
     texts = random_texts(40, seed=5)
     encoded = engine.encode_batch(texts)
-    assert encoded.version == engine.version and len(encoded.lengths) == len(texts)
+    assert encoded.version == engine.version and len(encoded.plans) == len(texts)
+    assert len(encoded.lengths) == sum(len(plan.windows) for plan in encoded.plans)
     np.testing.assert_array_equal(
         engine.score_encoded(encoded).probabilities, engine.score(texts).probabilities
     )

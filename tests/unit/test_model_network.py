@@ -78,6 +78,8 @@ def test_dropout_only_in_training_mode() -> None:
         ({"bidirectional": "yes"}, "bidirectional"),
         ({"subword_buckets": -1}, "subword_buckets"),
         ({"subword_buckets": 10, "subword_min_n": 4, "subword_max_n": 3}, "subword"),
+        ({"window_tokens": 0}, "window_tokens"),
+        ({"window_tokens": 16, "window_stride": 17}, "window_stride"),
     ],
 )
 def test_config_validation_names_the_field(changes: dict[str, Any], message: str) -> None:
@@ -93,6 +95,13 @@ def test_config_round_trip_and_strict_keys() -> None:
         ModelConfig.from_dict(config.to_dict() | {"extra": 1})
     with pytest.raises(ValueError, match="missing"):
         ModelConfig.from_dict({"vocab_size": 10})
+
+
+def test_a_config_written_before_windows_reads_with_the_default_windows() -> None:
+    config = ModelConfig(vocab_size=10, num_labels=2, window_tokens=32, window_stride=16)
+    older = {k: v for k, v in config.to_dict().items() if not k.startswith("window_")}
+    assert ModelConfig.from_dict(older) == ModelConfig(vocab_size=10, num_labels=2)
+    assert ModelConfig.from_dict(config.to_dict()).window_tokens == 32
 
 
 def test_meanmax_pooling_concatenates_mean_and_max() -> None:

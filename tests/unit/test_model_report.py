@@ -37,12 +37,35 @@ def test_retrain_writes_report_inside_a_loadable_checkpoint(tmp_path: Path) -> N
     assert sum(spam_test["confusion"].values()) == spam_test["examples"]
     assert data["history"] and "validation_loss" in data["history"][0]
     assert data["data"]["fingerprint"] == "synthetic"
+    # Long messages, short benign chat and probes, for both models where they apply.
+    for split in ("validation", "test"):
+        long = data["long_messages"][split]
+        assert (
+            long["messages"]
+            == loaded.metrics["validation" if split == "validation" else "test"]["insult"][
+                "examples"
+            ]
+        )
+        for name in ("lstm", "baseline"):
+            assert 0.0 <= long[name]["roc_auc"] <= 1.0
+            assert {"plain_roc_auc", "ceiling_roc_auc", "recall", "negative_flag_rate"} <= set(
+                long[name]
+            )
+        short = data["short_benign"][split]
+        assert short["examples"] > 0 and 0.0 <= short["lstm"]["insult"]["flag_rate"] <= 1.0
+    assert len(data["probes"]) >= 10 and {"score", "ok"} <= set(data["probes"][0])
+    assert loaded.metrics["long_messages"]["test"]["lstm"]["roc_auc"] == pytest.approx(
+        data["long_messages"]["test"]["lstm"]["roc_auc"]
+    )
 
     markdown = (directory / REPORT_DIR / MARKDOWN_FILE).read_text()
     for section in (
         "## Per-label metrics",
         "## Confusion matrices at the chosen thresholds",
         "## Cross-domain flag rates",
+        "## Long messages",
+        "## Short benign chat",
+        "## Probes",
         "## Calibration",
         "## Figures",
         "## Training curve",
@@ -125,3 +148,78 @@ def test_report_travels_with_the_checkpoint_into_a_store(tmp_path: Path, move: b
     assert (copied / MARKDOWN_FILE).is_file()
     store.promote(version)
     assert load_checkpoint(store.root).version == version
+
+
+def _sample_report() -> dict[str, object]:
+    """A report of two models on both splits, from random scores with real structure."""
+    import numpy as np
+
+    from model.report import Scored, SplitData, build_report
+
+    rng = np.random.default_rng(0)
+    labels = ("insult", "spam")
+    splits, models = {}, {"lstm": {}, "baseline": {}}  # type: ignore[var-annotated]
+    for split in ("validation", "test"):
+        targets = (rng.random((300, 2)) < 0.3).astype(np.float32)
+        splits[split] = SplitData(targets, np.ones_like(targets), ["insults"] * 300)
+        for name, noise in (("lstm", 0.3), ("baseline", 0.5)):
+            scores = np.clip(targets * 0.35 + rng.random((300, 2)) * (0.4 + noise), 0, 1)
+            models[name][split] = Scored(scores, {"insult": 0.5, "spam": 0.45})
+    history = [
+        {
+            "epoch": float(e),
+            "train_loss": 1 / e,
+            "validation_loss": 1.2 / e,
+            "validation_mean_auc": 0.8,
+        }
+        for e in (1, 2, 3)
+    ]
+    return build_report(
+        labels, splits, models, {"insult": "insults"}, {"history": history, "best_epoch": 2}
+    )
+
+
+def test_figures_are_readable_and_mark_thresholds_kept_epoch_and_bin_counts() -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_hex
+
+    from model.report import FIGURE_DPI, figures, operating_point, render_images
+
+    report = _sample_report()
+    drawn = figures(report)
+    colours: dict[str, set[str]] = {}
+    for name in ("roc_insult.png", "pr_insult.png", "calibration_insult.png"):
+        for line in drawn[name].axes[0].get_lines():
+            model = line.get_label().split(" ")[0]
+            if model in ("lstm", "baseline"):
+                colours.setdefault(model, set()).add(to_hex(line.get_color()))
+    assert len(colours["lstm"]) == 1 and len(colours["baseline"]) == 1, "one colour per model"
+    assert colours["lstm"] != colours["baseline"]
+
+    section = report["models"]["lstm"]["test"]["insult"]  # type: ignore[index]
+    roc = drawn["roc_insult.png"].axes[0]
+    (marker,) = [
+        line for line in roc.get_lines() if line.get_label() == "lstm test at threshold 0.500"
+    ]
+    assert tuple(marker.get_xydata()[0]) == pytest.approx(operating_point(section, "roc_curve"))
+    pr = drawn["pr_insult.png"].axes[0]
+    assert [line for line in pr.get_lines() if "at threshold" in str(line.get_label())]
+
+    reliability, counts = drawn["calibration_insult.png"].axes
+    written = sorted(int(text.get_text()) for text in reliability.texts)
+    expected = sorted(
+        b["count"]
+        for name in ("lstm", "baseline")
+        for b in report["models"][name]["test"]["insult"]["calibration"]  # type: ignore[index]
+    )
+    assert written == expected, "every bin's count is written beside its point"
+    assert sorted(int(bar.get_height()) for bar in counts.patches) == expected
+
+    for ax in drawn["training_curve.png"].axes:
+        assert any(line.get_label() == "kept: epoch 2" for line in ax.get_lines())
+
+    for name, png in render_images(report).items():
+        width = int.from_bytes(png[16:20], "big")
+        height = int.from_bytes(png[20:24], "big")
+        assert width >= 600 and height >= 500, f"{name} is {width}x{height} px"
+    assert FIGURE_DPI >= 100

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from model.engine import Engine, encode_text
+from model.engine import Engine, encode_tokens
 from model.network import Classifier, ModelConfig
 from model.subword import (
     canonical,
@@ -67,9 +67,10 @@ def test_unknown_obfuscated_word_scores_like_its_plain_spelling() -> None:
     """Both spellings are UNK as words, but their sub-words make them identical inputs,
     while a different unknown word scores differently."""
     model, vocab = unknown_word_model()
-    a = encode_text(vocab, model.config, "you are a m0r0n", 256)
-    b = encode_text(vocab, model.config, "you are a moron", 256)
-    c = encode_text(vocab, model.config, "you are a prize", 256)
+    a, b, c = (
+        encode_tokens(vocab, model.config, tokenize(text))
+        for text in ("you are a m0r0n", "you are a moron", "you are a prize")
+    )
     assert a.ids == b.ids == c.ids  # all UNK at the last position
     assert a.ids[-1] == UNK_ID
     assert a.subwords == b.subwords != c.subwords

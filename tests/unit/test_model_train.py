@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.train import TrainConfig, masked_bce, train
-from tests.helpers import synthetic_splits
+from model.engine import encode_tokens, forward_batch
+from model.train import TrainConfig, example_logits, masked_bce, train
+from tests.helpers import synthetic_splits, tiny_model
 
 
 @pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9}])
@@ -60,3 +61,30 @@ def test_fully_masked_batch_gives_zero_loss() -> None:
     logits = torch.randn(3, 2, requires_grad=True)
     loss = masked_bce(logits, torch.ones(3, 2), torch.zeros(3, 2))
     assert loss.item() == 0.0
+
+
+def test_an_examples_logit_is_the_maximum_over_its_windows() -> None:
+    model, vocab = tiny_model(["you are an idiot the budget of the city council"], 4)
+    model.eval()
+    config = model.config
+    rows = [
+        encode_tokens(vocab, config, tokens)
+        for tokens in (["you", "idiot"], ["the", "budget"], ["city", "council", "of"])
+    ]
+    device = torch.device("cpu")
+    with torch.no_grad():
+        separately = forward_batch(model, rows, device)
+        windowed = example_logits(model, [rows[:2], rows[2:]], device)
+        one_each = example_logits(model, [[row] for row in rows], device)
+    torch.testing.assert_close(windowed[0], separately[:2].max(dim=0).values)
+    torch.testing.assert_close(windowed[1], separately[2])
+    assert torch.equal(one_each, separately)  # one window each: the plain forward
+
+
+def test_the_gradient_reaches_only_the_deciding_window() -> None:
+    model, vocab = tiny_model(["you are an idiot the budget"], 4)
+    model.eval()
+    rows = [encode_tokens(vocab, model.config, t) for t in (["you", "idiot"], ["budget"])]
+    logits = example_logits(model, [rows], torch.device("cpu"))
+    (grad,) = torch.autograd.grad(logits[0, 0], [model.head.weight])
+    assert grad[1].abs().sum() == 0 and grad[0].abs().sum() > 0

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import numpy as np
 
 from model.data import LABELS, SOURCE_INSULTS, SOURCE_SMS, Example
 from model.glove import GloveVectors
+from model.long_messages import SEPARATOR
+from model.short_chat import SOURCE_SHORT_CHAT
 from model.train import TrainConfig
 from model.training_data import (
     build_vocab,
+    context_examples,
+    encode_examples,
     length_bucketed_batches,
     spam_negative,
     training_examples,
@@ -65,3 +70,50 @@ def test_glove_min_freq_keeps_rare_tokens_only_when_glove_knows_them() -> None:
     )
     tight = build_vocab(replace(config, max_vocab=4), token_lists, glove)
     assert tight.tokens == (*SPECIAL_TOKENS, "common", "rare")
+
+
+def test_comments_in_context_keep_their_labels_among_clean_fillers() -> None:
+    examples = training_examples(TrainConfig.tiny(), synthetic_splits())
+    insult = LABELS.index("insult")
+    comments = [ex for ex in examples if ex.source == SOURCE_INSULTS and ex.mask[insult] > 0]
+    clean = {ex.text for ex in comments if ex.targets[insult] == 0.0}
+    placed = context_examples(examples, LABELS, random.Random(1), 1.0, 3)
+    assert len(placed) == len(comments)
+    for comment, long in zip(comments, placed, strict=True):
+        assert (long.targets, long.mask, long.source) == (
+            comment.targets,
+            comment.mask,
+            comment.source,
+        )
+        parts = long.text.split(SEPARATOR)
+        assert 2 <= len(parts) <= 4 and comment.text in parts
+        others = list(parts)
+        others.remove(comment.text)
+        assert all(part in clean for part in others)
+    assert context_examples(examples, LABELS, random.Random(1), 1.0, 3) == placed
+    assert 0 < len(context_examples(examples, LABELS, random.Random(1), 0.3, 3)) < len(placed)
+    assert context_examples(examples, LABELS, random.Random(1), 0.0, 3) == []
+
+
+def test_short_benign_chat_joins_training_as_a_negative_for_every_label() -> None:
+    splits = synthetic_splits()
+    short = Example("see you at 6", (0.0, 0.0), (0.0, 1.0), SOURCE_SMS)
+    splits = replace(splits, train=[*splits.train, short])
+    with_chat = training_examples(TrainConfig.tiny(short_benign=True), splits)
+    without = training_examples(TrainConfig.tiny(short_benign=False), splits)
+    chat = [ex for ex in with_chat if ex.source == SOURCE_SHORT_CHAT]
+    assert len(with_chat) == len(without) + len(chat) and len(chat) > 200
+    assert all(ex.targets == (0.0, 0.0) and ex.mask == (1.0, 1.0) for ex in chat)
+    assert Example("see you at 6", (0.0, 0.0), (1.0, 1.0), SOURCE_SMS) in with_chat
+    assert short in without
+
+
+def test_every_example_is_encoded_as_its_windows() -> None:
+    long_text = " ".join(["word"] * 300)
+    examples = [Example("you idiot", (1.0, 0.0), (1.0, 0.0), SOURCE_INSULTS)]
+    examples.append(Example(long_text, (0.0, 0.0), (1.0, 0.0), SOURCE_INSULTS))
+    vocab = build_vocab(TrainConfig.tiny(min_freq=1), [["you", "idiot", "word"]], None)
+    config = TrainConfig.tiny().model_config(len(vocab), 2)
+    rows, lengths = encode_examples(vocab, config, examples)
+    assert [len(r) for r in rows] == [1, 4]  # 300 tokens: windows at 0, 64, 128 and 172
+    assert lengths.tolist() == [2, 4 * 128]

@@ -9,10 +9,13 @@ import pytest
 from pydantic import ValidationError
 
 from schemas import (
+    DEFAULT_MAX_TEXT_CHARS,
+    MAX_TEXT_CHARS,
     DeadLetter,
     ErrorKind,
     ModerationRequest,
     ModerationResult,
+    Span,
     decode_bytes,
     encode_bytes,
 )
@@ -59,14 +62,54 @@ def test_request_rejects(payload: str, error_type: str) -> None:
     assert caught.value.errors()[0]["type"] == error_type
 
 
-def test_text_limit_comes_from_context() -> None:
-    payload = '{"id": "a", "text": "abcdef"}'
-    assert ModerationRequest.model_validate_json(payload, context={"max_text_chars": 6})
+def test_only_the_hard_cap_limits_a_texts_length() -> None:
+    long = "x" * (DEFAULT_MAX_TEXT_CHARS * 10)  # ten times the scoring budget: valid
+    assert ModerationRequest.model_validate({"id": "a", "text": long}).text == long
+    at_cap = "y" * MAX_TEXT_CHARS
+    assert ModerationRequest.model_validate({"id": "a", "text": at_cap})
     with pytest.raises(ValidationError) as caught:
-        ModerationRequest.model_validate_json(payload, context={"max_text_chars": 5})
+        ModerationRequest.model_validate({"id": "a", "text": at_cap + "y"})
     error = caught.value.errors()[0]
     assert error["type"] == "text_too_long"
-    assert "6 characters" in error["msg"] and "limit is 5" in error["msg"]
+    assert f"{MAX_TEXT_CHARS + 1} characters" in error["msg"]
+
+
+def test_results_carry_optional_coverage_and_evidence() -> None:
+    base = {
+        "id": "a",
+        "flagged": True,
+        "categories": {"insult": True},
+        "category_scores": {"insult": 0.9},
+        "model_version": "v",
+        "topic": "t",
+        "partition": 0,
+        "offset": 0,
+        "timings": {"queued_ms": 0.0, "inference_ms": 1.0, "batch_size": 1},
+    }
+    old = ModerationResult.model_validate(base)  # what older producers wrote
+    assert old.coverage is None and old.evidence is None
+    new = ModerationResult.model_validate(
+        {
+            **base,
+            "coverage": {
+                "chars_scored": 5000,
+                "chars_total": 20000,
+                "windows": 40,
+                "strategy": "head+tail+sampled",
+            },
+            "evidence": {"insult": [{"start": 3, "end": 40, "score": 0.93}]},
+        }
+    )
+    assert new.coverage is not None and new.coverage.windows == 40
+    assert new.evidence == {"insult": [Span(start=3, end=40, score=0.93)]}
+    for bad in (
+        {"evidence": {"insult": [{"start": 0, "end": 4, "score": 1.2}]}},
+        {"coverage": {"chars_scored": 1, "chars_total": 1, "windows": 1, "strategy": "x"}},
+    ):
+        with pytest.raises(ValidationError):
+            ModerationResult.model_validate({**base, **bad})
+    # Consumers that read only the old fields see the same JSON keys as before.
+    assert set(json.loads(old.model_dump_json(exclude_none=True))) == set(base)
 
 
 def test_result_scores_must_be_probabilities() -> None:

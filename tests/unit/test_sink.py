@@ -36,7 +36,7 @@ class FakeProducer:
         self.sent: list[bytes] = []
         self.futures: list[FakeFuture] = []
 
-    def send(self, topic: str, value: bytes, key: bytes | None) -> Any:
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: Any = None) -> Any:
         if topic == self.missing_topic:
             raise KafkaTimeoutError("Failed to update metadata after 1.0 secs.")
         self.sent.append(value)

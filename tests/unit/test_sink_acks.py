@@ -3,6 +3,8 @@ failure says and carries, and how the producer is closed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError, NotLeaderForPartitionError
 
@@ -39,7 +41,7 @@ class Producer:
         self.flushes: list[float | None] = []
         self.closed_with: list[float | None] = []
 
-    def send(self, topic: str, value: bytes, key: bytes | None) -> Future:
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: Any = None) -> Future:
         if self.send_error is not None:
             raise self.send_error
         self.sent.append((topic, key, value))

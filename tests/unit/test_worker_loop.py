@@ -54,7 +54,7 @@ class SlowBroker:
         self.futures: list[HeldFuture] = []
         self.closed = False
 
-    def send(self, topic: str, value: bytes, key: bytes | None) -> HeldFuture:
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: Any = None) -> HeldFuture:
         self.on_send()
         future = HeldFuture()
         if self.fail_sends:

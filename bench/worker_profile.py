@@ -4,11 +4,15 @@ pre-filled topic, and this prints, per thread, the share of samples per function
 
 Used to name the bottleneck behind the throughput figures of `bench/run.py`:
 
-    python bench/profile.py                  # 30,000 messages, default settings
-    python bench/profile.py --pipeline-depth 0 --messages 10000
+    python bench/worker_profile.py                  # 30,000 messages, default settings
+    python bench/worker_profile.py --pipeline-depth 0 --messages 10000
 
 Needs `py-spy` (a dev dependency) and permission to ptrace the worker (root, or
 kernel.yama.ptrace_scope=0). Sampling slows the worker down; read shares, not rates.
+
+Named `worker_profile.py`, not `profile.py`: scripts run from bench/ put it first on
+sys.path, where a `profile.py` shadows the standard library module that torch's
+`cProfile` import needs (bench/soak.py failed on it).
 """
 
 from __future__ import annotations
