@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -135,6 +135,7 @@ class Worker:
         self.port = int(env["MODSTREAM_METRICS_PORT"])
         self.proc = subprocess.Popen([sys.executable, *command], cwd=REPO_ROOT, env=env)
         self.peak_rss_bytes = 0
+        self.peak_rss_by_pid: dict[int, int] = {}
 
     def ready(self) -> bool:
         import urllib.request
@@ -151,19 +152,38 @@ class Worker:
         wait_until(self.ready, timeout_s, "worker readiness")
 
     def sample_rss(self) -> int:
-        """Peak resident set (VmHWM) of the worker so far, in bytes."""
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_rss_bytes = max(self.peak_rss_bytes, int(line.split()[1]) * 1024)
-        except OSError:
-            pass
+        """Peak resident set (VmHWM) of the worker so far, in bytes: its own plus its
+        child processes' (the scoring process), each its own peak, so an upper bound."""
+        for pid in [self.proc.pid, *children(self.proc.pid)]:
+            peak = _peak_rss(pid)
+            if peak:
+                self.peak_rss_by_pid[pid] = max(self.peak_rss_by_pid.get(pid, 0), peak)
+        self.peak_rss_bytes = sum(self.peak_rss_by_pid.values())
         return self.peak_rss_bytes
 
     def stop(self) -> int:
         self.sample_rss()
         self.proc.terminate()
         return self.proc.wait(timeout=60)
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def _peak_rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -12,6 +12,12 @@ the figures can be compared as ratios within one run on a shared, noisy machine:
 6. padding efficiency with and without length bucketing; peak worker RSS.
 
 `python bench/run.py` prints a table and writes bench/results/latest.json.
+
+`python bench/run.py --scoring-rounds 3 [--depths 2,4]` compares where the model runs
+instead of 3-5: after the ceilings, the pipelined worker with `MODSTREAM_SCORING=in_process`
+and `=process` (at each `MODSTREAM_PIPELINE_DEPTH` given), alternating, three of each,
+then the latency of each at 50 % of the scoring process's median maximum (first depth),
+alternating too; medians and ratios within the run.
 """
 
 from __future__ import annotations
@@ -236,6 +242,7 @@ def end_to_end(
         "msg_per_s": (len(outputs) - 1) / elapsed,
         "outputs": len(outputs),
         "peak_rss_bytes": worker.peak_rss_bytes,
+        "peak_rss_bytes_by_process": sorted(worker.peak_rss_by_pid.values(), reverse=True),
         "exit_code": code,
         "expected": count,
     }
@@ -349,6 +356,15 @@ def main() -> int:
     parser.add_argument("--batch-sizes", default="1,8,32,128,256,512,1024")
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "latest.json")
     parser.add_argument(
+        "--scoring-rounds",
+        type=int,
+        default=0,
+        help="compare MODSTREAM_SCORING=in_process and =process, alternating, N of each",
+    )
+    parser.add_argument(
+        "--depths", default="2", help="with --scoring-rounds: pipeline depths to compare, e.g. 2,4"
+    )
+    parser.add_argument(
         "--model-only",
         action="store_true",
         help="only the Kafka-free parts: padding, tokeniser and the model-only table",
@@ -381,6 +397,14 @@ def main() -> int:
         results["passthrough_msg_per_s"] = passthrough(
             bootstrap, names["input"], args.messages, 500
         )
+        if args.scoring_rounds:
+            results["scoring"] = compare_scoring(
+                bootstrap, names, texts, args, worker_settings, args.scoring_rounds
+            )
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=2) + "\n")
+            print_scoring(results)
+            return 0
         log("end-to-end worker, one batch at a time")
         results["end_to_end_synchronous"] = end_to_end(
             bootstrap, names, args.messages, {**worker_settings, "pipeline_depth": "0"}
@@ -407,6 +431,75 @@ def main() -> int:
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     return 0
+
+
+MODES = ("in_process", "process")
+
+
+def variants(depths: str) -> list[tuple[str, str]]:
+    """(scoring mode, pipeline depth) pairs to compare, in the order they alternate."""
+    return [(mode, depth) for depth in depths.split(",") for mode in MODES]
+
+
+def compare_scoring(
+    bootstrap: str,
+    names: dict[str, str],
+    texts: list[str],
+    args: argparse.Namespace,
+    settings: dict[str, str],
+    rounds: int,
+) -> dict[str, Any]:
+    """End to end and latency per (scoring mode, depth), alternating (module docstring);
+    the latency of each at half the median maximum of the scoring process at the first
+    depth."""
+    chosen = variants(args.depths)
+    key = [f"{mode}/{depth}" for mode, depth in chosen]
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in key}
+    for n in range(rounds):
+        for name, (mode, depth) in zip(key, chosen, strict=True):
+            log(f"end-to-end worker, scoring {mode}, depth {depth}, round {n + 1}")
+            variant = {**settings, "scoring": mode, "pipeline_depth": depth}
+            runs[name].append(end_to_end(bootstrap, names, args.messages, variant))
+    reference = f"process/{chosen[0][1]}"
+    best = common.median([run["msg_per_s"] for run in runs[reference]])
+    latencies: dict[str, list[dict[str, Any]]] = {k: [] for k in key}
+    for n in range(rounds):
+        for name, (mode, depth) in zip(key, chosen, strict=True):
+            log(f"latency at {best * 0.5:,.0f} msg/s, scoring {mode}, depth {depth}, round {n + 1}")
+            variant = {**settings, "scoring": mode, "pipeline_depth": depth}
+            latencies[name].append(
+                latency(bootstrap, texts, best * 0.5, args.latency_seconds, variant)
+            )
+    return {"end_to_end": runs, "latency_50": latencies, "latency_rate": best * 0.5}
+
+
+def print_scoring(r: dict[str, Any]) -> None:
+    out = sys.stdout.write
+    model_best = max(row["msg_per_s"] for row in r["model_only"])
+    passthrough_rate = r["passthrough_msg_per_s"]
+    ceiling = min(passthrough_rate, model_best)
+    s = r["scoring"]
+    out(f"\npassthrough {passthrough_rate:,.0f} msg/s, model-only {model_best:,.0f} msg/s\n")
+    out(
+        "\n| round | scoring / depth | end-to-end msg/s | / min(ceilings) | peak RSS MiB "
+        f"(per process) | p50 / p99 ms at {s['latency_rate']:,.0f} msg/s |\n"
+        "|---:|---|---:|---:|---|---:|\n"
+    )
+    names = list(s["end_to_end"])
+    for n in range(len(s["end_to_end"][names[0]])):
+        for name in names:
+            run, lat = s["end_to_end"][name][n], s["latency_50"][name][n]
+            per = " + ".join(f"{b / 2**20:,.0f}" for b in run["peak_rss_bytes_by_process"])
+            out(
+                f"| {n + 1} | {name} | {run['msg_per_s']:,.0f} | {run['msg_per_s'] / ceiling:.2f} "
+                f"| {run['peak_rss_bytes'] / 2**20:,.0f} ({per}) "
+                f"| {lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} |\n"
+            )
+    for name in names:
+        rate = common.median([run["msg_per_s"] for run in s["end_to_end"][name]])
+        p50 = common.median([lat["p50_ms"] for lat in s["latency_50"][name]])
+        p99 = common.median([lat["p99_ms"] for lat in s["latency_50"][name]])
+        out(f"| median | {name} | {rate:,.0f} | {rate / ceiling:.2f} | | {p50:.0f} / {p99:.0f} |\n")
 
 
 def print_table(r: dict[str, Any]) -> None:

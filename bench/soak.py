@@ -14,19 +14,27 @@ injects:
     70%  stop workers b and c              (rebalance 3 -> 1)
     85%  kill -9 worker a, restart it
 
+With `--scoring process` each worker's model runs in its scoring process, and two
+faults are added: at 32% the scoring process of worker c is killed (kill -9; the
+worker starts another and scores the batch in hand again), and every kill -9 of a
+worker checks that its scoring process exits with it (no orphan).
+
 then waits until every input offset is committed and reads the whole output topic
 (`read_committed` for exactly-once) to count, by request id, what was lost and what was
 duplicated. Every wait is bounded by `--phase-timeout`. Usage:
 
     python bench/soak.py --messages 100000            # both modes
     python bench/soak.py --messages 20000 --mode exactly_once
+    python bench/soak.py --messages 20000 --scoring process
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -43,7 +51,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from kafka import KafkaProducer  # noqa: E402
 from kafka.errors import KafkaError  # noqa: E402
 
-from bench.common import wait_until  # noqa: E402
+from bench.common import children, wait_until  # noqa: E402
 from tests.conftest import load_kafka_local  # noqa: E402
 from tests.helpers import (  # noqa: E402
     TopicReader,
@@ -186,6 +194,7 @@ class Soak:
                 session_timeout_ms="10000",
                 publish_timeout_s="5",
                 max_batch_size=str(args.max_batch_size),
+                **({"scoring": args.scoring} if args.scoring else {}),
             )
             log = self.workdir / f"{mode}-{name}-{len(faults)}.log"
             workers[name] = WorkerProcess(env, log)
@@ -212,10 +221,20 @@ class Soak:
             return f"at {committed()} inputs committed"
 
         def kill(name: str) -> None:
+            scorers = children(workers[name].proc.pid)
             workers[name].kill()
             faults.append(f"kill -9 {name} {where()}")
+            if scorers:  # its scoring process must not outlive it
+                wait_until(lambda: all(gone(pid) for pid in scorers), 30, "no orphan")
+                faults[-1] += ", its scoring process gone with it"
             say(f"{mode}: {faults[-1]}")
             start(name)
+
+        def kill_scorer(name: str) -> None:
+            (pid,) = children(workers[name].proc.pid)
+            os.kill(pid, signal.SIGKILL)
+            faults.append(f"kill -9 the scoring process of {name} {where()}")
+            say(f"{mode}: {faults[-1]}")
 
         started = time.monotonic()
         start("a")
@@ -227,6 +246,9 @@ class Soak:
             start("b", "c")
             faults.append(f"scale 1 -> 3 {where()}")
             say(f"{mode}: {faults[-1]}")
+            if args.scoring == "process":
+                progress_to(0.32)
+                kill_scorer("c")
             progress_to(0.40)
             kill("b")
             progress_to(0.55)
@@ -293,6 +315,14 @@ class Soak:
         return outcome
 
 
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped by its new parent counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def checkpoint_dir(given: Path | None, workdir: Path) -> Path:
     if given is not None:
         return given
@@ -322,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rate", type=float, default=500.0, help="requests produced per second (paced)"
     )
     parser.add_argument("--max-batch-size", type=int, default=256)
+    parser.add_argument(
+        "--scoring",
+        choices=["in_process", "process"],
+        default=None,
+        help="MODSTREAM_SCORING of the workers (default: theirs)",
+    )
     parser.add_argument("--phase-timeout", type=float, default=900.0, metavar="SECONDS")
     parser.add_argument("--json", action="store_true", help="print the outcomes as JSON")
     args = parser.parse_args(argv)

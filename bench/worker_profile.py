@@ -2,10 +2,12 @@
 """Where the worker's time goes: py-spy samples every thread of a worker draining a
 pre-filled topic, and this prints, per thread, the share of samples per function.
 
-Used to name the bottleneck behind the throughput figures of `bench/run.py`:
+Used to name the bottleneck behind the throughput figures of `bench/run.py`; the
+scoring process (`--scoring process`) is sampled too, its threads named `scorer: …`:
 
     python bench/worker_profile.py                  # 30,000 messages, default settings
     python bench/worker_profile.py --pipeline-depth 0 --messages 10000
+    python bench/worker_profile.py --scoring process
 
 Needs `py-spy` (a dev dependency) and permission to ptrace the worker (root, or
 kernel.yama.ptrace_scope=0). Sampling slows the worker down; read shares, not rates.
@@ -58,6 +60,7 @@ def record(messages: int, settings: dict[str, str], output: Path, rate_hz: int) 
                 str(rate_hz),
                 "--threads",
                 "--idle",
+                "--subprocesses",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -79,7 +82,12 @@ def summarise(raw: Path, top: int) -> str:
         if not stack:
             continue
         frames = stack.split(";")
-        thread = frames[0].split(":")[-1].strip() or frames[0]
+        process = ""
+        while frames[0].startswith("process ") and len(frames) > 1:
+            # --subprocesses: the worker's frame, then its scoring process's (nested)
+            process = "scorer: " if "scoring_child" in frames[0] else "worker: "
+            frames = frames[1:]
+        thread = process + (frames[0].split(":")[-1].strip() or frames[0])
         per_thread[thread][frames[-1]] += int(count)
     out = []
     for thread, functions in sorted(per_thread.items(), key=lambda kv: -sum(kv[1].values())):
@@ -94,6 +102,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=30_000)
     parser.add_argument("--pipeline-depth", type=int, default=None)
+    parser.add_argument("--scoring", choices=("in_process", "process"), default=None)
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--top", type=int, default=8, help="functions shown per thread")
     args = parser.parse_args()
@@ -102,6 +111,8 @@ def main() -> int:
     settings = {"torch_threads": "1"}
     if args.pipeline_depth is not None:
         settings["pipeline_depth"] = str(args.pipeline_depth)
+    if args.scoring is not None:
+        settings["scoring"] = args.scoring
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "profile.txt"
         rate = record(args.messages, settings, raw, args.rate)

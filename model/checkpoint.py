@@ -48,6 +48,7 @@ from model.paths import STORE_POINTER as STORE_POINTER
 from model.paths import STORE_VERSIONS_DIR as STORE_VERSIONS_DIR
 from model.paths import WEIGHTS_FILE as WEIGHTS_FILE
 from model.paths import default_checkpoint_dir as default_checkpoint_dir
+from model.paths import resolve_checkpoint_dir as resolve_checkpoint_dir
 from model.tokenizer import SUPPORTED_TOKENIZER_VERSIONS, TOKENIZER_VERSION
 from model.vocab import Vocab
 
@@ -208,23 +209,6 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- loading
-
-
-def resolve_checkpoint_dir(directory: str | Path) -> Path:
-    """The concrete checkpoint directory that `directory` designates.
-
-    A store root resolves through its `current` pointer (a link, or the plain directory
-    older releases wrote there); a symlink (such as the pointer
-    itself) resolves to its target, once, so that both files are then read from the
-    same immutable version directory even if the pointer moves meanwhile. A plain
-    checkpoint directory is returned unchanged.
-    """
-    path = Path(directory)
-    if not (path / META_FILE).exists() and (path / STORE_POINTER).exists():
-        path = path / STORE_POINTER  # a store root, or one holding a plain `current/`
-    if path.is_symlink():
-        return Path(os.path.realpath(path))
-    return path
 
 
 def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:

@@ -27,7 +27,6 @@ each change reaches the disk safely is `model.store_files`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -46,6 +45,7 @@ from model.checkpoint import (
     load_checkpoint,
 )
 from model.durable import fsync_dir
+from model.paths import peek_version as peek_version
 from model.store_errors import NoPreviousVersionError as NoPreviousVersionError
 from model.store_errors import NotAStoreError as NotAStoreError
 from model.store_errors import StoreError as StoreError
@@ -150,20 +150,6 @@ def is_store(root: str | Path) -> bool:
         or pointer.is_symlink()
         or (pointer / META_FILE).is_file()
     )
-
-
-def peek_version(directory: str | Path) -> str | None:
-    """The `version` field of a checkpoint's model.json, or None if unreadable.
-
-    Cheap compared with `load_checkpoint` (no weights, no validation): for listings and
-    change detection, never for deciding what to serve.
-    """
-    try:
-        meta = json.loads((Path(directory) / META_FILE).read_bytes())
-    except (OSError, ValueError):
-        return None
-    version = meta.get("version") if isinstance(meta, dict) else None
-    return version if isinstance(version, str) else None
 
 
 class CheckpointStore:

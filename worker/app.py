@@ -51,7 +51,6 @@ from importlib.metadata import PackageNotFoundError, version
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
 
-from model.engine import Engine
 from model.errors import ExitCode, ModstreamError
 from worker import clients
 from worker.batcher import Batcher
@@ -68,6 +67,7 @@ from worker.pipeline import OutputsFailedError, ScoringFailedError
 from worker.processing import BatchProcessor
 from worker.rebalance import GroupListener
 from worker.runner import BatchRunner
+from worker.serving import ModelUnavailableError, ServingModel
 from worker.settings import WorkerSettings
 from worker.sink import Sink
 from worker.source import Source
@@ -82,6 +82,7 @@ STOP_EVENTS: dict[type[ModstreamError], str] = {
     OutputsFailedError: "outputs_failed",
     WorkerStoppedError: "shutdown_with_unacknowledged_outputs",
     WorkerFencedError: "worker_fenced",
+    ModelUnavailableError: "model_unavailable",
 }
 
 
@@ -114,7 +115,7 @@ class Worker:
     def __init__(
         self,
         settings: WorkerSettings,
-        engine: Engine,
+        engine: ServingModel,
         metrics: WorkerMetrics | None = None,
         health: HealthState | None = None,
     ) -> None:
@@ -147,7 +148,7 @@ class Worker:
         self.collections = PauseRecorder(self.metrics.gc_pauses)
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> ServingModel:
         """The engine serving now."""
         return self.engines.serving
 

@@ -294,12 +294,13 @@ def _run_worker(args: argparse.Namespace) -> int:
     log.info("worker_starting", checkpoint_dir=str(settings.checkpoint_dir))
     _announce_settings(settings, log)
     check_security_files(settings)
-    from model.checkpoint import CheckpointError
-    from model.engine import Engine, EngineError
     from worker.app import Worker
     from worker.clients import BrokerUnavailableError
     from worker.collector import freeze_long_lived
+    from worker.health import HealthState
+    from worker.metrics import WorkerMetrics
     from worker.reload import Reloader
+    from worker.scoring_process import choose_scoring
 
     def stopped_during(step: str) -> bool:
         if signals.requested:
@@ -313,6 +314,60 @@ def _run_worker(args: argparse.Namespace) -> int:
         # back from the processing thread; at Python's 5 ms default each handover can
         # stall it that long (measured: +15 % throughput at 100 µs, bench/README).
         sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
+    metrics = WorkerMetrics()
+    health = HealthState(liveness_deadline_s=settings.liveness_deadline_s)
+    scoring = choose_scoring(settings.scoring)
+    log.info("scoring_mode", mode=scoring, setting=settings.scoring)
+    if scoring == "process":
+        engine, scorer = _start_scoring_process(settings, log, metrics, health)
+    else:
+        engine, scorer = _load_engine(settings, log), None
+    try:
+        if stopped_during("loading the model"):
+            return ExitCode.OK
+        worker = Worker(settings, engine, metrics, health)
+        signals.on_stop(worker.request_stop)  # at once if the signal came meanwhile
+        server = _metrics_server(settings, worker)
+        server.start()
+        log.info("metrics_listening", port=server.port, host=settings.metrics_host)
+
+        reloader = Reloader(
+            settings.checkpoint_dir,
+            worker.engines,
+            worker.metrics,
+            settings.reload_interval_s,
+            device=settings.device,
+            engine_options=settings.engine_options(),
+            loader=scorer,
+        )
+        signals.on_reload(reloader.request_check)
+        try:
+            worker.connect()
+        except BrokerUnavailableError as exc:
+            server.stop()
+            if stopped_during("connecting"):
+                return ExitCode.OK
+            log.error("broker_unreachable", error=str(exc))
+            raise
+        # Start-up and warm-up are done: the collector leaves what they built alone from
+        # now on (worker/collector.py).
+        log.info("collector_frozen", objects=freeze_long_lived())
+        reloader.start()
+        try:
+            return worker.run()  # a stop that came while connecting ends it at once, cleanly
+        finally:
+            reloader.stop()
+            server.stop()
+    finally:
+        if scorer is not None:
+            scorer.close()  # after the drain: every batch in hand was scored
+
+
+def _load_engine(settings: Any, log: Any) -> Any:
+    """The serving Engine in this process (`MODSTREAM_SCORING=in_process`), warmed up."""
+    from model.checkpoint import CheckpointError
+    from model.engine import Engine, EngineError
+
     if settings.torch_threads:
         import torch
 
@@ -326,43 +381,35 @@ def _run_worker(args: argparse.Namespace) -> int:
             "checkpoint_unusable", checkpoint_dir=str(settings.checkpoint_dir), error=str(exc)
         )
         raise CheckpointUnusableError(f"checkpoint {settings.checkpoint_dir}: {exc}") from exc
-    if stopped_during("loading the model"):
-        return ExitCode.OK
     log.info("engine_warmed_up", seconds=round(engine.warm_up(), 3), version=engine.version)
-    if stopped_during("warming up"):
-        return ExitCode.OK
-    worker = Worker(settings, engine)
-    signals.on_stop(worker.request_stop)  # at once if the signal came meanwhile
-    server = _metrics_server(settings, worker)
-    server.start()
-    log.info("metrics_listening", port=server.port, host=settings.metrics_host)
+    return engine
 
-    reloader = Reloader(
-        settings.checkpoint_dir,
-        worker.engines,
-        worker.metrics,
-        settings.reload_interval_s,
-        device=settings.device,
-        engine_options=settings.engine_options(),
-    )
-    signals.on_reload(reloader.request_check)
+
+def _start_scoring_process(settings: Any, log: Any, metrics: Any, health: Any) -> tuple[Any, Any]:
+    """The scoring process, started with the serving model loaded and warmed up in it
+    (`MODSTREAM_SCORING=process`), and that model as the worker serves it."""
+    from model.paths import resolve_checkpoint_dir
+    from worker.scoring_process import ScoringOptions, ScoringProcess, ScoringStartError
+
+    scorer = ScoringProcess(ScoringOptions.from_settings(settings), metrics, health)
+    # The version directory, not the store's pointer: after a restart the process must
+    # load this very version again, whatever is current by then.
+    resolved = resolve_checkpoint_dir(settings.checkpoint_dir)
     try:
-        worker.connect()
-    except BrokerUnavailableError as exc:
-        server.stop()
-        if stopped_during("connecting"):
-            return ExitCode.OK
-        log.error("broker_unreachable", error=str(exc))
+        model = scorer.start(resolved)
+    except ScoringStartError as exc:
+        scorer.close()
+        log.error(
+            "checkpoint_unusable", checkpoint_dir=str(settings.checkpoint_dir), error=str(exc)
+        )
+        if exc.checkpoint:
+            raise CheckpointUnusableError(f"checkpoint {settings.checkpoint_dir}: {exc}") from exc
         raise
-    # Start-up and warm-up are done: the collector leaves what they built alone from
-    # now on (worker/collector.py).
-    log.info("collector_frozen", objects=freeze_long_lived())
-    reloader.start()
-    try:
-        return worker.run()  # a stop that came while connecting ends it at once, cleanly
-    finally:
-        reloader.stop()
-        server.stop()
+    except BaseException:
+        scorer.close()
+        raise
+    log.info("engine_warmed_up", version=model.version, process=scorer.pid)
+    return model, scorer
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ import threading
 
 import structlog
 
-from model.engine import Engine
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
+from worker.serving import ServingModel
 
 log = structlog.get_logger("modstream.worker")
 
@@ -27,30 +27,30 @@ class EngineSlot:
     `serving` on the processing thread only. One lock guards the waiting engine.
     """
 
-    def __init__(self, engine: Engine, metrics: WorkerMetrics, health: HealthState) -> None:
+    def __init__(self, engine: ServingModel, metrics: WorkerMetrics, health: HealthState) -> None:
         self._serving = engine
         self._metrics = metrics
         self._health = health
         self._lock = threading.Lock()
-        self._pending: Engine | None = None
+        self._pending: ServingModel | None = None
         self._announce(engine)
 
     @property
-    def serving(self) -> Engine:
+    def serving(self) -> ServingModel:
         """The engine the last `apply` returned (processing thread)."""
         return self._serving
 
-    def latest_engine(self) -> Engine:
+    def latest_engine(self) -> ServingModel:
         """The engine the next batch will use: a pending one, else the serving one."""
         with self._lock:
             return self._pending if self._pending is not None else self._serving
 
-    def offer_engine(self, engine: Engine) -> None:
+    def offer_engine(self, engine: ServingModel) -> None:
         """Any thread: queue a validated engine; replaces one offered but not yet swapped."""
         with self._lock:
             self._pending = engine
 
-    def apply(self) -> Engine:
+    def apply(self) -> ServingModel:
         """Between batches, on the processing thread: swap in a waiting engine, if any,
         and return the one that serves the next batch. The one place it changes."""
         with self._lock:
@@ -63,7 +63,7 @@ class EngineSlot:
         log.info("model_swapped", old_version=old.version, new_version=engine.version)
         return engine
 
-    def _announce(self, engine: Engine) -> None:
+    def _announce(self, engine: ServingModel) -> None:
         self._metrics.model_info.info(
             {
                 "version": engine.version,

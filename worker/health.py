@@ -3,10 +3,11 @@
 Liveness means the processing loop still turns: it ticks after every poll (idle polls
 included, at least every half second) and after every batch, so only a loop stuck for
 longer than `liveness_deadline_s` (MODSTREAM_LIVENESS_DEADLINE_S) fails /livez and gets the
-pod restarted. Readiness means this pod can do useful work: model loaded, consumer group
-joined (with partitions, or idle-assigned when there are more workers than partitions),
-Kafka reachable (clients connected, polling and publishing work; the JSON field keeps its
-documented name `producer_ok`). Both answer JSON saying why, so a failing probe explains
+pod restarted. Readiness means this pod can do useful work: model loaded (and its scoring
+process up, worker/scoring_process.py), consumer group joined (with partitions, or
+idle-assigned when there are more workers than partitions), Kafka reachable (clients
+connected, polling and publishing work; the JSON field keeps its documented name
+`producer_ok`). Both answer JSON saying why, so a failing probe explains
 itself: 200 when ok, 503 when not.
 
 The server is exposed to whatever can reach the pod's port, so its cost is bounded
@@ -40,6 +41,8 @@ class HealthState:
     # Offsets that cannot be committed (e.g. the group's ACL was taken away): cleared only
     # by a commit that succeeds, whatever polls and publishes do meanwhile.
     commit_problem: str | None = None
+    # Why the scoring process cannot score now (it died and is being started again).
+    scoring_problem: str | None = None
     assigned_partitions: int | None = None
     last_progress: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -82,6 +85,8 @@ class HealthState:
                 reasons.append(self.problem or "producer failing")
             if self.commit_problem is not None:
                 reasons.append(self.commit_problem)
+            if self.scoring_problem is not None:
+                reasons.append(self.scoring_problem)
             ok = not reasons
             return ok, {
                 "ready": ok,

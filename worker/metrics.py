@@ -178,11 +178,19 @@ class WorkerMetrics:
         )
         self.gc_pauses = Histogram(
             "modstream_gc_pause_seconds",
-            "Python garbage collections by process (worker) and generation (2 = full), "
+            "Python garbage collections by process (worker, scorer: the scoring process) "
+            "and generation (2 = full), "
             "seconds each: every thread of that process stands still meanwhile "
             "(worker/collector.py).",
             ["process", "generation"],
             buckets=GC_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self.scoring_restarts = Counter(
+            "modstream_scoring_process_restarts",
+            "Scoring processes (MODSTREAM_SCORING=process) that died and were started "
+            "again; the batch in hand was scored again (each a scoring_process_died error "
+            "line).",
             registry=r,
         )
         for outcome in OUTCOMES:

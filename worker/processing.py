@@ -21,10 +21,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from model.engine import EncodedBatch, Engine
 from model.windows import ScoredText
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.result import ModerationResult, Timings
@@ -32,6 +32,7 @@ from worker.decode import Decoded, Decoder, Rejected, SourceRecord
 from worker.metrics import WorkerMetrics
 from worker.outputs import OutputFitter, bounded_key
 from worker.results import InvalidScoresError, build_result
+from worker.serving import ModelUnavailableError, ServingModel
 from worker.sink import Origin, OutputRecord
 
 log = structlog.get_logger("modstream.worker")
@@ -44,8 +45,8 @@ class StagedBatch:
     batch: list[SourceRecord]
     items: list[Decoded | Rejected]  # one per record, in consumption order
     decoded: list[Decoded]
-    encoded: EncodedBatch | None  # the decoded texts; None if encoding raised
-    engine: Engine  # the model that encoded them scores them (invariant 4)
+    encoded: Any  # the decoded texts as `engine` staged them; None if that raised
+    engine: ServingModel  # the model that encoded them scores them (invariant 4)
     started: float
 
 
@@ -94,12 +95,12 @@ class BatchProcessor:
         self.dead_letter_topic = dead_letter_topic
         self.fitter = fitter
 
-    def process(self, batch: Sequence[SourceRecord], engine: Engine) -> PreparedBatch:
+    def process(self, batch: Sequence[SourceRecord], engine: ServingModel) -> PreparedBatch:
         """Steps 1-3 one after the other, on the calling thread."""
         staged = self.stage(batch, engine)
         return self.prepare(staged, self.score(staged))
 
-    def stage(self, batch: Sequence[SourceRecord], engine: Engine) -> StagedBatch:
+    def stage(self, batch: Sequence[SourceRecord], engine: ServingModel) -> StagedBatch:
         """Step 1: decode, then encode the valid texts with the model that will score them."""
         started = time.time()
         queue_seconds = self.metrics.stage_seconds.labels(stage="queue")
@@ -112,7 +113,7 @@ class BatchProcessor:
         )
         self.metrics.batch_size.observe(len(batch))
         decoded = [item for item in items if isinstance(item, Decoded)]
-        encoded: EncodedBatch | None = None
+        encoded: Any = None
         if decoded:
             try:
                 encoded = engine.encode_batch([d.request.text for d in decoded])
@@ -131,6 +132,8 @@ class BatchProcessor:
             return self._score_individually(engine, decoded)
         try:
             scores = engine.score_encoded(encoded)
+        except ModelUnavailableError:
+            raise  # infrastructure: the batch stays unanswered (worker/serving.py)
         except Exception as exc:
             # One bad text must not dead-letter its whole batch: retry one by one.
             log.error("batch_inference_failed", error=str(exc), batch_size=len(decoded))
@@ -145,13 +148,15 @@ class BatchProcessor:
         rows: list[ScoredText | None] = list(scores.texts())
         return ScoredBatch(rows, scores.tokenize_seconds + scores.inference_seconds, {})
 
-    def _score_individually(self, engine: Engine, decoded: Sequence[Decoded]) -> ScoredBatch:
+    def _score_individually(self, engine: ServingModel, decoded: Sequence[Decoded]) -> ScoredBatch:
         rows: list[ScoredText | None] = []
         failed: dict[int, str] = {}
         start = time.perf_counter()
         for item in decoded:
             try:
                 rows.append(engine.score([item.request.text]).text(0))
+            except ModelUnavailableError:
+                raise
             except Exception as exc:
                 rows.append(None)
                 failed[id(item)] = f"{type(exc).__name__}: {exc}"
@@ -220,7 +225,7 @@ class BatchProcessor:
 
     def _result(
         self,
-        engine: Engine,
+        engine: ServingModel,
         item: Decoded,
         row: ScoredText,
         started: float,

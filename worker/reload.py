@@ -14,6 +14,9 @@ to work:
    it up (`Engine.warm_up`), so the swap does not slow the stream down, and freeze
    what it built (`freeze_long_lived`, worker/collector.py), so that later full
    collections do not walk the new model's objects.
+   With `MODSTREAM_SCORING=process` the scoring process does all of step 2 beside the
+   serving model (`ScoringProcess.reload`, worker/scoring_process.py), and the worker
+   holds a `RemoteModel` of the new version; `loader` is the one difference.
 3. Offer it to the worker (`EngineSlot.offer_engine`, worker/engine_slot.py). The
    processing thread swaps it in between two batches (`EngineSlot.apply`), so a batch
    is always scored by exactly one complete model, and nothing is dropped or scored
@@ -33,21 +36,19 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import structlog
 
-from model.checkpoint import (
-    META_FILE,
-    WEIGHTS_FILE,
-    resolve_checkpoint_dir,
-)
-from model.engine import Engine
 from model.errors import ModstreamError
-from model.store import peek_version
+from model.paths import META_FILE, WEIGHTS_FILE, peek_version, resolve_checkpoint_dir
 from worker.collector import freeze_long_lived
 from worker.metrics import WorkerMetrics
+from worker.serving import ServingModel
+
+if TYPE_CHECKING:  # torch: imported only where a model loads in this process
+    from model.engine import Engine
 
 log = structlog.get_logger("modstream.reload")
 
@@ -71,13 +72,41 @@ class ReloadError(ModstreamError):
 class SwapPoint(Protocol):
     """What the reloader needs from the worker: its `EngineSlot` (worker/engine_slot.py)."""
 
-    def latest_engine(self) -> Engine:
+    def latest_engine(self) -> ServingModel:
         """The engine that will score the next batch (a pending one, else the serving one)."""
         ...
 
-    def offer_engine(self, engine: Engine) -> None:
+    def offer_engine(self, engine: ServingModel) -> None:
         """Hand over a validated engine, to be swapped in between batches."""
         ...
+
+
+class ModelLoader(Protocol):
+    """Step 2: the model at a path, checked and warmed up to replace `serving`."""
+
+    def load(self, path: Path, serving: ServingModel) -> ServingModel | None:
+        """The new model, or None when `path` holds the serving version; raises when it
+        does not load or must not serve."""
+        ...
+
+
+class EngineLoader:
+    """Step 2 in this process: `Engine.load`, `validate_engine`, `warm_up`, freeze."""
+
+    def __init__(self, device: str = "auto", engine_options: Mapping[str, int] | None = None):
+        self.device = device
+        self.engine_options = dict(engine_options or {})
+
+    def load(self, path: Path, serving: ServingModel) -> Engine | None:
+        from model.engine import Engine
+
+        engine = Engine.load(path, device=self.device, **self.engine_options)
+        if engine.version == serving.version:
+            return None
+        validate_engine(engine, serving.labels)
+        engine.warm_up()
+        freeze_long_lived()  # the new model's objects, out of the collector's way
+        return engine
 
 
 @dataclass(frozen=True)
@@ -135,16 +164,17 @@ class Reloader:
         interval_s: float,
         device: str = "auto",
         engine_options: Mapping[str, int] | None = None,
+        loader: ModelLoader | None = None,
     ) -> None:
         """`engine_options`: `Engine.load`'s keyword arguments besides the device
         (`WorkerSettings.engine_options`), so a reloaded model reads texts as the
-        first one did."""
+        first one did. `loader`: how step 2 runs; in this process (`EngineLoader` with
+        `device` and `engine_options`) unless given."""
         self.checkpoint_dir = Path(checkpoint_dir)
         self.slot = slot
         self.metrics = metrics
         self.interval_s = interval_s
-        self.device = device
-        self.engine_options = dict(engine_options or {})
+        self.loader = loader if loader is not None else EngineLoader(device, engine_options)
         self.failed_version: str | None = None
         self._seen: Fingerprint | None = None
         self._wake = threading.Event()
@@ -194,13 +224,10 @@ class Reloader:
             return "same_version"
         log.info("model_reload_started", version=version, path=str(resolved))
         try:
-            engine = Engine.load(resolved, device=self.device, **self.engine_options)
-            if engine.version == serving.version:
+            engine = self.loader.load(resolved, serving)
+            if engine is None:
                 self._seen = seen
                 return "same_version"
-            validate_engine(engine, serving.labels)
-            engine.warm_up()
-            freeze_long_lived()  # the new model's objects, out of the collector's way
         except Exception as exc:  # CheckpointError, EngineError, ReloadError, or torch's own
             if not resolved.is_dir():  # replaced while we read it: look again next time
                 return "missing"

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 
-from model.engine import Engine
 from model.errors import ModstreamError
 from model.windows import ScoredText
 from schemas.result import Coverage, ModerationResult, Span, Timings
 from worker.decode import Decoded
+from worker.serving import ServingModel
 
 
 class InvalidScoresError(ModstreamError):
@@ -23,7 +23,7 @@ class InvalidScoresError(ModstreamError):
 
 
 def build_result(
-    engine: Engine, item: Decoded, scored: ScoredText, timings: Timings
+    engine: ServingModel, item: Decoded, scored: ScoredText, timings: Timings
 ) -> ModerationResult:
     """The result for one scored request; InvalidScoresError when a score is no
     probability (checked here, so a bad row never fails the batch's validation)."""

@@ -45,20 +45,22 @@ def test_unknown_flag_is_a_usage_error() -> None:
     assert "--no-such-flag" in done.stderr
 
 
-def test_missing_checkpoint_exits_3_naming_the_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scoring", ["in_process", "process"])
+def test_missing_checkpoint_exits_3_naming_the_path(tmp_path: Path, scoring: str) -> None:
     missing = tmp_path / "nowhere"
-    done = modstream("worker", "--checkpoint-dir", str(missing))
+    done = modstream("worker", "--checkpoint-dir", str(missing), "--scoring", scoring)
     assert done.returncode == 3
     assert str(missing) in done.stderr
 
 
-def test_corrupt_checkpoint_exits_3(tiny_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scoring", ["in_process", "process"])
+def test_corrupt_checkpoint_exits_3(tiny_checkpoint: Path, tmp_path: Path, scoring: str) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.json").write_text((tiny_checkpoint / "model.json").read_text())
     weights = (tiny_checkpoint / "weights.safetensors").read_bytes()
     (broken / "weights.safetensors").write_bytes(weights[: len(weights) // 2])
-    done = modstream("worker", "--checkpoint-dir", str(broken))
+    done = modstream("worker", "--checkpoint-dir", str(broken), "--scoring", scoring)
     assert done.returncode == 3
     assert "weights" in done.stderr.lower()
 

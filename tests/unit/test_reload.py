@@ -15,20 +15,21 @@ from model.store import CheckpointStore
 from tests.helpers import make_checkpoint
 from worker.metrics import WorkerMetrics
 from worker.reload import CANARY_TEXTS, Reloader, ReloadError, validate_engine
+from worker.serving import ServingModel
 
 
 class Slot:
     """Stands in for the worker: serves one engine, records what it is offered."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: ServingModel) -> None:
         self.engine = engine
-        self.offered: list[Engine] = []
+        self.offered: list[ServingModel] = []
         self.changed = threading.Event()
 
-    def latest_engine(self) -> Engine:
+    def latest_engine(self) -> ServingModel:
         return self.offered[-1] if self.offered else self.engine
 
-    def offer_engine(self, engine: Engine) -> None:
+    def offer_engine(self, engine: ServingModel) -> None:
         self.offered.append(engine)
         self.changed.set()
 
@@ -203,6 +204,7 @@ def test_a_reloaded_model_is_frozen_once_warmed_up(store: CheckpointStore, tmp_p
         assert reloader.check() == "offered"
         assert gc.get_freeze_count() > 0
         walked = {id(o) for generation in (0, 1, 2) for o in gc.get_objects(generation=generation)}
-        assert id(slot.offered[-1]._vectors) not in walked
+        offered = slot.offered[-1]
+        assert isinstance(offered, Engine) and id(offered._vectors) not in walked
     finally:
         gc.unfreeze()
