@@ -195,7 +195,12 @@ def load_insults(files: DataFiles) -> tuple[list[Example], list[Example], list[E
 
 def hash_split(text: str) -> str:
     """'train' | 'validation' | 'test', 80/10/10, stable across runs and machines."""
-    canonical = " ".join(normalize(text).split())
+    return split_of_canonical(" ".join(normalize(text).split()))
+
+
+def split_of_canonical(canonical: str) -> str:
+    """`hash_split`'s rule on an already normalised, space-collapsed text: the first 32
+    bits of its SHA-1 modulo 100 pick train (< 80), validation (< 90) or test."""
     bucket = int(hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:8], 16) % 100
     if bucket < 80:
         return "train"
