@@ -23,6 +23,10 @@ A row (`DataLayout` names the fields; defaults shown):
   skipped; with a label spec (`DataLayout.labels`), any other field must be one of its
   labels (`UnknownLabelFieldError`).
 
+Without a label spec, the labels are every label field the file has (sorted by name),
+even one whose values are all unknown: `model.label_support.check_trainable` then says
+it has nothing to train on, rather than the label silently disappearing.
+
 Splits: without a split field, each row goes where the SHA-1 of its normalised text
 says, 80/10/10, the rule and proportions of the bundled SMS corpus
 (`model.data.split_of_canonical`), so the same text (up to case, spacing and NFKC) is
@@ -53,7 +57,9 @@ Hostile input, bounded:
 Memory: one row at a time while reading, at most about twice `MAX_LINE_BYTES` for
 the row in hand (the buffered reader joins a long line's pieces: refusing a 64 MiB
 line at the 16 MiB bound peaked at 34 MB under tracemalloc); the loader then keeps
-the rows it returns, as training needs them.
+the rows it returns, as training needs them. One CSV record is the exception to
+"about twice": the csv module makes a list entry per field before the row can be
+checked, so a 16 MiB record of nothing but commas peaked at 160 MB (still bounded).
 
 Every failure is a `model.user_data_errors.UserDataError` with the file, line and
 field, raised before anything is trained or written.
@@ -145,6 +151,7 @@ class UserRow:
     text: str
     labels: dict[str, bool]
     split: Split | None  # as declared; None when the file declares none
+    fields: tuple[str, ...] = ()  # every label field the row has, unknown ones included
 
 
 @dataclass(frozen=True)
@@ -320,6 +327,7 @@ def _json_row(value: Any, path: Path, line: int, layout: DataLayout) -> UserRow:
         text=_checked_text(text, path, line, layout.text_field),
         labels=labels,
         split=_split(split_value, path, line, layout.split_field),
+        fields=tuple(raw),
     )
 
 
@@ -356,6 +364,10 @@ class _Columns:
     split: int | None
     labels: tuple[tuple[int, str], ...]  # (column, label)
     width: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self.labels)
 
 
 def _csv_rows(lines: _Lines, path: Path, layout: DataLayout) -> Iterator[UserRow]:
@@ -440,6 +452,7 @@ def _csv_row(
         text=_checked_text(record[columns.text], path, line, layout.text_field),
         labels=labels,
         split=_split(split_cell, path, line, layout.split_field),
+        fields=columns.names,
     )
 
 
@@ -511,7 +524,7 @@ def load_user_data(
                 row.line,
                 layout.split_field,
             )
-        seen_labels.update(row.labels)
+        seen_labels.update(row.fields)
         if len(seen_labels) > MAX_LABELS:
             raise TooManyLabelsError(path, f"more than {MAX_LABELS} distinct labels", row.line)
         canonical = canonical_text(row.text)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from model.label_support import (
     support_of,
 )
 from model.label_union import combine_splits, union_labels, widen
+from model.user_data import load_user_data
 from model.user_data_errors import LabelSupportError
 
 
@@ -122,3 +125,14 @@ def test_combine_refuses_nothing_and_too_many_labels() -> None:
     ]
     with pytest.raises(ValueError, match="66 labels"):
         combine_splits(parts)
+
+
+def test_a_file_whose_label_has_no_validation_positive_is_refused(tmp_path: Path) -> None:
+    rows = [{"text": f"train {i}", "split": "train", "hate": i % 2 == 0} for i in range(10)]
+    rows += [{"text": f"val {i}", "split": "validation", "hate": False} for i in range(10)]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    data = load_user_data(path)
+    with pytest.raises(LabelSupportError) as caught:
+        check_trainable(data.splits, path)
+    assert str(caught.value).startswith(f"{path}: field 'hate': no positive example in validation")

@@ -152,6 +152,14 @@ def test_csv_other_cells_are_wrong_type_with_row_and_column(tmp_path: Path, cell
     assert (caught.value.line, caught.value.field) == (3, "threat")
 
 
+def test_a_label_field_with_no_known_value_is_still_a_label(tmp_path: Path) -> None:
+    data = load_user_data(write_csv(tmp_path, [["text", "hate", "x"], ["a", "", "1"]]))
+    assert data.splits.labels == ("hate", "x")
+    assert by_text(data.splits)["a"] == ((0.0, 1.0), (0.0, 1.0))
+    rows = [{"text": "a", "x": True, "hate": None}]
+    assert load_user_data(write_jsonl(tmp_path, rows)).splits.labels == ("hate", "x")
+
+
 def test_label_spec_order_and_unknown_label_fields(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path, [{"text": "a", "threat": True, "scam": False}])
     data = load_user_data(path, DataLayout(labels=("threat", "scam", "hate")))
