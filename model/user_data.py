@@ -74,7 +74,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Protocol
 
 from model.data import DataSplits, Example, split_of_canonical
 from model.label_names import MAX_LABELS, RESERVED_LABELS, label_name_problem
@@ -115,6 +115,12 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-16 LE/BE, UTF-32 (LE: ff fe)
 _MISSING = object()
 _NOT_A_LABEL_HINT = " (if this field is not a label, list it in the ignored fields)"
+
+
+class Digest(Protocol):
+    """What the reader feeds every byte it reads (a `hashlib` object)."""
+
+    def update(self, data: bytes, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class _Lines:
     read since then.
     """
 
-    def __init__(self, file: BinaryIO, path: Path, limit: int, digest: Any) -> None:
+    def __init__(self, file: BinaryIO, path: Path, limit: int, digest: Digest) -> None:
         self._file, self._path, self._limit, self._digest = file, path, limit, digest
         self.number = 0  # lines read so far
         self.record_start = 1
@@ -221,7 +227,7 @@ class _Lines:
 
 
 def iter_user_rows(
-    path: str | Path, layout: DataLayout = DataLayout(), digest: Any = None
+    path: str | Path, layout: DataLayout = DataLayout(), digest: Digest | None = None
 ) -> Iterator[UserRow]:
     """The file's data rows, one at a time, each checked (module docstring); raises
     the first `UserDataError`. `digest` (a hashlib object), if given, is fed every
