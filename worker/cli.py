@@ -5,8 +5,10 @@ Exit codes: 0 success; 2 bad arguments or configuration (the message names the f
 
 `retrain` (a periodic job) ends with one JSON summary line on stdout and exits
 0 when its model was promoted (or written to `--output`, or identical to the current
-one), 10 when the promotion gate kept the current model, 4 when the feedback topic
-could not be read, 3 when a checkpoint is unusable, 2 for bad arguments, 1 otherwise.
+one), 10 when the promotion gate kept the current model (0 with `--succeed-if-held`, for
+a scheduler such as a Kubernetes Job that retries any other code), 4 when the feedback
+topic could not be read, 3 when a checkpoint is unusable, 2 for bad arguments, 1
+otherwise.
 
 `checkpoints list | promote VERSION | rollback` manage the checkpoint store: 2 for an
 unknown version or a path that is not a store, 3 when the version to serve does not
@@ -46,7 +48,7 @@ __all__ = ["build_parser", "exit_code_of", "load_settings", "main"]
 EXIT_CODES = """\
 exit codes: 0 ok; 1 failure; 2 bad arguments or settings (the message names the flag
 and variable); 3 checkpoint missing or invalid; 4 Kafka unreachable at start;
-10 retrain: the promotion gate kept the current model."""
+10 retrain: the promotion gate kept the current model (0 with --succeed-if-held)."""
 
 WORKER_DESCRIPTION = """\
 Consume moderation requests from Kafka, score them in batches, publish one result (or

@@ -46,9 +46,9 @@ examples:
   modstream retrain --feedback-topic moderation.feedback --kafka-bootstrap broker:9092
 
 exit codes: 0 promoted (or written with --output, or identical to the current version);
-10 the gate kept the current model; 4 the feedback topic could not be read; 3 a
-checkpoint is unusable; 2 bad arguments (the message names the flag); 1 any other
-failure."""
+10 the gate kept the current model (0 with --succeed-if-held); 4 the feedback topic
+could not be read; 3 a checkpoint is unusable; 2 bad arguments (the message names the
+flag); 1 any other failure."""
 
 CHECKPOINTS_DESCRIPTION = """\
 Manage the checkpoint store: a directory holding versions/<version>/ and a `current`
@@ -137,6 +137,13 @@ def add_parsers(sub: Any) -> None:
         "must improve by that much (default: 0.005)",
     )
     retrain.add_argument("--force", action="store_true", help="promote even if the gate says no")
+    retrain.add_argument(
+        "--succeed-if-held",
+        action="store_true",
+        help="exit 0 instead of 10 when the gate keeps the current model (the summary "
+        "still says held): for schedulers that count any other exit code as a failure "
+        "and retry, such as a Kubernetes Job",
+    )
     retrain.add_argument(
         "--if-missing",
         action="store_true",
@@ -366,7 +373,8 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
         summary["store"] = str(store.root)
         outcome = refresh(store, config, splits, extra, tolerance, args.force, progress)
         summary.update(outcome.to_dict())
-        code = ExitCode.HELD if outcome.status == "held" else ExitCode.OK
+        held = outcome.status == "held"
+        code = ExitCode.HELD if held and not args.succeed_if_held else ExitCode.OK
 
     if feedback is not None:
         from worker.feedback import commit_feedback_offsets

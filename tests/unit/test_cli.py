@@ -159,6 +159,36 @@ def test_retrain_exits_3_when_the_new_checkpoint_does_not_load(
     assert store.list() == [] and store.current_version() is None
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [((), ExitCode.HELD), (("--succeed-if-held",), ExitCode.OK)],
+)
+def test_a_held_candidate_exits_10_or_0_with_succeed_if_held(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: tuple[str, ...],
+    expected: ExitCode,
+) -> None:
+    """A Kubernetes Job retries any non-zero exit, so the CronJob maps "the gate kept the
+    current model" to 0; the summary still says held, and nothing is promoted."""
+    from tests.unit.test_model_refresh import FixedTraining
+
+    monkeypatch.setattr("model.data.load_splits", synthetic_splits)
+    store = CheckpointStore(tmp_path / "store")
+    # A serving model with another label set: the gate holds whatever the candidate's AUC.
+    make_checkpoint(tmp_path / "serving", 1, labels=("insult", "spam", "threat"))
+    current = store.add(tmp_path / "serving")
+    store.promote(current)
+    monkeypatch.setattr("model.refresh.retrain", FixedTraining(seed=2, auc=0.99))
+    code, out, _ = run(capsys, "retrain", "--store", str(store.root), *flags)
+    summary = json.loads(out)
+    assert code == expected and summary["exit_code"] == expected
+    assert summary["status"] == "held" and "label sets differ" in summary["reason"]
+    assert store.current_version() == current
+    assert summary["version"] in store.versions(), "the candidate stays, promotable by hand"
+
+
 # -- score ---------------------------------------------------------------------------
 
 
