@@ -37,7 +37,8 @@ from model.evaluation import (
 from model.progress import Progress, quiet
 from model.report import REPORT_DIR, Scored, build_report, cross_domain, report_files
 from model.robustness import robustness
-from model.train import TrainConfig, TrainResult, torch_settings, train
+from model.train import TrainResult, torch_settings, train
+from model.train_config import TrainConfig
 from model.training_data import training_examples
 
 

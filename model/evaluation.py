@@ -24,8 +24,8 @@ from model.progress import Progress
 from model.report import Scored, SplitData
 from model.training_data import label_arrays, subset
 
-if TYPE_CHECKING:  # train.py imports this module
-    from model.train import TrainConfig
+if TYPE_CHECKING:  # train_config.py imports this module
+    from model.train_config import TrainConfig
 
 LABEL_SOURCES = {"insult": SOURCE_INSULTS, "spam": SOURCE_SMS}  # the corpus labelling each
 EvalSplit = Literal["validation", "test"]

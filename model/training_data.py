@@ -42,8 +42,8 @@ from model.short_chat import curated, with_short_ham_negative
 from model.subword import lookup_forms
 from model.vocab import SPECIAL_TOKENS, UNK_ID, Vocab
 
-if TYPE_CHECKING:  # train.py imports this module
-    from model.train import TrainConfig
+if TYPE_CHECKING:  # train_config.py imports this module
+    from model.train_config import TrainConfig
 
 
 def length_bucketed_batches(

@@ -300,7 +300,7 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
     from model.engine import EngineError, resolve_device
     from model.gate import DEFAULT_TOLERANCE
     from model.refresh import refresh
-    from model.train import TrainConfig
+    from model.train_config import TrainConfig
 
     try:
         config = TrainConfig(**overrides)

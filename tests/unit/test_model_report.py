@@ -11,7 +11,7 @@ from model.build import retrain
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.data import LABELS
 from model.report import JSON_FILE, MARKDOWN_FILE, REPORT_DIR
-from model.train import TrainConfig
+from model.train_config import TrainConfig
 from tests.helpers import synthetic_config, synthetic_splits
 
 
