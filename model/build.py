@@ -35,7 +35,8 @@ from model.evaluation import (
     parse_target_precision,
 )
 from model.progress import Progress, quiet
-from model.report import REPORT_DIR, Scored, build_report, cross_domain, report_files
+from model.report import REPORT_DIR, report_files
+from model.report_data import Scored, build_report, cross_domain
 from model.robustness import robustness
 from model.train import TrainResult, torch_settings, train
 from model.train_config import TrainConfig

@@ -154,7 +154,7 @@ def _sample_report() -> dict[str, object]:
     """A report of two models on both splits, from random scores with real structure."""
     import numpy as np
 
-    from model.report import Scored, SplitData, build_report
+    from model.report_data import Scored, SplitData, build_report
 
     rng = np.random.default_rng(0)
     labels = ("insult", "spam")
@@ -183,7 +183,7 @@ def test_figures_are_readable_and_mark_thresholds_kept_epoch_and_bin_counts() ->
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_hex
 
-    from model.report import FIGURE_DPI, figures, operating_point, render_images
+    from model.report_figures import FIGURE_DPI, figures, operating_point, render_images
 
     report = _sample_report()
     drawn = figures(report)
