@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.engine import Encoded, forward_batch
+from model.encoding import Encoded, forward_batch
 from model.network import Classifier
 from model.train_config import PosWeight
 

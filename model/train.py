@@ -25,7 +25,8 @@ import torch
 
 from model.data import DataSplits, Example
 from model.ema import Ema
-from model.engine import Engine, TokenCache, resolve_device
+from model.encoding import TokenCache
+from model.engine import Engine, resolve_device
 from model.evaluation import (
     evaluation_examples,
     masked_log_loss,

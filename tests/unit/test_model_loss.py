@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.engine import encode_tokens, forward_batch
+from model.encoding import encode_tokens, forward_batch
 from model.loss import example_logits, masked_bce
 from tests.helpers import tiny_model
 
