@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint_save import save_checkpoint
 from model.data import DataSplits, Example, label_counts, load_splits
 from model.engine import Engine, resolve_device
 from model.evaluation import (

@@ -332,7 +332,7 @@ def make_checkpoint(
     versions. Returns the version."""
     import torch
 
-    from model.checkpoint import save_checkpoint
+    from model.checkpoint_save import save_checkpoint
 
     model, vocab = tiny_model(
         ["you idiot free prize call now hello"],

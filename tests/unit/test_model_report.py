@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from model.build import retrain
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint
+from model.checkpoint_save import save_checkpoint
 from model.data import LABELS
 from model.report import JSON_FILE, MARKDOWN_FILE, REPORT_DIR
 from model.train_config import TrainConfig
