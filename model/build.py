@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint_save import save_checkpoint
 from model.data import DataSplits, Example, label_counts, load_splits
 from model.engine import Engine, resolve_device
 from model.evaluation import (
@@ -35,9 +35,11 @@ from model.evaluation import (
     parse_target_precision,
 )
 from model.progress import Progress, quiet
-from model.report import REPORT_DIR, Scored, build_report, cross_domain, report_files
+from model.report import REPORT_DIR, report_files
+from model.report_data import Scored, build_report, cross_domain
 from model.robustness import robustness
-from model.train import TrainConfig, TrainResult, torch_settings, train
+from model.train import TrainResult, torch_settings, train
+from model.train_config import TrainConfig
 from model.training_data import training_examples
 
 

@@ -21,11 +21,11 @@ from model.data import SOURCE_INSULTS, SOURCE_SMS, DataSplits, Example
 from model.engine import Engine
 from model.metrics import best_f1_threshold, binary_metrics, precision_threshold, roc_auc
 from model.progress import Progress
-from model.report import Scored, SplitData
+from model.report_data import Scored, SplitData
 from model.training_data import label_arrays, subset
 
-if TYPE_CHECKING:  # train.py imports this module
-    from model.train import TrainConfig
+if TYPE_CHECKING:  # train_config.py imports this module
+    from model.train_config import TrainConfig
 
 LABEL_SOURCES = {"insult": SOURCE_INSULTS, "spam": SOURCE_SMS}  # the corpus labelling each
 EvalSplit = Literal["validation", "test"]

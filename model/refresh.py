@@ -22,7 +22,7 @@ from model.evaluation import evaluate, evaluation_examples
 from model.gate import DEFAULT_TOLERANCE, mean_auc, should_promote
 from model.progress import Progress, quiet
 from model.store import CheckpointStore
-from model.train import TrainConfig
+from model.train_config import TrainConfig
 
 Status = Literal["promoted", "held", "unchanged"]
 

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 
 from model.data import DataSplits, Example
-from model.engine import Engine, Scores
+from model.engine import Engine
 from model.evaluation import EVAL_SPLITS, EvaluationSet
 from model.long_messages import LongMessage, long_messages
 from model.metrics import binary_metrics, roc_auc
 from model.probes import PROBES
+from model.scores import Scores
 from model.short_chat import short_benign
 
 LONG_SEED = 2012

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from model.engine import EncodedBatch, Engine
+from model.engine import Engine
+from model.scores import EncodedBatch
 from model.windows import ScoredText
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.result import ModerationResult, Timings

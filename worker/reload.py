@@ -43,7 +43,7 @@ from model.checkpoint import (
 )
 from model.engine import Engine
 from model.errors import ModstreamError
-from model.store import peek_version
+from model.store_layout import peek_version
 from worker.metrics import WorkerMetrics
 
 log = structlog.get_logger("modstream.reload")

@@ -307,7 +307,7 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
     from model.engine import EngineError, resolve_device
     from model.gate import DEFAULT_TOLERANCE
     from model.refresh import refresh
-    from model.train import TrainConfig
+    from model.train_config import TrainConfig
 
     try:
         config = TrainConfig(**overrides)
@@ -425,13 +425,8 @@ def _open_store(args: argparse.Namespace, existing: bool = False) -> Any:
     import os
 
     from model.paths import default_checkpoint_dir
-    from model.store import (
-        DEFAULT_KEEP,
-        CheckpointStore,
-        NotAStoreError,
-        is_store,
-        store_root_for,
-    )
+    from model.store import DEFAULT_KEEP, CheckpointStore, NotAStoreError
+    from model.store_layout import is_store, store_root_for
 
     keep_text = os.environ.get("MODSTREAM_CHECKPOINT_KEEP")
     keep = args.keep

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import model.checkpoint as checkpoint_module
+import model.checkpoint_save as checkpoint_save_module
 from model.checkpoint import (
     META_FILE,
     RETIRED_CONFIG_FIELDS,
@@ -25,8 +25,8 @@ from model.checkpoint import (
     compute_version,
     default_checkpoint_dir,
     load_checkpoint,
-    save_checkpoint,
 )
+from model.checkpoint_save import save_checkpoint
 from model.engine import Engine
 from model.errors import ExitCode
 from model.network import Classifier, ModelConfig
@@ -323,7 +323,7 @@ def test_a_checkpoint_of_the_previous_tokenizer_still_serves_as_it_was_trained(
     and reads texts with v2's rules; a v3 one joins them."""
     model, vocab = build()
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint_module, "TOKENIZER_VERSION", TOKENIZER_V2)
+        patch.setattr(checkpoint_save_module, "TOKENIZER_VERSION", TOKENIZER_V2)
         save(tmp_path / "v2", model, vocab)
     save(tmp_path / "v3", model, vocab)
     assert load_checkpoint(tmp_path / "v2").tokenizer == TOKENIZER_V2

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from model.glove import convert, embedding_matrix, load_glove
-from model.train import TrainConfig, train
+from model.train import train
+from model.train_config import TrainConfig
 from model.vocab import PAD_ID, UNK_ID, Vocab
 from tests.helpers import synthetic_splits
 

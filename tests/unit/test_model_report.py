@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from model.build import retrain
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint
+from model.checkpoint_save import save_checkpoint
 from model.data import LABELS
 from model.report import JSON_FILE, MARKDOWN_FILE, REPORT_DIR
-from model.train import TrainConfig
+from model.train_config import TrainConfig
 from tests.helpers import synthetic_config, synthetic_splits
 
 
@@ -154,7 +155,7 @@ def _sample_report() -> dict[str, object]:
     """A report of two models on both splits, from random scores with real structure."""
     import numpy as np
 
-    from model.report import Scored, SplitData, build_report
+    from model.report_data import Scored, SplitData, build_report
 
     rng = np.random.default_rng(0)
     labels = ("insult", "spam")
@@ -183,7 +184,7 @@ def test_figures_are_readable_and_mark_thresholds_kept_epoch_and_bin_counts() ->
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_hex
 
-    from model.report import FIGURE_DPI, figures, operating_point, render_images
+    from model.report_figures import FIGURE_DPI, figures, operating_point, render_images
 
     report = _sample_report()
     drawn = figures(report)

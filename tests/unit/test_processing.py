@@ -11,7 +11,8 @@ import structlog
 from kafka import KafkaProducer
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from model.engine import EncodedBatch, Engine, Scores
+from model.engine import Engine
+from model.scores import EncodedBatch, Scores
 from schemas.dead_letter import decode_bytes
 from tests.unit.test_model_engine import make_engine
 from worker.decode import MAX_EMBEDDED_BYTES, Decoder, SourceRecord
