@@ -33,7 +33,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import ValidationError
 
 from model.errors import ExitCode, ModstreamError
-from worker import score_command, store_commands
+from worker import checkpoint_commands, retrain_command, score_command
 from worker.command_errors import (
     CheckpointUnusableError,
     UsageError,
@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(handler=_run_worker)
 
     score_command.add_parser(sub)
-    store_commands.add_parsers(sub)
+    retrain_command.add_parser(sub)
+    checkpoint_commands.add_parser(sub)
     return parser
 
 
