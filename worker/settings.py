@@ -363,9 +363,14 @@ class WorkerSettings(BaseSettings):
         }
 
 
+def env_name(field: str) -> str:
+    """The environment variable of setting `field`: `MODSTREAM_` + the field in capitals."""
+    return f"MODSTREAM_{field.upper()}"
+
+
 def setting_names(field: str) -> str:
     """How an operator sets `field`: its env name, and its flag unless it is env only."""
-    env = f"MODSTREAM_{field.upper()}"
+    env = env_name(field)
     if field in ENV_ONLY_SETTINGS:
         return f"{env} (environment only)"
     return f"{env} / --{field.replace('_', '-')}"
