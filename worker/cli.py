@@ -200,7 +200,7 @@ def _shown_default(field: Any) -> str:
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    from worker.settings import ENV_ONLY_SETTINGS
+    from worker.setting_names import ENV_ONLY_SETTINGS
 
     for name, field in _settings_fields().items():
         if name in ENV_ONLY_SETTINGS:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from worker.settings import env_name
+from worker.setting_names import env_name
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings

@@ -27,7 +27,7 @@ import structlog
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
 from model.errors import ExitCode, ModstreamError
-from worker.settings import env_name
+from worker.setting_names import env_name
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
