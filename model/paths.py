@@ -1,6 +1,6 @@
 """Where checkpoints live: names and the default location, without importing torch.
 
-`worker/settings.py` needs the default checkpoint directory to describe its fields, and
+`worker/setting_groups.py` needs the default checkpoint directory to describe its fields, and
 every `modstream` command builds its parser from those fields. Importing torch costs
 2.3 s of a `--help` (measured with `python -X importtime`), so these names live here
 and `model.checkpoint` re-exports them.

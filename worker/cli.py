@@ -35,7 +35,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import ValidationError
 
 from model.errors import ExitCode, ModstreamError
-from worker import score_command, store_commands
+from worker import checkpoint_commands, retrain_command, score_command
 from worker.command_errors import (
     CheckpointUnusableError,
     UsageError,
@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(handler=_run_worker)
 
     score_command.add_parser(sub)
-    store_commands.add_parsers(sub)
+    retrain_command.add_parser(sub)
+    checkpoint_commands.add_parser(sub)
     return parser
 
 
@@ -201,7 +202,7 @@ def _shown_default(field: Any) -> str:
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    from worker.settings import ENV_ONLY_SETTINGS
+    from worker.setting_names import ENV_ONLY_SETTINGS
 
     for name, field in _settings_fields().items():
         if name in ENV_ONLY_SETTINGS:

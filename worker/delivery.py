@@ -48,7 +48,7 @@ from worker.decode import SourceRecord
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.outputs import OutputFitter
-from worker.security import authorization_hint
+from worker.refusal import authorization_hint
 from worker.settings import WorkerSettings
 from worker.sink import (
     OutputRecord,

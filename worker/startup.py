@@ -13,9 +13,9 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from worker.setting_names import ENV_PREFIX
 from worker.settings import WorkerSettings
 
-ENV_PREFIX = "MODSTREAM_"
 # Read outside WorkerSettings: by retrain (store size, GloVe cache), by the local Kafka
 # script (jar cache) and by the compose file (Prometheus config).
 OTHER_VARIABLES = frozenset(

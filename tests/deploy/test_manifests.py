@@ -242,7 +242,7 @@ def test_checkpoints_shared_rwx_read_only_for_workers(
 
     # Both writers work in the store whose `current` the workers load: the store layout
     # (versions/ + a `current` link) that `checkpoints promote` and rollback keep.
-    from model.store import store_root_for
+    from model.store_layout import store_root_for
 
     for writer in (one(objects, "CronJob"), one(objects, "Job")):
         volume, mount = claim_mount(writer)

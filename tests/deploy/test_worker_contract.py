@@ -226,8 +226,9 @@ def test_the_retrain_cronjob_runs_the_readme_loop(
     """The CronJob's args, parsed by modstream's own parser, are the README loop's
     arguments but for DEPLOYMENT_SPECIFIC; in the pod's environment (the ConfigMap) those
     resolve to the README loop's store and to the workers' Kafka settings."""
+    from worker.checkpoint_commands import open_store
     from worker.cli import build_parser
-    from worker.store_commands import _kafka_settings, _open_store
+    from worker.retrain_command import _kafka_settings
 
     objects = rendered[overlay]
     cronjob = one(objects, "CronJob")
@@ -250,7 +251,7 @@ def test_the_retrain_cronjob_runs_the_readme_loop(
     for key, value in configmap["data"].items():
         clean_modstream_env.setenv(key, value)
     as_job, as_readme = argparse.Namespace(**job), argparse.Namespace(**readme)
-    assert _open_store(as_job).root == _open_store(as_readme).root
+    assert open_store(as_job).root == open_store(as_readme).root
     settings = _kafka_settings(as_job)
     assert settings.kafka_bootstrap == configmap["data"]["MODSTREAM_KAFKA_BOOTSTRAP"]
     assert settings.security_protocol == configmap["data"]["MODSTREAM_SECURITY_PROTOCOL"]
@@ -259,4 +260,4 @@ def test_the_retrain_cronjob_runs_the_readme_loop(
     (first,) = pod_spec(one(objects, "Job"))["containers"]
     first_args = build_parser().parse_args(first["args"])
     assert first_args.command == "retrain" and first_args.if_missing
-    assert _open_store(first_args).root == _open_store(as_job).root
+    assert open_store(first_args).root == open_store(as_job).root

@@ -1,5 +1,6 @@
-"""worker/cli.py (with worker/store_commands.py and worker/command_errors.py): `main` maps
-every command's errors to its exit code and one stderr line."""
+"""worker/cli.py (with worker/retrain_command.py, worker/checkpoint_commands.py and
+worker/command_errors.py): `main` maps every command's errors to its exit code and one
+stderr line."""
 
 from __future__ import annotations
 

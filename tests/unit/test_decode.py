@@ -9,8 +9,8 @@ import pytest
 
 from schemas import ErrorKind
 from schemas.dead_letter import decode_bytes
+from worker.dead_letters import MAX_EMBEDDED_BYTES
 from worker.decode import (
-    MAX_EMBEDDED_BYTES,
     MAX_VALUE_BYTES,
     Decoded,
     Decoder,
