@@ -11,6 +11,13 @@ the one a rollback would return to, whatever their age.
 A plain checkpoint directory left at `<root>/current` by an older release is adopted on
 the first change: copied in as a version, then replaced by the pointer.
 
+Promoting follows `model.label_change`: a version that removes (or renames) a label
+of the current one is refused unless `allow_label_change`, and one the store's policy
+file (`model.store_policy`) cannot apply to is refused outright. Rollback needs no
+permission to remove labels (it returns to what served before, the way out of a bad
+promotion) but is refused under a policy it cannot apply to, like promote; both
+record the labels a move added and removed in history.json.
+
 This module decides what changes (versions, pointer, rollback stack, pruning); how
 each change reaches the disk safely is `model.store_files`.
 """
@@ -29,6 +36,7 @@ from typing import Any
 
 from model.checkpoint import STORE_POINTER, CheckpointError, load_checkpoint
 from model.durable import fsync_dir
+from model.label_change import LabelChange, check_label_change, classify
 from model.store_errors import NoPreviousVersionError as NoPreviousVersionError
 from model.store_errors import NotAStoreError as NotAStoreError
 from model.store_errors import StoreError as StoreError
@@ -43,7 +51,8 @@ from model.store_files import (
     verify_version,
     write_history,
 )
-from model.store_layout import StoreReader
+from model.store_layout import StoreReader, peek_labels
+from model.store_policy import PolicyConflictError, policy_conflict, read_policy
 
 DEFAULT_KEEP = 5
 INCOMING_DIR = ".incoming"
@@ -58,6 +67,8 @@ class PointerChange:
     previous: str | None
     changed: bool
     pruned: tuple[str, ...] = ()
+    labels_added: tuple[str, ...] = ()
+    labels_removed: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +77,8 @@ class PointerChange:
             "previous": self.previous,
             "changed": self.changed,
             "pruned": list(self.pruned),
+            "labels_added": list(self.labels_added),
+            "labels_removed": list(self.labels_removed),
         }
 
 
@@ -112,8 +125,14 @@ class CheckpointStore(StoreReader):
             write_history(self.root, history)
         return version
 
-    def promote(self, version: str, verify: bool = True) -> PointerChange:
-        """Make `version` current. With `verify`, it must load cleanly first."""
+    def promote(
+        self, version: str, verify: bool = True, allow_label_change: bool = False
+    ) -> PointerChange:
+        """Make `version` current. With `verify`, it must load cleanly first.
+
+        `LabelChangeRefusedError` when it removes (or renames) a label of the current
+        version and `allow_label_change` is False; `PolicyConflictError` when the
+        store's policy file sets a threshold for a label it lacks."""
         with locked(self.root) as history:
             target = self.version_dir(version)
             if not target.is_dir():
@@ -127,17 +146,22 @@ class CheckpointStore(StoreReader):
             current = self.current_version()
             if current == version:
                 return PointerChange("promote", version, current, changed=False)
+            change = self._label_change(target)
+            if change is not None:
+                what = f"version {version} (against the current {current})"
+                check_label_change(change.old, change.new, allow_label_change, what)
+            self._check_policy(target, version, "promote")
             if current is not None:
                 history["stack"] = [v for v in history["stack"] if v != current][-MAX_STACK + 1 :]
                 history["stack"].append(current)
-            record(history, "promote", version, current)
+            record(history, "promote", version, current, **_label_details(change))
             # History first: a crash before the switch leaves a stack entry equal to the
             # current version, which rollback skips.
             write_history(self.root, history)
             switch_pointer(self.root, version)
             pruned = self._prune(history)
             write_history(self.root, history)
-            return PointerChange("promote", version, current, changed=True, pruned=pruned)
+            return PointerChange("promote", version, current, True, pruned, *_label_lists(change))
 
     def rollback(self, verify: bool = True) -> PointerChange:
         """Make the previously current version current again (pops the stack)."""
@@ -158,11 +182,13 @@ class CheckpointStore(StoreReader):
                 )
             if verify:
                 verify_version(self.version_dir(target), target)
-            record(history, "rollback", target, current)
+            change = self._label_change(self.version_dir(target))
+            self._check_policy(self.version_dir(target), target, "roll back to")
+            record(history, "rollback", target, current, **_label_details(change))
             write_history(self.root, history)
             switch_pointer(self.root, target)
             write_history(self.root, history)
-            return PointerChange("rollback", target, current, changed=True)
+            return PointerChange("rollback", target, current, True, (), *_label_lists(change))
 
     def prune(self) -> list[str]:
         with locked(self.root) as history:
@@ -171,6 +197,25 @@ class CheckpointStore(StoreReader):
             return list(pruned)
 
     # -- internals -----------------------------------------------------------------
+
+    def _label_change(self, target: Path) -> LabelChange | None:
+        """How `target` changes the current version's labels; None when either is
+        unreadable (no current version, or a damaged one being replaced)."""
+        current_dir = self.current_dir()
+        old = peek_labels(current_dir) if current_dir is not None else None
+        new = peek_labels(target)
+        return classify(old, new) if old is not None and new is not None else None
+
+    def _check_policy(self, target: Path, version: str, action: str) -> None:
+        """Workers would refuse a version the store's policy cannot apply to: so does
+        the store, before the pointer moves."""
+        labels = peek_labels(target)
+        why = policy_conflict(read_policy(self.root), labels) if labels is not None else None
+        if why is not None:
+            raise PolicyConflictError(
+                f"refusing to {action} {version}: {why}; change the policy first "
+                "(`modstream checkpoints policy set FILE` or `policy clear`)"
+            )
 
     def _adopt_legacy(self, history: dict[str, Any]) -> None:
         """Turn a plain checkpoint directory at `current` into a version + pointer."""
@@ -217,3 +262,14 @@ class CheckpointStore(StoreReader):
             history["added"] = [v for v in history["added"] if v not in pruned]
             history["stack"] = [v for v in history["stack"] if v not in pruned]
         return tuple(pruned)
+
+
+def _label_details(change: LabelChange | None) -> dict[str, list[str]]:
+    """What history.json records of a move that changed the labels (nothing otherwise)."""
+    if change is None or change.kind == "unchanged":
+        return {}
+    return {"labels_added": list(change.added), "labels_removed": list(change.removed)}
+
+
+def _label_lists(change: LabelChange | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return ((), ()) if change is None else (change.added, change.removed)

@@ -78,13 +78,18 @@ def write_history(root: Path, history: dict[str, Any]) -> None:
     fsync_dir(root)
 
 
-def record(history: dict[str, Any], action: str, version: str, previous: str | None) -> None:
+def record(
+    history: dict[str, Any], action: str, version: str, previous: str | None, **details: Any
+) -> None:
+    """Appends a pointer move (or policy change) to the history's events; `details` (e.g.
+    the labels a promotion added and removed) go into the event as they are."""
     history["events"].append(
         {
             "action": action,
             "version": version,
             "previous": previous,
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **details,
         }
     )
 

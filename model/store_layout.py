@@ -113,6 +113,19 @@ def peek_version(directory: str | Path) -> str | None:
     return version if isinstance(version, str) else None
 
 
+def peek_labels(directory: str | Path) -> tuple[str, ...] | None:
+    """The `labels` of a checkpoint's model.json, or None if unreadable (as `peek_version`:
+    for comparing label sets before a promotion, never for serving)."""
+    try:
+        meta = json.loads((Path(directory) / META_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        return None
+    return tuple(labels)
+
+
 class StoreReader:
     """What a store at `root` holds: versions, the current one, the rollback target,
     recent pointer moves. Reads only; takes no lock (every change is one atomic rename,

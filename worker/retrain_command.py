@@ -118,6 +118,12 @@ def add_parser(sub: Any) -> None:
     )
     retrain.add_argument("--force", action="store_true", help="promote even if the gate says no")
     retrain.add_argument(
+        "--allow-label-change",
+        action="store_true",
+        help="let the gate promote a candidate that removes or renames labels (compared "
+        "on the labels both models have); added labels never need it",
+    )
+    retrain.add_argument(
         "--succeed-if-held",
         action="store_true",
         help="exit 0 instead of 10 when the gate keeps the current model (the summary "
@@ -262,7 +268,9 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
         code = ExitCode.OK
     else:
         summary["store"] = str(store.root)
-        outcome = refresh(store, config, splits, extra, tolerance, args.force, progress)
+        outcome = refresh(
+            store, config, splits, extra, tolerance, args.force, progress, args.allow_label_change
+        )
         summary.update(outcome.to_dict())
         held = outcome.status == "held"
         code = ExitCode.HELD if held and not args.succeed_if_held else ExitCode.OK
