@@ -46,6 +46,7 @@ class VersionInfo:
     previous: bool
     problem: str | None = None
     legacy: bool = False  # a plain checkpoint directory at `current`, not yet a version
+    labels: tuple[str, ...] | None = None  # None when model.json is unreadable
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +58,7 @@ class VersionInfo:
             "previous": self.previous,
             "problem": self.problem,
             "legacy": self.legacy,
+            "labels": list(self.labels) if self.labels is not None else None,
         }
 
 
@@ -223,6 +225,7 @@ class StoreReader:
                     previous=False,
                     problem=problem,
                     legacy=True,
+                    labels=peek_labels(self.pointer),
                 )
             )
         for version in versions:
@@ -237,6 +240,7 @@ class StoreReader:
                     current=version == current,
                     previous=version == previous,
                     problem=problem,
+                    labels=peek_labels(path),
                 )
             )
         return infos

@@ -1,5 +1,6 @@
-"""`modstream checkpoints list | promote | rollback | wait`: the commands that manage
-the checkpoint store (model/store.py) without training.
+"""`modstream checkpoints list | promote | rollback | wait | policy`: the commands that
+manage the checkpoint store (model/store.py) without training (`policy` in
+worker/policy_commands.py).
 
 Apart from `modstream retrain` (worker/retrain_command.py), which fills the store:
 these only read it or move its `current` link, and let their errors reach
@@ -19,6 +20,7 @@ from typing import Any
 from model.errors import ExitCode
 from model.jsonsafe import json_safe
 from worker.command_errors import CheckpointUnusableError, UsageError
+from worker.policy_commands import add_policy_parser, describe_policy, policy_line
 
 KEEP_HELP = "versions to keep in the store [env MODSTREAM_CHECKPOINT_KEEP] (default: 5)"
 
@@ -36,10 +38,12 @@ examples:
   modstream checkpoints promote 3f2a9c01b7de --store /srv/checkpoints
   modstream checkpoints rollback
   modstream checkpoints wait --timeout-s 600
+  modstream checkpoints policy set strict.json
 
-exit codes: 0 ok; 1 nothing to roll back to; 2 an unknown version, or a path that is not
-a checkpoint store; 3 the version to make current does not load (wait: the checkpoint
-does not load, or none came within --timeout-s)."""
+exit codes: 0 ok; 1 nothing to roll back to; 2 an unknown version, a version that removes
+labels without --allow-label-change, one the store's policy cannot apply to, or a path
+that is not a checkpoint store; 3 the version to make current does not load (wait: the
+checkpoint does not load, or none came within --timeout-s)."""
 
 
 def add_parser(sub: Any) -> None:
@@ -68,7 +72,8 @@ def add_parser(sub: Any) -> None:
         parents=[store_flags],
         help="versions in the store, the current and the previous one",
         description="List the versions in the checkpoint store: when each was created, "
-        "its mean validation AUC, which is current and which a rollback returns to.",
+        "its mean validation AUC and labels, which is current and which a rollback "
+        "returns to; and the store's threshold policy.",
         epilog="example:\n  modstream checkpoints list --json\n\nexit codes: 0 ok; 2 the "
         "path is not a checkpoint store.",
         formatter_class=raw,
@@ -78,13 +83,23 @@ def add_parser(sub: Any) -> None:
         "promote",
         parents=[store_flags],
         help="make VERSION current (after checking it loads); running workers reload it",
-        description="Make VERSION current, after checking that it loads.",
+        description="Make VERSION current, after checking that it loads. A version that "
+        "adds labels is taken (results gain those categories); one that removes or renames "
+        "a label of the current version is refused unless --allow-label-change; one the "
+        "store's threshold policy names a missing label for is refused.",
         epilog="example:\n  modstream checkpoints promote 3f2a9c01b7de\n\nexit codes: 0 ok; "
-        "2 no such version, or not a store; 3 the version does not load.",
+        "2 no such version, labels removed without --allow-label-change, a policy "
+        "conflict, or not a store; 3 the version does not load.",
         formatter_class=raw,
     )
     promote.add_argument(
         "version", metavar="VERSION", help="a version from `modstream checkpoints list`"
+    )
+    promote.add_argument(
+        "--allow-label-change",
+        action="store_true",
+        help="promote even if VERSION removes or renames labels (results lose those "
+        "categories from one offset on)",
     )
     actions.add_parser(
         "rollback",
@@ -129,6 +144,7 @@ def add_parser(sub: Any) -> None:
         help="look this often, and say what it is waiting for (default: 10)",
     )
     wait.set_defaults(handler=run_wait)
+    add_policy_parser(actions, store_flags)
     checkpoints.set_defaults(handler=run_checkpoints)
 
 
@@ -212,13 +228,21 @@ def run_checkpoints(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             return _list_checkpoints(store, args.json)
-        change = store.promote(args.version) if args.action == "promote" else store.rollback()
+        if args.action == "promote":
+            change = store.promote(args.version, allow_label_change=args.allow_label_change)
+        else:
+            change = store.rollback()
     except CheckpointError as exc:
         raise CheckpointUnusableError(f"refusing, the checkpoint does not load: {exc}") from exc
     if change.changed:
+        labels = "".join(
+            f"; labels {kind}: {', '.join(names)}"
+            for kind, names in (("added", change.labels_added), ("removed", change.labels_removed))
+            if names
+        )
         sys.stdout.write(
             f"{change.action}: current is now {change.version} (was {change.previous or 'none'})"
-            f"; running workers reload it on their next check (or SIGHUP)\n"
+            f"{labels}; running workers reload it on their next check (or SIGHUP)\n"
         )
     else:
         sys.stdout.write(f"{change.version} is already current\n")
@@ -227,19 +251,23 @@ def run_checkpoints(args: argparse.Namespace) -> int:
 
 def _list_checkpoints(store: Any, as_json: bool) -> int:
     infos = store.list()
+    policy, problem = describe_policy(store.root)
     if as_json:
         document = {
             "store": str(store.root),
             "current": store.current_version(),
             "previous": store.previous_version(),
             "versions": [info.to_dict() for info in infos],
+            "policy": policy,
+            "policy_problem": problem,
         }
         sys.stdout.write(json.dumps(json_safe(document), indent=1) + "\n")
         return ExitCode.OK
     if not infos:
         sys.stdout.write(f"no versions in the store at {store.root}\n")
+        sys.stdout.write(policy_line(policy, problem))
         return ExitCode.OK
-    sys.stdout.write(f"  {'VERSION':<14}{'CREATED':<27}{'VAL AUC':<9}\n")
+    sys.stdout.write(f"  {'VERSION':<14}{'CREATED':<27}{'VAL AUC':<9}{'LABELS':<24}\n")
     for info in infos:
         mark = "*" if info.current else " "
         auc = "-" if info.mean_validation_auc is None else f"{info.mean_validation_auc:.4f}"
@@ -251,5 +279,8 @@ def _list_checkpoints(store: Any, as_json: bool) -> int:
             )
         if info.problem:
             note = f"{note} ({info.problem})".strip()
-        sys.stdout.write(f"{mark} {info.version:<14}{info.created_at or '-':<27}{auc:<9}{note}\n")
+        labels = (",".join(info.labels) if info.labels is not None else "-") + " "
+        created = info.created_at or "-"
+        sys.stdout.write(f"{mark} {info.version:<14}{created:<27}{auc:<9}{labels:<24}{note}\n")
+    sys.stdout.write(policy_line(policy, problem))
     return ExitCode.OK

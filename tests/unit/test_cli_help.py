@@ -29,6 +29,9 @@ COMMANDS = [
     ["checkpoints", "promote"],
     ["checkpoints", "rollback"],
     ["checkpoints", "wait"],
+    ["checkpoints", "policy"],
+    ["checkpoints", "policy", "set"],
+    ["checkpoints", "policy", "clear"],
 ]
 
 
