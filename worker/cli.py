@@ -302,6 +302,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     from worker.app import Worker
     from worker.clients import BrokerUnavailableError
     from worker.reload import Reloader
+    from worker.startup import startup_policy
 
     def stopped_during(step: str) -> bool:
         if signals.requested:
@@ -333,7 +334,13 @@ def _run_worker(args: argparse.Namespace) -> int:
     log.info("engine_warmed_up", seconds=round(engine.warm_up(), 3), version=engine.version)
     if stopped_during("warming up"):
         return ExitCode.OK
-    worker = Worker(settings, engine)
+    overrides = settings.threshold_overrides()
+    try:
+        policy = startup_policy(settings.checkpoint_dir, engine.labels, overrides)
+    except ModstreamError as exc:
+        log.error("thresholds_unusable", version=engine.version, error=str(exc))
+        raise
+    worker = Worker(settings, engine, policy=policy)
     signals.on_stop(worker.request_stop)  # at once if the signal came meanwhile
     server = _metrics_server(settings, worker)
     server.start()
@@ -346,6 +353,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         settings.reload_interval_s,
         device=settings.device,
         engine_options=settings.engine_options(),
+        overrides=overrides,
     )
     signals.on_reload(reloader.request_check)
     try:

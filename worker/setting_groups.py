@@ -16,6 +16,11 @@ from pydantic import BaseModel, Field, field_validator
 
 from model.paths import default_checkpoint_dir
 from model.reading import DEFAULT_MAX_WINDOWS
+from model.threshold_overrides import (
+    THRESHOLDS_ENV,
+    ThresholdOverrideError,
+    parse_threshold_overrides,
+)
 from schemas.request import DEFAULT_MAX_TEXT_CHARS
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -75,6 +80,29 @@ class ModelSettings(BaseModel):
         ),
     ] = 10.0
     device: Annotated[Device, Field(description="Inference device: auto, cpu or cuda.")] = "auto"
+    thresholds: Annotated[
+        str | None,
+        Field(
+            description="Per-category thresholds over the checkpoint's and the store's "
+            "policy file's, e.g. insult=0.8,spam=0.95 (each in (0, 1]); every label named "
+            "must be one the model has: exit 2 at start, and a new version lacking one is "
+            "not loaded (the old one keeps serving).",
+        ),
+    ] = None
+
+    @field_validator("thresholds")
+    @classmethod
+    def _overrides_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_threshold_overrides(value)
+            except ThresholdOverrideError as exc:  # the caller names the setting
+                raise ValueError(str(exc).removeprefix(f"{THRESHOLDS_ENV}: ")) from None
+        return value
+
+    def threshold_overrides(self) -> dict[str, float]:
+        """`thresholds` as label → threshold (empty when unset)."""
+        return parse_threshold_overrides(self.thresholds or "")
 
 
 class BatchingSettings(BaseModel):

@@ -52,7 +52,9 @@ class Processor:
     def __init__(self, inference_s: float, started: float) -> None:
         self.inference_s, self.started = inference_s, started
 
-    def process(self, batch: Sequence[SourceRecord], engine: Any) -> PreparedBatch:
+    def process(
+        self, batch: Sequence[SourceRecord], engine: Any, policy: Any = None
+    ) -> PreparedBatch:
         outputs = [OutputRecord("out", None, b"{}", r.timestamp_ms) for r in batch]
         outcomes = {"ok": len(batch) - 1, "invalid": 1, "error": 0}
         return PreparedBatch(list(batch), outputs, outcomes, self.started, self.inference_s)
