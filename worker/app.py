@@ -56,6 +56,7 @@ from model.errors import ExitCode, ModstreamError
 from worker import clients
 from worker.batcher import Batcher
 from worker.clients import WorkerFencedError
+from worker.collector import PauseRecorder
 from worker.decode import Decoder, SourceRecord
 from worker.delivery import AtLeastOnceDelivery, BatchDelivery, WorkerStoppedError
 from worker.engine_slot import EngineSlot
@@ -143,6 +144,7 @@ class Worker:
         self.metrics.build_info.info({"version": package_version()})
         self.health.set(kafka_ok=False, problem="producer not connected")
         self.engines = EngineSlot(engine, self.metrics, self.health)
+        self.collections = PauseRecorder(self.metrics.gc_pauses)
 
     @property
     def engine(self) -> Engine:
@@ -230,6 +232,7 @@ class Worker:
         )
         exit_code: int = ExitCode.OK
         runner = kafka.runner
+        self.collections.install()
         try:
             runner.start_pipeline(self.settings.pipeline_depth)
             while not self.stopping:
@@ -247,6 +250,7 @@ class Worker:
                 runner.complete_acknowledged()
                 kafka.lag.maybe_refresh()
                 self.summary.maybe_log(kafka.lag.lag)
+                self.collections.flush()
             leftover = self.batcher.take()
             if leftover:
                 runner.handle(leftover)
@@ -259,6 +263,8 @@ class Worker:
             exit_code = exc.exit_code
         finally:
             self.close()
+            self.collections.uninstall()
+            self.collections.flush()
         log.info("worker_stopped", exit_code=exit_code)
         return exit_code
 

@@ -11,7 +11,9 @@ to work:
 2. Load it fully (`Engine.load`: sizes, JSON, tensor shapes, content hash) on the
    serving device, check that its label set equals the serving model's, and score a
    canary batch that must give finite scores in [0, 1] of the right shape; then warm
-   it up (`Engine.warm_up`), so the swap does not slow the stream down.
+   it up (`Engine.warm_up`), so the swap does not slow the stream down, and freeze
+   what it built (`freeze_long_lived`, worker/collector.py), so that later full
+   collections do not walk the new model's objects.
 3. Offer it to the worker (`EngineSlot.offer_engine`, worker/engine_slot.py). The
    processing thread swaps it in between two batches (`EngineSlot.apply`), so a batch
    is always scored by exactly one complete model, and nothing is dropped or scored
@@ -44,6 +46,7 @@ from model.checkpoint import (
 from model.engine import Engine
 from model.errors import ModstreamError
 from model.store_layout import peek_version
+from worker.collector import freeze_long_lived
 from worker.metrics import WorkerMetrics
 
 log = structlog.get_logger("modstream.reload")
@@ -197,6 +200,7 @@ class Reloader:
                 return "same_version"
             validate_engine(engine, serving.labels)
             engine.warm_up()
+            freeze_long_lived()  # the new model's objects, out of the collector's way
         except Exception as exc:  # CheckpointError, EngineError, ReloadError, or torch's own
             if not resolved.is_dir():  # replaced while we read it: look again next time
                 return "missing"
