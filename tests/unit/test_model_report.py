@@ -175,9 +175,7 @@ def _sample_report() -> dict[str, object]:
         }
         for e in (1, 2, 3)
     ]
-    return build_report(
-        labels, splits, models, {"insult": "insults"}, {"history": history, "best_epoch": 2}
-    )
+    return build_report(labels, splits, models, {"history": history, "best_epoch": 2})
 
 
 def test_figures_are_readable_and_mark_thresholds_kept_epoch_and_bin_counts() -> None:
