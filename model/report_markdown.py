@@ -167,7 +167,11 @@ def _label_lines(details: Mapping[str, Mapping[str, Any]]) -> list[str]:
     ]
     for label, d in details.items():
         policy = d["threshold_policy"]
-        shown = policy if isinstance(policy, str) else json.dumps(policy)
+        shown = (
+            policy
+            if isinstance(policy, str)
+            else ", ".join(f"{k} {v:g}" for k, v in policy.items())
+        )
         support = d.get("support", {})
         description = str(d.get("description", "")).replace("|", "\\|").replace("\n", " ")
         lines.append(
