@@ -91,7 +91,8 @@ def retrain(
     if plan is None:
         plan = plan_labels(splits.labels, None, parse_target_precision(config.target_precision))
     progress(
-        f"data: train {len(splits.train)}, validation {len(splits.validation)}, "
+        f"data: labels {', '.join(splits.labels)}; "
+        f"train {len(splits.train)}, validation {len(splits.validation)}, "
         f"test {len(splits.test)}, fingerprint {splits.fingerprint[:12]}"
     )
     result = train(config, splits, progress, extra_examples)

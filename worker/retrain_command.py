@@ -241,9 +241,8 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
     summary["data"] = data.summary()
     splits = data.splits
     plan = plan_labels(splits.labels, spec, rules)
-    progress(f"labels: {', '.join(splits.labels)} (from {data.where})")
     for warning in data.warnings:
-        progress(f"data warning: {warning}")
+        progress(f"warning: {warning}")
 
     feedback = None
     kafka_common: dict[str, object] = {}
@@ -278,9 +277,9 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
             "weight": args.feedback_weight,
             "train_examples_added": len(extra),
         }
-    trained_on = replace(splits, train=[*splits.train, *extra])
-    for warning in check_trainable(trained_on, data.where):
-        progress(f"data warning: {warning}")
+    # Both classes of every label in train and validation, else exit 2 naming it; its
+    # rarity warnings come again, on the examples measured, from the evaluation.
+    check_trainable(replace(splits, train=[*splits.train, *extra]), data.where)
 
     if store is None:
         report = retrain(args.output, config, progress, splits, extra, plan)
