@@ -2,6 +2,9 @@
 then add it to the checkpoint store behind the promotion gate, or write a plain
 checkpoint directory with --output.
 
+Its flags: the data it trains on (`worker/data_flags.py`: `--data`, `--no-bundled`,
+`--label-spec`, …) and one per training setting (`worker/train_flags.py`).
+
 Apart from `modstream checkpoints` (worker/checkpoint_commands.py) because it is a
 different job: it reads data and Kafka and trains, while those commands only move the
 store's `current` link. It shares their store opening (`open_store`).
