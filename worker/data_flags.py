@@ -86,6 +86,8 @@ def data_problems(args: argparse.Namespace) -> list[str]:
     files: list[Path] = args.data or []
     if not args.bundled and not files:
         problems.append("--no-bundled needs at least one --data file to train on")
+    for path in sorted({p for p in files if files.count(p) > 1}):
+        problems.append(f"--data {path} is given twice (its rows would count double)")
     for path in files:
         suffix = path.suffix.lower()
         if not path.is_file():

@@ -314,6 +314,10 @@ def test_a_bad_file_exits_2_naming_file_line_and_field_and_writes_nothing(
         (["--no-bundled"], "--no-bundled needs at least one --data file"),
         (["--data", "{tmp}/absent.jsonl"], "--data {tmp}/absent.jsonl: does not exist"),
         (
+            ["--data", "{tmp}/d.jsonl", "--data", "{tmp}/d.jsonl"],
+            "--data {tmp}/d.jsonl is given twice",
+        ),
+        (
             ["--data", "{tmp}/labels.toml"],
             "--data {tmp}/labels.toml: unsupported file type '.toml'",
         ),
