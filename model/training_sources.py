@@ -38,15 +38,9 @@ from model.data import LABELS, DataSplits, Example
 from model.errors import ExitCode, ModstreamError
 from model.label_spec import LabelSpec
 from model.label_union import combine_splits, widen
-from model.user_data import (
-    SOURCE_USER,
-    SPLITS,
-    DataLayout,
-    UserData,
-    canonical_text,
-    load_user_data,
-)
+from model.user_data import SOURCE_USER, UserData, canonical_text, load_user_data
 from model.user_data_errors import SplitDuplicateError
+from model.user_rows import SPLITS, DataLayout
 
 BUNDLED = "bundled corpora"
 

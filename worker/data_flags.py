@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # model.training_sources imports the corpora loader
     from model.label_spec import LabelSpec
     from model.training_sources import DataRequest
 
-JSONL_SUFFIXES = (".jsonl", ".ndjson")  # = model.user_data's (a unit test keeps them equal)
+JSONL_SUFFIXES = (".jsonl", ".ndjson")  # = model.user_formats' (a unit test keeps them equal)
 CSV_SUFFIXES = (".csv",)
 FILE_FLAGS = ("--text-field", "--split-field", "--ignore-field", "--allow-split-duplicates")
 
@@ -146,7 +146,7 @@ def read_label_spec(args: argparse.Namespace) -> LabelSpec | None:
 def data_request(args: argparse.Namespace, spec: LabelSpec | None) -> DataRequest:
     """What `model.training_sources.load_training_data` reads, from the checked flags."""
     from model.training_sources import DataRequest
-    from model.user_data import DataLayout
+    from model.user_rows import DataLayout
 
     return DataRequest(
         files=tuple(args.data or ()),

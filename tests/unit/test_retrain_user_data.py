@@ -372,7 +372,7 @@ def test_bad_data_flags_exit_2_naming_the_flag(
 
 
 def test_the_flags_know_the_readers_formats() -> None:
-    from model import user_data
+    from model import user_formats
 
-    assert data_flags.JSONL_SUFFIXES == user_data.JSONL_SUFFIXES
-    assert data_flags.CSV_SUFFIXES == user_data.CSV_SUFFIXES
+    assert data_flags.JSONL_SUFFIXES == user_formats.JSONL_SUFFIXES
+    assert data_flags.CSV_SUFFIXES == user_formats.CSV_SUFFIXES

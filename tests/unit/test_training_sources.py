@@ -10,8 +10,9 @@ import pytest
 from model.data import SOURCE_SMS, DataSplits
 from model.label_spec import parse_label_spec
 from model.training_sources import BundledLabelsError, DataRequest, in_order, load_training_data
-from model.user_data import SOURCE_USER, DataLayout
+from model.user_data import SOURCE_USER
 from model.user_data_errors import SplitDuplicateError, UnknownLabelFieldError
+from model.user_rows import DataLayout
 from tests.helpers import synthetic_splits
 from tests.user_files import LABEL_SPEC, USER_LABELS, user_rows, write_jsonl
 
