@@ -118,15 +118,22 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 300) -> list[Any]:
 class Worker:
     """`modstream worker` as a child process, as operators run it."""
 
-    def __init__(self, bootstrap: str, topics: dict[str, str], group: str, **settings: str):
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: dict[str, str],
+        group: str,
+        command: Sequence[str] = ("-m", "worker.cli", "worker"),
+        **settings: str,
+    ):
+        """`command`: the interpreter's arguments (a probe wrapping the worker, e.g.
+        bench/gc_pauses.py's); `settings`: MODSTREAM_* values by field name."""
         env = {
             **os.environ,
             **worker_process_env(bootstrap, topics, group, **({"log_level": "warning"} | settings)),
         }
         self.port = int(env["MODSTREAM_METRICS_PORT"])
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker"], cwd=REPO_ROOT, env=env
-        )
+        self.proc = subprocess.Popen([sys.executable, *command], cwd=REPO_ROOT, env=env)
         self.peak_rss_bytes = 0
 
     def ready(self) -> bool:

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from model.errors import ExitCode, ModstreamError
+from model.label_names import LabelNameError, check_label_names
 from model.network import Classifier, ModelConfig
 from model.paths import CHECKPOINT_DIR_ENV as CHECKPOINT_DIR_ENV
 from model.paths import META_FILE as META_FILE
@@ -167,10 +168,10 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
     data_fingerprint = fields.get("data_fingerprint", str)
     created_at = fields.get("created_at", str)
 
-    if not labels or not all(isinstance(x, str) and x for x in labels):
-        fields.fail("labels", "must be a non-empty list of non-empty strings")
-    if len(set(labels)) != len(labels):
-        fields.fail("labels", "must be unique")
+    try:  # any label set the naming rule allows, in any order (model.label_names)
+        check_label_names(labels, "")
+    except LabelNameError as e:
+        fields.fail("labels", f"is invalid{e}")
     if len(labels) != config.num_labels:
         fields.fail(
             "labels", f"has {len(labels)} entries but config.num_labels={config.num_labels}"

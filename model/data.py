@@ -231,10 +231,13 @@ def load_splits(files: DataFiles | None = None) -> DataSplits:
     )
 
 
-def label_counts(examples: Sequence[Example]) -> dict[str, tuple[int, int]]:
-    """label → (known, positive): a quick sanity summary for logs and tests."""
+def label_counts(
+    examples: Sequence[Example], labels: Sequence[str] = LABELS
+) -> dict[str, tuple[int, int]]:
+    """label → (known, positive), `labels` in the examples' target order: a quick
+    sanity summary for logs and tests (`model.label_support` is the full one)."""
     counts: dict[str, tuple[int, int]] = {}
-    for i, label in enumerate(LABELS):
+    for i, label in enumerate(labels):
         known = [ex for ex in examples if ex.mask[i] > 0]
         counts[label] = (len(known), sum(1 for ex in known if ex.targets[i] > 0))
     return counts

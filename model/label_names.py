@@ -14,7 +14,7 @@ a letter, at most `MAX_LABEL_CHARS` (32) characters (`self_harm`, `hate_speech`,
 
 `MAX_LABELS` (64) bounds the output head, each result's size (every label adds a key to
 two objects) and the metric series per worker; moderation taxonomies name a few tens of
-categories. `RESERVED_LABELS` are the field names of a training row (`model.user_data`):
+categories. `RESERVED_LABELS` are the field names of a training row (`model.user_rows`):
 a column called `text` is the text, never a label.
 """
 

@@ -23,6 +23,7 @@ from model.data import DataSplits, Example
 from model.engine import Engine, EngineError
 from model.evaluation import evaluation_examples, metrics_from_scores
 from model.gate import DEFAULT_TOLERANCE, mean_auc, should_promote
+from model.label_plan import LabelPlan
 from model.progress import Progress, quiet
 from model.store import CheckpointStore
 from model.store_policy import policy_conflict, read_policy
@@ -71,11 +72,13 @@ def refresh(
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
     progress: Progress = quiet,
+    plan: LabelPlan | None = None,
     allow_label_change: bool = False,
 ) -> RefreshOutcome:
-    """Steps 1-3 of the module docstring. Raises on training or store failures."""
+    """Steps 1-3 of the module docstring (`plan`: `model.build.retrain`'s). Raises on
+    training or store failures."""
     with store.incoming() as staging:
-        report = retrain(staging, config, progress, splits, extra_examples or [])
+        report = retrain(staging, config, progress, splits, extra_examples or [], plan)
         version = store.add(staging, move=True)
     previous = store.current_version()
     candidate_auc = mean_auc(report.validation)

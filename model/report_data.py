@@ -117,22 +117,24 @@ def label_section(targets: np.ndarray, scores: np.ndarray, threshold: float) -> 
     }
 
 
-def cross_domain(
-    data: SplitData, scored: Scored, labels: Sequence[str], source_of: Mapping[str, str]
-) -> dict[str, Any]:
-    """For each label, how often it fires on the *other* corpus, at its threshold.
+def cross_domain(data: SplitData, scored: Scored, labels: Sequence[str]) -> dict[str, Any]:
+    """For each label, how often it fires on a corpus that never labelled it, at its
+    threshold: `{label}_on_{source}` for every source none of whose rows here know the
+    label (the bundled corpora each know one label; a user's file knows its own).
 
-    `source_of` maps a label to the corpus that labels it; rows of every other source
-    were never labelled for it. For spam on insult comments this is a false-positive
-    rate under the assumption that no comment is spam; for insult on SMS it is a flag
-    rate (a few SMS may really be insulting).
+    Derived from the masks rather than a table of which corpus labels what, so a
+    taxonomy of its own gets the same section without naming its sources. For spam on
+    insult comments this is a false-positive rate under the assumption that no comment
+    is spam; for insult on SMS it is a flag rate (a few SMS may really be insulting);
+    for a user's label on the bundled corpora, how often it fires on text of another kind.
     """
     out: dict[str, Any] = {}
     sources = np.asarray(list(data.sources))
     for j, label in enumerate(labels):
-        for source in sorted(set(data.sources) - {source_of.get(label, "")}):
+        knows = data.mask[:, j] > 0
+        for source in sorted(set(data.sources)):
             rows = sources == source
-            if not rows.any():
+            if not rows.any() or knows[rows].any():
                 continue
             scores = scored.probabilities[rows, j]
             out[f"{label}_on_{source}"] = {
@@ -148,7 +150,6 @@ def build_report(
     labels: Sequence[str],
     splits: Mapping[str, SplitData],
     models: Mapping[str, Mapping[str, Scored]],
-    source_of: Mapping[str, str],
     extra: Mapping[str, Any],
 ) -> dict[str, Any]:
     """`models[name][split]`: each model's scores per split. `extra` is merged in
@@ -167,6 +168,6 @@ def build_report(
                 )
                 for j, label in enumerate(labels)
             }
-            section[split_name]["cross_domain"] = cross_domain(data, scored, labels, source_of)
+            section[split_name]["cross_domain"] = cross_domain(data, scored, labels)
         body["models"][name] = section
     return {**extra, **body}

@@ -36,6 +36,8 @@ def render_markdown(report: Mapping[str, Any], images: Sequence[str]) -> str:
         f"Created {report.get('created_at', '?')}; data fingerprint "
         f"`{report.get('data_fingerprint', '?')}`. Thresholds were chosen on validation "
         f"({_rules(report.get('threshold_rules', {}))}); test numbers use them unchanged.",
+        *_warning_lines(report.get("warnings", [])),
+        *_label_lines(report.get("label_details", {})),
         "",
         "## Per-label metrics",
         "",
@@ -74,9 +76,10 @@ def render_markdown(report: Mapping[str, Any], images: Sequence[str]) -> str:
         "",
         "## Cross-domain flag rates",
         "",
-        "Each label fired on the corpus that never labelled it, at its threshold. Spam on "
-        "insult comments is a false-positive rate if no comment is spam (the assumption "
-        "`comments_spam_negative` trains with); insult on SMS is a flag rate.",
+        "Each label fired on a corpus that never labelled it, at its threshold (none "
+        "when every corpus knows every label). Spam on insult comments is a "
+        "false-positive rate if no comment is spam (the assumption "
+        "`comments_spam_negative` trains with); the others are flag rates.",
         "",
         "| split | model | what | n | flag rate | mean score | p95 score |",
         "|---|---|---|---|---|---|---|",
@@ -131,6 +134,53 @@ def render_markdown(report: Mapping[str, Any], images: Sequence[str]) -> str:
         lines.append(f"- {name}: {fmt(value, 1)} s")
     lines.append("")
     return "\n".join(lines)
+
+
+def _warning_lines(warnings: Sequence[str]) -> list[str]:
+    """The run's warnings (labels too rare to evaluate, unreachable targets), up front."""
+    if not warnings:
+        return []
+    return ["", "## Warnings", "", *(f"- {warning}" for warning in warnings)]
+
+
+def _support(counts: Mapping[str, Any] | None) -> str:
+    if not counts:
+        return "n/a"
+    text = f"{counts['positives']} / {counts['known']}"
+    return f"**{text}** (too rare)" if counts.get("too_rare") else text
+
+
+def _label_lines(details: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One row per label: what it means, how its threshold was chosen, its support."""
+    if not details:
+        return []
+    lines = [
+        "",
+        "## Labels",
+        "",
+        "Support: positives / examples that know the label, in the examples trained on "
+        "and measured on; **too rare** marks fewer than 30 positives or 30 negatives, "
+        "too few for its metrics to tell models apart.",
+        "",
+        "| label | description | threshold policy | rule | threshold | train | validation | test |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, d in details.items():
+        policy = d["threshold_policy"]
+        shown = (
+            policy
+            if isinstance(policy, str)
+            else ", ".join(f"{k} {v:g}" for k, v in policy.items())
+        )
+        support = d.get("support", {})
+        description = str(d.get("description", "")).replace("|", "\\|").replace("\n", " ")
+        lines.append(
+            f"| {label} | {description} | {shown} ({d['threshold_policy_source']}) | "
+            f"{d['threshold_rule']} | {fmt(d['threshold'], 3)} | "
+            f"{_support(support.get('train'))} | {_support(support.get('validation'))} | "
+            f"{_support(support.get('test'))} |"
+        )
+    return lines
 
 
 def _robustness_lines(report: Mapping[str, Any], labels: Sequence[str]) -> list[str]:

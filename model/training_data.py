@@ -9,7 +9,9 @@
   ham"). Only the training split changes: spam validation/test metrics stay SMS-only,
   and the cross-domain flag rates (spam on comments) are reported separately. With
   `short_benign`, reviewed short SMS ham and the curated chat lines of the training
-  split are negatives for every label (`model.short_chat`).
+  split are negatives for every label (`model.short_chat`), a user's labels included.
+  Both rules need the bundled `spam` label and do nothing without it (`retrain
+  --no-bundled` trains on the user's files alone).
 - `context_examples`: each epoch, a share of the insult-corpus comments again, each
   placed among clean training comments (`model.long_messages`), so the model learns
   that one abusive part makes a long message abusive and that clean context does not.

@@ -1,4 +1,5 @@
-"""The named failures of reading a user's training file (`model.user_data`).
+"""The named failures of reading a user's training file (`model.user_data`,
+`model.user_formats`, `model.user_rows`).
 
 Every one is a usage error (exit 2): the file is the user's input, and the message
 says which file, which line (JSONL) or record's first line (CSV), and which field, as

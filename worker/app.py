@@ -58,6 +58,7 @@ from model.threshold_overrides import ThresholdPolicyFile
 from worker import clients
 from worker.batcher import Batcher
 from worker.clients import WorkerFencedError
+from worker.collector import PauseRecorder
 from worker.decode import Decoder, SourceRecord
 from worker.delivery import AtLeastOnceDelivery, BatchDelivery, WorkerStoppedError
 from worker.engine_slot import EngineSlot
@@ -150,6 +151,7 @@ class Worker:
         self.engines = EngineSlot(
             engine, self.metrics, self.health, policy, settings.threshold_overrides()
         )
+        self.collections = PauseRecorder(self.metrics.gc_pauses)
 
     @property
     def engine(self) -> Engine:
@@ -237,6 +239,7 @@ class Worker:
         )
         exit_code: int = ExitCode.OK
         runner = kafka.runner
+        self.collections.install()
         try:
             runner.start_pipeline(self.settings.pipeline_depth)
             while not self.stopping:
@@ -254,6 +257,7 @@ class Worker:
                 runner.complete_acknowledged()
                 kafka.lag.maybe_refresh()
                 self.summary.maybe_log(kafka.lag.lag)
+                self.collections.flush()
             leftover = self.batcher.take()
             if leftover:
                 runner.handle(leftover)
@@ -266,6 +270,8 @@ class Worker:
             exit_code = exc.exit_code
         finally:
             self.close()
+            self.collections.uninstall()
+            self.collections.flush()
         log.info("worker_stopped", exit_code=exit_code)
         return exit_code
 

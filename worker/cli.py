@@ -301,6 +301,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     from model.engine import Engine, EngineError
     from worker.app import Worker
     from worker.clients import BrokerUnavailableError
+    from worker.collector import freeze_long_lived
     from worker.reload import Reloader
     from worker.startup import startup_policy
 
@@ -364,6 +365,9 @@ def _run_worker(args: argparse.Namespace) -> int:
             return ExitCode.OK
         log.error("broker_unreachable", error=str(exc))
         raise
+    # Start-up and warm-up are done: the collector leaves what they built alone from
+    # now on (worker/collector.py).
+    log.info("collector_frozen", objects=freeze_long_lived())
     reloader.start()
     try:
         return worker.run()  # a stop that came while connecting ends it at once, cleanly

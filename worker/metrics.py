@@ -39,6 +39,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16_384, 65_536, 262_144)
 RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+GC_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+GC_GENERATIONS = ("0", "1", "2")
 
 OUTCOMES = ("ok", "invalid", "error")
 RELOAD_RESULTS = ("ok", "failed")
@@ -181,6 +183,15 @@ class WorkerMetrics:
             ["result"],
             registry=r,
         )
+        self.gc_pauses = Histogram(
+            "modstream_gc_pause_seconds",
+            "Python garbage collections by process (worker) and generation (2 = full), "
+            "seconds each: every thread of that process stands still meanwhile "
+            "(worker/collector.py).",
+            ["process", "generation"],
+            buckets=GC_PAUSE_BUCKETS,
+            registry=r,
+        )
         self.label_changes = Counter(
             "modstream_model_label_changes",
             "Labels a swapped-in model added or removed against the one it replaced, one per "
@@ -218,6 +229,8 @@ class WorkerMetrics:
             self.dead_letters.labels(reason=kind.value)
         for result in COMMIT_RESULTS:
             self.commits.labels(result=result)
+        for generation in GC_GENERATIONS:
+            self.gc_pauses.labels(process="worker", generation=generation)
 
     def set_categories(self, categories: Iterable[str]) -> tuple[str, ...]:
         """The serving model's labels, when it starts serving: creates their per-category

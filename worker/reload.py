@@ -17,8 +17,10 @@ Only a change leads to work:
    `MODSTREAM_THRESHOLDS` and the policy (step 1's, else the one in effect) name only
    labels it has, and score a canary batch that must give finite scores in [0, 1] of
    the right shape; then warm it up (`Engine.warm_up`), so the swap does not slow the
-   stream down. Its labels may differ from the serving model's (`model.label_change`:
-   `checkpoints promote` decided whether a removal may serve; the swap logs it).
+   stream down, and freeze what it built (`freeze_long_lived`, worker/collector.py), so
+   that later full collections do not walk the new model's objects. Its labels may
+   differ from the serving model's (`model.label_change`: `checkpoints promote` decided
+   whether a removal may serve; the swap logs it).
 3. A new policy must name only labels of the model that will serve with it (step 2's,
    else the serving one).
 4. Offer what passed, together (`EngineSlot.offer`, worker/engine_slot.py). The
@@ -59,6 +61,7 @@ from model.label_change import classify
 from model.store_layout import peek_version
 from model.store_policy import policy_conflict, policy_file_for, read_policy
 from model.threshold_overrides import THRESHOLDS_ENV, PolicyFileError, ThresholdPolicyFile
+from worker.collector import freeze_long_lived
 from worker.engine_slot import PolicyOffer
 from worker.metrics import WorkerMetrics
 
@@ -303,6 +306,7 @@ class Reloader:
                 return None, "same_version"
             validate_engine(engine, policy, self.overrides)
             engine.warm_up()
+            freeze_long_lived()  # the new model's objects, out of the collector's way
         except Exception as exc:  # CheckpointError, EngineError, ReloadError, or torch's own
             if not resolved.is_dir():  # replaced while we read it: look again next time
                 return None, "missing"

@@ -2,6 +2,9 @@
 then add it to the checkpoint store behind the promotion gate, or write a plain
 checkpoint directory with --output.
 
+Its flags: the data it trains on (`worker/data_flags.py`: `--data`, `--no-bundled`,
+`--label-spec`, …) and one per training setting (`worker/train_flags.py`).
+
 Apart from `modstream checkpoints` (worker/checkpoint_commands.py) because it is a
 different job: it reads data and Kafka and trains, while those commands only move the
 store's `current` link. It shares their store opening (`open_store`).
@@ -16,6 +19,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +29,14 @@ from model.errors import ExitCode
 from model.jsonsafe import json_safe
 from worker.checkpoint_commands import KEEP_HELP, open_store
 from worker.command_errors import UsageError, describe_validation_error, exit_code_of
+from worker.data_flags import add_data_flags, data_problems, data_request, read_label_spec
 from worker.train_flags import add_train_flags, train_overrides, train_problems
 
 RETRAIN_DESCRIPTION = """\
-Train a model on the project's data (plus, with --feedback-topic, moderators' decisions
-read from Kafka), evaluate it, and add it to the checkpoint store; the promotion gate
+Train a model on the bundled corpora and/or your own labelled files (--data, in your own
+labels; --label-spec names them and sets each one's threshold policy), plus, with
+--feedback-topic, moderators' decisions read from Kafka; evaluate it, and add it to the
+checkpoint store; the promotion gate
 makes it current unless its mean validation AUC is worse than the current model's by
 more than --gate-tolerance. Running workers reload a promoted model by themselves.
 With --output it writes a plain checkpoint directory instead (no store, no gate).
@@ -41,12 +48,14 @@ RETRAIN_EPILOG = """\
 examples:
   modstream retrain                                   # train, gate, promote in checkpoints/
   modstream retrain --output /tmp/model --epochs 2    # a quick plain checkpoint
+  modstream retrain --data decisions.jsonl --label-spec labels.toml --no-bundled
   modstream retrain --feedback-topic moderation.feedback --kafka-bootstrap broker:9092
 
 exit codes: 0 promoted (or written with --output, or identical to the current version);
 10 the gate kept the current model (0 with --succeed-if-held); 4 the feedback topic
 could not be read; 3 a checkpoint is unusable; 2 bad arguments (the message names the
-flag); 1 any other failure."""
+flag) or a bad data file or label spec (file, line and field; nothing is written);
+1 any other failure."""
 
 
 def add_parser(sub: Any) -> None:
@@ -137,6 +146,7 @@ def add_parser(sub: Any) -> None:
         "model: for a first-run job that must not retrain on every deploy",
     )
     retrain.add_argument("--keep", type=int, default=None, metavar="N", help=KEEP_HELP)
+    add_data_flags(retrain)
     add_train_flags(retrain)
     retrain.set_defaults(handler=run_retrain)
 
@@ -152,9 +162,8 @@ def run_retrain(args: argparse.Namespace) -> int:
         code = _retrain(args, summary)
     except Exception as exc:  # the summary line is written whatever failed
         code = exit_code_of(exc)
-        summary["error"] = (
-            str(exc) if isinstance(exc, UsageError) else f"{type(exc).__name__}: {exc}"
-        )
+        # A usage error (a flag, a data file, the label spec) says all in its message.
+        summary["error"] = str(exc) if code == ExitCode.USAGE else f"{type(exc).__name__}: {exc}"
         sys.stderr.write(f"modstream retrain: {summary['error']}\n")
         if code == ExitCode.FAILURE:
             import traceback
@@ -192,24 +201,35 @@ def check_retrain_arguments(args: argparse.Namespace) -> dict[str, Any]:
         problems.append(
             f"--output {args.output} belongs to a checkpoint store; use --store instead"
         )
+    problems += data_problems(args)
     if problems:
         raise UsageError("; ".join(problems))
     return overrides
 
 
 def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
+    """1. check every flag; 2. read the data files (and the corpora); 3. read and merge
+    the feedback; 4. check each label can be trained; 5. train, evaluate, gate, promote
+    (or write --output). Nothing is written before step 5."""
     overrides = check_retrain_arguments(args)
+    spec = read_label_spec(args)
     from model.build import retrain
-    from model.data import LABELS, load_splits, merge_feedback
+    from model.data import merge_feedback
     from model.engine import EngineError, resolve_device
+    from model.evaluation import parse_target_precision
     from model.gate import DEFAULT_TOLERANCE
+    from model.label_plan import check_policy_sources, plan_labels
+    from model.label_support import check_trainable
     from model.refresh import refresh
     from model.train_config import TrainConfig
+    from model.training_sources import load_training_data
 
     try:
         config = TrainConfig(**overrides)
     except (TypeError, ValueError) as exc:
         raise UsageError(_name_the_flag(str(exc))) from exc
+    rules = parse_target_precision(config.target_precision)
+    check_policy_sources(spec, rules)
     try:
         resolve_device(config.device)
     except EngineError as exc:  # e.g. cuda on a machine without it
@@ -226,6 +246,13 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
+    data = load_training_data(data_request(args, spec))
+    summary["data"] = data.summary()
+    splits = data.splits
+    plan = plan_labels(splits.labels, spec, rules)
+    for warning in data.warnings:
+        progress(f"warning: {warning}")
+
     feedback = None
     kafka_common: dict[str, object] = {}
     if args.feedback_topic:
@@ -238,7 +265,7 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
         feedback = read_feedback(
             kafka_common,
             args.feedback_topic,
-            LABELS,
+            splits.labels,  # a label the model does not train is skipped: unknown_label
             group_id=args.feedback_group or DEFAULT_FEEDBACK_GROUP,
             timeout_s=args.feedback_timeout_s,
         )
@@ -248,7 +275,6 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
             f"{feedback.topic}, skipped {feedback.skipped or 'none'}"
         )
 
-    splits = load_splits()
     extra = []
     if feedback is not None:
         merged = merge_feedback(splits, feedback.decisions(), weight=args.feedback_weight)
@@ -260,20 +286,33 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
             "weight": args.feedback_weight,
             "train_examples_added": len(extra),
         }
+    # Both classes of every label in train and validation, else exit 2 naming it; its
+    # rarity warnings come again, on the examples measured, from the evaluation.
+    check_trainable(replace(splits, train=[*splits.train, *extra]), data.where)
 
     if store is None:
-        report = retrain(args.output, config, progress, splits, extra)
+        report = retrain(args.output, config, progress, splits, extra, plan)
         summary.update(status="written", version=report.version, output=str(args.output))
         summary["report"] = report.to_dict()
         code = ExitCode.OK
     else:
         summary["store"] = str(store.root)
         outcome = refresh(
-            store, config, splits, extra, tolerance, args.force, progress, args.allow_label_change
+            store,
+            config,
+            splits,
+            extra,
+            tolerance,
+            args.force,
+            progress,
+            plan,
+            allow_label_change=args.allow_label_change,
         )
         summary.update(outcome.to_dict())
+        report = outcome.report
         held = outcome.status == "held"
         code = ExitCode.HELD if held and not args.succeed_if_held else ExitCode.OK
+    summary["warnings"] = [*data.warnings, *report.warnings]
 
     if feedback is not None:
         from worker.feedback import commit_feedback_offsets

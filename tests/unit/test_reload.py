@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 
@@ -208,3 +209,18 @@ def test_polling_finds_a_promotion_without_being_asked(
         assert slot.latest_engine().version == new
     finally:
         reloader.stop()
+
+
+def test_a_reloaded_model_is_frozen_once_warmed_up(store: CheckpointStore, tmp_path: Path) -> None:
+    """Full collections after a reload must not walk the new model's objects
+    (worker/collector.py)."""
+    _, slot, _, reloader = serving(store, tmp_path)
+    gc.unfreeze()
+    try:
+        store.promote(add(store, tmp_path, 2))
+        assert reloader.check() == "offered"
+        assert gc.get_freeze_count() > 0
+        walked = {id(o) for generation in (0, 1, 2) for o in gc.get_objects(generation=generation)}
+        assert id(slot.offered[-1]._vectors) not in walked
+    finally:
+        gc.unfreeze()

@@ -4,6 +4,7 @@ every way `run` fails exits 1 without committing, and a new model starts at a ba
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -261,3 +262,17 @@ def test_a_new_model_starts_at_a_batch_boundary_on_the_pipelined_path() -> None:
     scored = list(producer.values()[2]["category_scores"].values())
     assert scored == pytest.approx(expected, abs=1e-6), "scored by the model it names"
     assert worker.engine is new
+
+
+def test_collections_while_running_are_counted_and_the_hook_goes_with_the_run() -> None:
+    def collect_then_poll() -> list[Polled]:
+        gc.collect(2)  # a full collection while the worker runs
+        return [Polled(0), Polled(1)]
+
+    producer = SlowBroker()
+    worker, consumer = connect(producer)
+    script(worker, consumer, [collect_then_poll])
+    assert worker.run() == 0
+    full = sample(worker, "modstream_gc_pause_seconds_count", process="worker", generation="2")
+    assert full >= 1
+    assert not any(getattr(c, "__self__", None) is worker.collections for c in gc.callbacks)
