@@ -192,8 +192,12 @@ class Reloader:
         self._seen: Fingerprint | None = None
         self._policy_read = False  # whether `_policy_seen` is a reading yet
         self._policy_seen: Stat | None = None  # the policy file's stat; None: no file
-        self._conflict_policy: tuple[bool, Stat | None] = (False, None)  # model refused at
-        self._policy_conflict_engine: str | None = None  # policy refused against version
+        # A model refused over the policy's labels: (True, the policy file's stat then),
+        # so that a change of the policy retries it.
+        self._conflict_policy: tuple[bool, Stat | None] = (False, None)
+        # A policy refused over a model's labels: that model's version, so that another
+        # model retries it.
+        self._policy_conflict_engine: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpoint-reload", daemon=True)
