@@ -325,7 +325,8 @@ class Reloader:
                 path=str(resolved),
                 serving_version=serving.version,
                 error=f"{type(exc).__name__}: {exc}",
-                retry="on the next change of the checkpoint",
+                retry="on the next change of the checkpoint"
+                + (" or of the policy file" if isinstance(exc, LabelConflictError) else ""),
             )
             return None, "failed"
         self._seen = seen
