@@ -35,7 +35,6 @@ differ), or `<version>+env-<8 hex>` (both).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from model.errors import ExitCode, ModstreamError
 from model.label_names import MAX_LABELS, label_name_problem
 from model.label_spec import Probability, validation_problems
+from model.strict_json import STRICT_DECODER
 
 THRESHOLDS_ENV = "MODSTREAM_THRESHOLDS"
 POLICY_FILE_NAME = "policy.json"
@@ -144,19 +144,6 @@ class ThresholdPolicyFile(BaseModel):
         return value
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"key {key!r} appears twice")
-        out[key] = value
-    return out
-
-
 def parse_policy_file(data: bytes, source: str) -> ThresholdPolicyFile:
     """A `ThresholdPolicyFile` from a file's bytes; `PolicyFileError` naming `source`
     and the field."""
@@ -167,7 +154,7 @@ def parse_policy_file(data: bytes, source: str) -> ThresholdPolicyFile:
     except UnicodeDecodeError as e:
         raise PolicyFileError(f"{source}: not UTF-8 (byte {e.start + 1})") from None
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        value = STRICT_DECODER.decode(text)
     except RecursionError:
         raise PolicyFileError(f"{source}: not JSON: nested too deeply") from None
     except ValueError as e:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from model.label_names import MAX_LABELS
+from model.strict_json import STRICT_DECODER
 from model.user_data_errors import (
     BadCsvError,
     BadJsonError,
@@ -165,22 +165,6 @@ def iter_user_rows(
 # --------------------------------------------------------------------------- JSONL
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"key {key!r} appears twice in one object")
-        out[key] = value
-    return out
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
-
-
 def _jsonl_rows(lines: _Lines, path: Path, layout: DataLayout) -> Iterator[UserRow]:
     while True:
         lines.start_record()
@@ -191,7 +175,7 @@ def _jsonl_rows(lines: _Lines, path: Path, layout: DataLayout) -> Iterator[UserR
         if not line.strip():
             continue  # blank lines (a trailing newline, spacing) carry nothing
         try:
-            value = _DECODER.decode(line)
+            value = STRICT_DECODER.decode(line)
         except RecursionError:
             raise BadJsonError(path, "nested too deeply", line=lines.number) from None
         except ValueError as e:  # JSONDecodeError, our hooks, int digits over the limit
