@@ -12,10 +12,14 @@ one label rare enough that its validation metrics are "too rare to evaluate":
 
 Rows 0-399 are declared train, 400-519 validation, 520-639 test (`split` field), or
 the file declares no split (`declare_splits=False`) and the loader hashes texts.
+
+`python -m tests.user_files decisions.jsonl labels.toml` writes the JSONL (declared
+splits) and the label spec: the README's worked example starts there.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import random
@@ -152,3 +156,24 @@ threshold = { target_precision = 0.9 }
 description = "A person saying they may hurt themselves"
 threshold = { fixed = 0.35 }
 """
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Writes the generated JSONL (labels as fields, declared splits) and the label spec."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.user_files",
+        description="Write a three-label training file (harassment, scam, self_harm) "
+        "and its label spec.",
+    )
+    parser.add_argument("data", type=Path, help="the JSONL file to write")
+    parser.add_argument("label_spec", type=Path, help="the label spec (TOML) to write")
+    args = parser.parse_args(argv)
+    rows = user_rows()
+    write_jsonl(args.data, rows)
+    args.label_spec.write_text(LABEL_SPEC, encoding="utf-8")
+    print(f"{args.data}: {len(rows)} rows, labels {', '.join(USER_LABELS)}; {args.label_spec}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
