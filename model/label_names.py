@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from model.errors import ExitCode, ModstreamError
 
@@ -67,3 +68,17 @@ def check_label_names(names: Iterable[object], where: str) -> tuple[str, ...]:
     if not seen:
         raise LabelNameError(f"{where}: no labels")
     return tuple(seen)
+
+
+def checked_label_keys(value: Any) -> Any:
+    """A pydantic "before" validator's body for a dict keyed by label: at most
+    `MAX_LABELS` keys, each following the rule; raises ValueError naming the first
+    problem, else returns `value` (other shapes are left to the field's type)."""
+    if isinstance(value, dict):
+        if len(value) > MAX_LABELS:
+            raise ValueError(f"{len(value)} labels, at most {MAX_LABELS}")
+        for name in value:
+            why = label_name_problem(name)
+            if why is not None:
+                raise ValueError(why)
+    return value

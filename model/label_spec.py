@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.errors import ExitCode, ModstreamError
-from model.label_names import MAX_LABELS, label_name_problem
+from model.label_names import MAX_LABELS, checked_label_keys
 
 MAX_SPEC_BYTES = 1 << 20
 MAX_DESCRIPTION_CHARS = 1000
@@ -116,14 +116,7 @@ class LabelSpec(BaseModel):
     @field_validator("labels", mode="before")
     @classmethod
     def _names(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            if len(value) > MAX_LABELS:
-                raise ValueError(f"{len(value)} labels, at most {MAX_LABELS}")
-            for name in value:
-                why = label_name_problem(name)
-                if why is not None:
-                    raise ValueError(why)
-        return value
+        return checked_label_keys(value)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -44,7 +44,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from model.errors import ExitCode, ModstreamError
-from model.label_names import MAX_LABELS, label_name_problem
+from model.label_names import MAX_LABELS, checked_label_keys, label_name_problem
 from model.label_spec import Probability, validation_problems
 from model.strict_json import STRICT_DECODER
 
@@ -134,14 +134,7 @@ class ThresholdPolicyFile(BaseModel):
     @field_validator("thresholds", mode="before")
     @classmethod
     def _names(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            if len(value) > MAX_LABELS:
-                raise ValueError(f"{len(value)} labels, at most {MAX_LABELS}")
-            for name in value:
-                why = label_name_problem(name)
-                if why is not None:
-                    raise ValueError(why)
-        return value
+        return checked_label_keys(value)
 
 
 def parse_policy_file(data: bytes, source: str) -> ThresholdPolicyFile:
