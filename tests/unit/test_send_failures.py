@@ -21,6 +21,7 @@ import structlog
 from kafka.errors import (
     IllegalStateError,
     InvalidRecordError,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -81,7 +82,9 @@ class FakeBroker:
         self.unanswered = unanswered or set()
         self.on_flush: Callable[[FakeKafkaProducer], None] | None = None
         self.accepted: list[tuple[str, bytes | None, bytes]] = []
+        self.accepted_headers: list[Any] = []
         self.producers: list[FakeKafkaProducer] = []
+        self.cannot_create: list[KafkaError] = []  # raised by the next new_producer calls
         self.sends = 0
         self.flushes = 0
         self.max_sends = max_sends
@@ -89,6 +92,8 @@ class FakeBroker:
         self.stop = threading.Event()
 
     def new_producer(self) -> FakeKafkaProducer:
+        if self.cannot_create:
+            raise self.cannot_create.pop(0)
         producer = FakeKafkaProducer(self)
         self.producers.append(producer)
         if len(self.producers) >= self.max_producers:
@@ -102,6 +107,8 @@ class FakeKafkaProducer:
         self.pending: list[tuple[FakeFuture, str, bytes | None, bytes, Any]] = []
         self.fatal: BaseException | None = None
         self.closed = False
+        self.closed_with: list[float | None] = []
+        self.close_error: KafkaError | None = None
         self.in_transaction = False
         self.committed: list[tuple[str, bytes | None, bytes]] = []
         self.calls: list[str] = []
@@ -131,7 +138,7 @@ class FakeKafkaProducer:
         if broker.flushes in broker.unanswered:
             return
         pending, self.pending = self.pending, []
-        for future, topic, key, value, _ in pending:
+        for future, topic, key, value, headers in pending:
             future.is_done = True
             if self.fatal is not None:
                 future.exception = self.fatal
@@ -147,6 +154,7 @@ class FakeKafkaProducer:
                 self.committed.append((topic, key, value))
             else:
                 self.broker.accepted.append((topic, key, value))
+                self.broker.accepted_headers.append(headers)
 
     def _fail(self, exc: KafkaError) -> KafkaError:
         self.fatal = exc  # idempotent: fatal; transactional: abortable (until abort)
@@ -154,6 +162,9 @@ class FakeKafkaProducer:
 
     def close(self, timeout: float | None = None) -> None:
         self.closed = True
+        self.closed_with.append(timeout)
+        if self.close_error is not None:
+            raise self.close_error
 
     # Transactions (exactly-once): sends fail after a refusal until the abort.
     def begin_transaction(self) -> None:
@@ -235,6 +246,8 @@ def test_classes_of_send_failures() -> None:
     assert classify(None) is SendFailure.RETRIABLE
     assert classify(MessageSizeTooLargeError()) is SendFailure.RECORD_REFUSED
     assert classify(TopicAuthorizationFailedError()) is SendFailure.TOPIC_REFUSED
+    # An error that does not say it passes is not retried as if it would.
+    assert classify(RuntimeError("unexpected in the sender")) is SendFailure.TOPIC_REFUSED
 
 
 def test_a_record_the_broker_refuses_is_replaced_and_the_batch_commits() -> None:
@@ -282,6 +295,12 @@ def test_an_output_over_max_request_size_is_replaced_without_renewing_the_produc
     parts.delivery.deliver(records, Shipment([result(records[0], 2_000), result(records[1])]))
     assert accepted_kinds(broker) == [(LETTERS, ("output_too_large", 0)), (RESULTS, 1)]
     assert len(broker.producers) == 1
+    letter = json.loads(broker.accepted[0][2])
+    assert "(record_refused): MessageSizeTooLargeError: " in letter["error_message"]
+    refusals = sample(
+        parts.metrics, "modstream_kafka_errors_total", kind="MessageSizeTooLargeError"
+    )
+    assert refusals == 1
 
 
 def test_a_topic_that_may_not_be_written_is_an_outage_not_a_poison_record() -> None:
@@ -479,7 +498,15 @@ def test_the_producer_is_renewed_after_a_refusal_not_on_every_retry_after_it() -
     # One renewal for the refusal that started the isolation, one for the refusal of
     # the output on its own (it leaves that producer failing too).
     assert len(broker.producers) == 3
-    assert [line["event"] for line in logs].count("producer_renewed") == 2
+    renewed = {"event": "producer_renewed", "log_level": "warning"}
+    renewed["reason"] = "a send failed in a way that is not retriable"
+    assert [line for line in logs if line["event"] == "producer_renewed"] == [renewed] * 2
+    assert [producer.closed_with for producer in broker.producers] == [[1.0], [1.0], []], (
+        "a failing producer gets one second to close"
+    )
+    assert only(logs, "publish_failed")["error"] == (
+        "1 of 2 outputs not acknowledged within 1s (broker unreachable or topic not writable?)"
+    )
     assert sample(parts.metrics, "modstream_publish_retries_total") == 1, "the timeout"
     assert accepted_kinds(broker) == [(RESULTS, 0), (LETTERS, ("output_too_large", 1))]
     assert parts.consumer.commits == [{0: 2}]
@@ -556,6 +583,61 @@ def test_a_topic_refused_by_an_acl_names_the_right_and_its_setting_while_not_rea
     ]
     failed = [line for line in logs if line["event"] == "publish_failed"]
     assert failed and all(line["error"].endswith(hint) for line in failed)
+
+
+def test_an_output_given_up_does_not_stop_the_rest_of_its_batch_from_being_sent() -> None:
+    """Sent one at a time after the refusal: the outputs after the one given up are
+    still sent and acknowledged before the batch commits."""
+    broker = FakeBroker(topic_max={RESULTS: 500})
+    parts = AtLeastOnce(broker, fitter=False)
+    records = batch(3)
+    outputs = [result(records[0]), result(records[1], 2_000), result(records[2])]
+    with structlog.testing.capture_logs():
+        parts.delivery.deliver(records, Shipment(outputs))
+    assert accepted_kinds(broker) == [(RESULTS, 0), (RESULTS, 2)]
+    assert parts.consumer.commits == [{0: 3}]
+
+
+def test_after_an_output_refused_at_send_the_others_are_still_waited_for() -> None:
+    """`send` refused the first output (over max_request_size) and it was given up; the
+    second is not acknowledged in time on the next try: nothing commits until it is."""
+    broker = FakeBroker(max_request_size=400, unanswered={1})
+    parts = AtLeastOnce(broker, fitter=False)
+    records = batch(2)
+    with structlog.testing.capture_logs():
+        parts.delivery.deliver(records, Shipment([result(records[0], 1_000), result(records[1])]))
+    assert sample(parts.metrics, "modstream_publish_retries_total") == 1
+    assert accepted_kinds(broker) == [(RESULTS, 1)]
+    assert parts.consumer.commits == [{0: 2}]
+
+
+def test_an_outputs_headers_travel_with_it() -> None:
+    broker = FakeBroker()
+    parts = AtLeastOnce(broker)
+    records = batch(1)
+    hashed = OutputRecord(RESULTS, b"digest", b"{}", None, (("modstream-key", b"sha256"),))
+    parts.delivery.deliver(records, Shipment([hashed]))
+    assert broker.accepted_headers == [[("modstream-key", b"sha256")]]
+
+
+def test_renewing_retries_a_producer_not_made_and_logs_an_old_one_that_fails_to_close() -> None:
+    broker = FakeBroker(topic_max={RESULTS: 500})
+    parts = AtLeastOnce(broker)
+    broker.producers[0].close_error = KafkaConnectionError("socket gone")
+    broker.cannot_create = [KafkaConnectionError("no brokers")]
+    records = batch(2)
+    with structlog.testing.capture_logs() as logs:
+        parts.delivery.deliver(records, Shipment([result(records[0]), result(records[1], 2_000)]))
+    assert only(logs, "publish_failed")["error"] == (
+        "cannot renew the producer: KafkaConnectionError: no brokers"
+    )
+    assert only(logs, "producer_close_failed") == {
+        "event": "producer_close_failed",
+        "log_level": "warning",
+        "error": str(KafkaConnectionError("socket gone")),
+    }
+    assert accepted_kinds(broker) == [(RESULTS, 0), (LETTERS, ("output_too_large", 1))]
+    assert parts.health.readiness()[0]
 
 
 class Transactional:
