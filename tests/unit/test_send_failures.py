@@ -62,8 +62,9 @@ class FakeBroker:
     producers: a delivery that retries forever ends with WorkerStoppedError instead of
     hanging the test. `invalid`: values refused for their content (InvalidRecordError);
     `unanswered`: the numbers (from 1) of the flushes that answer nothing (the deadline
-    passes); `on_flush` runs at the start of every flush (what another thread does
-    meanwhile)."""
+    passes); `expired`: those that fail every pending record with a retriable
+    KafkaTimeoutError (the producer stays usable); `on_flush` runs at the start of every
+    flush (what another thread does meanwhile)."""
 
     def __init__(
         self,
@@ -74,12 +75,14 @@ class FakeBroker:
         max_producers: int = 50,
         invalid: set[bytes] | None = None,
         unanswered: set[int] | None = None,
+        expired: set[int] | None = None,
     ) -> None:
         self.topic_max = topic_max or {}
         self.denied = denied or set()
         self.max_request_size = max_request_size
         self.invalid = invalid or set()
         self.unanswered = unanswered or set()
+        self.expired = expired or set()
         self.on_flush: Callable[[FakeKafkaProducer], None] | None = None
         self.accepted: list[tuple[str, bytes | None, bytes]] = []
         self.accepted_headers: list[Any] = []
@@ -142,6 +145,8 @@ class FakeKafkaProducer:
             future.is_done = True
             if self.fatal is not None:
                 future.exception = self.fatal
+            elif broker.flushes in broker.expired:
+                future.exception = KafkaTimeoutError("Batch for results expired")
             elif value in broker.invalid:
                 future.exception = self._fail(InvalidRecordError("corrupt record"))
             elif topic in self.broker.denied:
@@ -182,8 +187,11 @@ class FakeKafkaProducer:
         self.in_transaction = False
 
     def abort_transaction(self) -> None:
+        """Records of the aborted transaction, answered or not, are never seen."""
         self.calls.append("abort")
-        self.fatal, self.committed, self.in_transaction = None, [], False
+        for future, *_ in self.pending:
+            future.is_done, future.exception = True, KafkaError("transaction aborted")
+        self.fatal, self.committed, self.in_transaction, self.pending = None, [], False, []
 
 
 def batch(n: int, partition: int = 0, first: int = 0) -> list[SourceRecord]:
