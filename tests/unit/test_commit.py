@@ -147,4 +147,3 @@ def test_which_refused_commits_are_sent_again_later(refusal: BaseException, defe
     assert [offsets for offsets, _ in consumer.asynchronous] == (
         [as_commit_request({TP0: 5, TP1: 2})] if deferred else []
     )
-
