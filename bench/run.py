@@ -284,7 +284,7 @@ def naive(bootstrap: str, source: str, checkpoint: Path, count: int) -> float:
                 SourceRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
             )
             if isinstance(item, Decoded):
-                row = engine.score_one_by_one([item.request.text])[0]
+                row = engine.score([item.request.text]).text(0)  # a batch of one
                 timings = Timings(queued_ms=0.0, inference_ms=0.0, batch_size=1)
                 value = build_result(engine, item, row, timings).model_dump_json().encode()
                 producer.send(out, key=r.key, value=value).get(timeout=30)

@@ -330,7 +330,7 @@ def checkpoint_dir(given: Path | None, workdir: Path) -> Path:
     if (default / "model.json").is_file():
         return default
     from model.build import retrain
-    from model.train import TrainConfig
+    from model.train_config import TrainConfig
 
     say("no checkpoint: training the tiny one used by the tests")
     target = workdir / "checkpoint"

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 K = TypeVar("K")
 V = TypeVar("V")
 
-# The engine's per-token lookups (`model.engine.TokenCache`): the 22,724 distinct
+# The engine's per-token lookups (`model.encoding.TokenCache`): the 22,724 distinct
 # tokens of the corpora take 24 MiB there.
 TOKEN_CACHE_BYTES = 64 << 20
 ENTRY_OVERHEAD = 104  # dict entry 24 + index ~16 + OrderedDict node 56 + slack, bytes

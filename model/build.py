@@ -2,12 +2,15 @@
 
 1. Train (`model.train.train`) on the training split plus any extra examples.
 2. Score validation and test through the serving `Engine`; pick each label's threshold
-   on validation (`model.evaluation`).
+   on validation by its policy (`model.label_plan`: the label spec, `--target-precision`,
+   else max F1; `model.evaluation`).
 3. Fit the TF-IDF baseline on the same splits and measure it the same way; measure
    both on long messages and short benign chat, and the model on the probes
    (`model.robustness`).
-4. Write the checkpoint atomically with metrics, thresholds, the data fingerprint and
-   the evaluation report (`report/`, see `model.report`).
+4. Write the checkpoint atomically with metrics, thresholds, per-label details
+   (description, threshold policy and rule, support per split), warnings (labels too
+   rare to evaluate, unreachable precision targets), the data fingerprint and the
+   evaluation report (`report/`, see `model.report`).
 5. Reload what was written and check it scores like the in-memory model did.
 """
 
@@ -21,12 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from model.checkpoint import save_checkpoint
-from model.data import DataSplits, Example, label_counts, load_splits
+from model.checkpoint_save import save_checkpoint
+from model.data import DataSplits, Example, load_splits
 from model.engine import Engine, resolve_device
 from model.evaluation import (
     EVAL_SPLITS,
-    LABEL_SOURCES,
     BaselineMeasured,
     EvaluationSet,
     Measured,
@@ -34,10 +36,15 @@ from model.evaluation import (
     measure_baseline,
     parse_target_precision,
 )
+from model.label_plan import LabelPlan, label_details, plan_labels
+from model.label_support import Support, rarity_warnings, support_of
 from model.progress import Progress, quiet
-from model.report import REPORT_DIR, Scored, build_report, cross_domain, report_files
+from model.report import REPORT_DIR, report_files
+from model.report_data import Scored, build_report, cross_domain
 from model.robustness import robustness
-from model.train import TrainConfig, TrainResult, torch_settings, train
+from model.threshold_policy import rules_of, threshold_warnings
+from model.train import TrainResult, torch_settings, train
+from model.train_config import TrainConfig
 from model.training_data import training_examples
 
 
@@ -57,6 +64,8 @@ class RetrainReport:
     baseline: dict[str, Any] = field(default_factory=dict)  # split → label → metrics
     cross_domain: dict[str, Any] = field(default_factory=dict)
     report_dir: str | None = None
+    label_details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,22 +77,28 @@ def retrain(
     progress: Progress = quiet,
     splits: DataSplits | None = None,
     extra_examples: Sequence[Example] = (),
+    plan: LabelPlan | None = None,
 ) -> RetrainReport:
     """Load data, train, evaluate through `Engine`, write the checkpoint atomically.
 
-    `extra_examples` join the training set (see `model.data.merge_feedback`).
+    `extra_examples` join the training set (see `model.data.merge_feedback`). `plan`
+    gives each label's description and threshold policy (default: the policies of
+    `config.target_precision`).
     """
     started = time.perf_counter()
     config = config or TrainConfig()
     splits = splits or load_splits()
+    if plan is None:
+        plan = plan_labels(splits.labels, None, parse_target_precision(config.target_precision))
     progress(
-        f"data: train {len(splits.train)}, validation {len(splits.validation)}, "
+        f"data: labels {', '.join(splits.labels)}; "
+        f"train {len(splits.train)}, validation {len(splits.validation)}, "
         f"test {len(splits.test)}, fingerprint {splits.fingerprint[:12]}"
     )
     result = train(config, splits, progress, extra_examples)
     with torch_settings(config, resolve_device(config.device)):
         return _evaluate_and_save(
-            output_dir, config, splits, result, progress, started, extra_examples
+            output_dir, config, splits, result, progress, started, extra_examples, plan
         )
 
 
@@ -94,7 +109,8 @@ def _evaluate_and_save(
     result: TrainResult,
     progress: Progress,
     started: float,
-    extra_examples: Sequence[Example] = (),
+    extra_examples: Sequence[Example],
+    plan: LabelPlan,
 ) -> RetrainReport:
     """Steps 2-5 of the module docstring."""
     engine = Engine.from_model(
@@ -104,7 +120,7 @@ def _evaluate_and_save(
         device=config.device,
         cpu_threads=None,
     )
-    evaluated = _evaluate(engine, config, splits, extra_examples, progress)
+    evaluated = _evaluate(engine, config, splits, extra_examples, plan, progress)
     report = _report(config, splits, result, evaluated, started) if config.report else None
 
     def extra_files(version: str, created_at: str) -> dict[str, bytes]:
@@ -144,6 +160,8 @@ def _evaluate_and_save(
         baseline=evaluated.baseline_metrics,
         cross_domain=evaluated.crossed,
         report_dir=report_dir,
+        label_details=evaluated.details,
+        warnings=evaluated.warnings,
     )
 
 
@@ -153,11 +171,18 @@ class _Evaluated:
 
     evaluation: EvaluationSet
     lstm: Measured
-    threshold_rules: dict[str, str]  # label → the rule that chose its threshold
     baseline: BaselineMeasured | None
     models: dict[str, dict[str, Scored]]  # "lstm" (and "baseline") → split → scores
     crossed: dict[str, dict[str, Any]]  # model → split → cross-domain flag rates
     robust: dict[str, Any]  # long messages, short benign chat, probes
+    support: dict[str, dict[str, Support]]  # split → label → examples trained / measured on
+    details: dict[str, dict[str, Any]]  # label → `model.label_plan.label_details`
+    warnings: list[str]  # unreachable precision targets, labels too rare to evaluate
+
+    @property
+    def threshold_rules(self) -> dict[str, str]:
+        """label → the rule that chose its threshold."""
+        return rules_of(self.lstm.chosen)
 
     @property
     def baseline_metrics(self) -> dict[str, Any]:
@@ -172,27 +197,27 @@ def _evaluate(
     config: TrainConfig,
     splits: DataSplits,
     extra_examples: Sequence[Example],
+    plan: LabelPlan,
     progress: Progress,
 ) -> _Evaluated:
     labels = engine.labels
     evaluation = EvaluationSet.of(config, splits)
-    rules = parse_target_precision(config.target_precision)
-    notes: dict[str, str] = {}
     probabilities = {
         name: engine.score(texts).probabilities for name, texts in evaluation.texts.items()
     }
-    lstm = measure(probabilities, evaluation, labels, rules, notes)
+    lstm = measure(probabilities, evaluation, labels, plan.policies)
+    training = training_examples(config, splits) + list(extra_examples)
     baseline = None
     if config.baseline:
-        training = training_examples(config, splits) + list(extra_examples)
-        baseline = measure_baseline(training, evaluation, labels, rules, config.seed, progress)
+        baseline = measure_baseline(
+            training, evaluation, labels, plan.policies, config.seed, progress
+        )
     models = {"lstm": lstm.scored}
     if baseline is not None:
         models["baseline"] = baseline.measured.scored
     crossed: dict[str, dict[str, Any]] = {
         model_name: {
-            name: cross_domain(evaluation.data[name], scored[name], labels, LABEL_SOURCES)
-            for name in EVAL_SPLITS
+            name: cross_domain(evaluation.data[name], scored[name], labels) for name in EVAL_SPLITS
         }
         for model_name, scored in models.items()
     }
@@ -203,7 +228,14 @@ def _evaluate(
         lstm.thresholds,
         None if baseline is None else (baseline.predict, baseline.measured.thresholds),
     )
-    return _Evaluated(evaluation, lstm, notes, baseline, models, crossed, robust)
+    support: dict[str, dict[str, Support]] = {"train": support_of(training, labels)}
+    for name in EVAL_SPLITS:
+        support[name] = support_of(evaluation.examples[name], labels)
+    warnings = threshold_warnings(lstm.chosen) + rarity_warnings(support["test"], "test")
+    details = label_details(plan, lstm.chosen, support)
+    return _Evaluated(
+        evaluation, lstm, baseline, models, crossed, robust, support, details, warnings
+    )
 
 
 def _checkpoint_metrics(
@@ -223,6 +255,8 @@ def _checkpoint_metrics(
         },
         "train_config": asdict(config),
         "threshold_rules": evaluated.threshold_rules,
+        "label_details": evaluated.details,
+        "warnings": evaluated.warnings,
         "baseline": evaluated.baseline_metrics,
         "cross_domain": evaluated.crossed,
         **evaluated.robust,
@@ -237,25 +271,21 @@ def _report(
     started: float,
 ) -> dict[str, Any]:
     """The evaluation report (`model.report`) before its version is known."""
-    counts = {
-        f"{name} examples (known, positive)": label_counts(examples)
-        for name, examples in (("train", splits.train), *evaluated.evaluation.examples.items())
-    }
     baseline_seconds = evaluated.baseline.seconds if evaluated.baseline is not None else 0.0
     return build_report(
         result.labels,
         evaluated.evaluation.data,
         evaluated.models,
-        LABEL_SOURCES,
         {
             "data_fingerprint": splits.fingerprint,
             "data": {
                 "fingerprint": splits.fingerprint,
-                **counts,
                 "embeddings": result.embeddings,
             },
             "thresholds": evaluated.lstm.thresholds,
             "threshold_rules": evaluated.threshold_rules,
+            "label_details": evaluated.details,
+            "warnings": evaluated.warnings,
             **evaluated.robust,
             "best_epoch": result.best_epoch,
             "history": result.history,
@@ -284,22 +314,30 @@ def _log_results(progress: Progress, evaluated: _Evaluated) -> None:
                 )
     for what, c in evaluated.crossed["lstm"]["validation"].items():
         progress(f"validation {what} lstm: flag rate {c['flag_rate']:.4f} (n={c['examples']})")
-    for split_name in EVAL_SPLITS:
-        long = evaluated.robust["long_messages"][split_name]
-        short = evaluated.robust["short_benign"][split_name]
+    for split_name, section in evaluated.robust.get("long_messages", {}).items():
         for model_name in ("lstm", "baseline"):
-            if model_name not in long:
-                continue
-            m = long[model_name]
-            progress(
-                f"{split_name} long messages {model_name}: auc {m['roc_auc']:.4f} "
-                f"(plain {m['plain_roc_auc']:.4f}, ceiling {m['ceiling_roc_auc']:.4f}) "
-                f"recall {m['recall']:.4f} precision {m['precision']:.4f} "
-                f"(n={long['messages']}); short benign insult flag rate "
-                f"{short[model_name]['insult']['flag_rate']:.4f} (n={short['examples']})"
-            )
-    failed = [p["name"] for p in evaluated.robust["probes"] if not p["ok"]]
-    progress(f"probes: {len(evaluated.robust['probes']) - len(failed)} ok, failed: {failed}")
+            if model_name in section:
+                m = section[model_name]
+                progress(
+                    f"{split_name} long messages {model_name}: auc {m['roc_auc']:.4f} "
+                    f"(plain {m['plain_roc_auc']:.4f}, ceiling {m['ceiling_roc_auc']:.4f}) "
+                    f"recall {m['recall']:.4f} precision {m['precision']:.4f} "
+                    f"(n={section['messages']})"
+                )
+    for split_name, section in evaluated.robust["short_benign"].items():
+        for model_name in ("lstm", "baseline"):
+            rates = section.get(model_name, {})
+            if rates:
+                shown = ", ".join(f"{label} {r['flag_rate']:.4f}" for label, r in rates.items())
+                progress(
+                    f"{split_name} short benign {model_name}: flag rate {shown} "
+                    f"(n={section['examples']})"
+                )
+    probes = evaluated.robust.get("probes", [])
+    failed = [p["name"] for p in probes if not p["ok"]]
+    progress(f"probes: {len(probes) - len(failed)} ok, failed: {failed}")
+    for warning in evaluated.warnings:
+        progress(f"warning: {warning}")
 
 
 def _verify_written(directory: str | Path, version: str, engine: Engine, texts: list[str]) -> None:

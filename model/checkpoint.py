@@ -7,13 +7,8 @@ Why this shape:
   field itself), so the version a worker reports identifies exactly what it scores
   with, and a weights file paired with the wrong `model.json` (e.g. read half-way
   through a swap) is detected instead of served.
-- Saving writes a complete sibling directory first and then renames it into place, so
-  readers see the old checkpoint or the new one, never a mix. Extra files (the
-  evaluation report under `report/`) are written into the same staging directory, so
-  they always describe the weights beside them; they are not hashed into `version` and
-  loading never reads them. Replacing an existing
-  directory takes two renames (old aside, new in); a reader that hits the instant in
-  between gets `CheckpointMissingError` and may simply retry.
+- Saving (`model.checkpoint_save`) writes a complete sibling directory first and then
+  renames it into place, so readers see the old checkpoint or the new one, never a mix.
 - Fields of a removed feature (`RETIRED_CONFIG_FIELDS`) still load at the value that
   switched the feature off, since such a checkpoint describes exactly today's model;
   any other value is refused by name, never silently ignored.
@@ -23,24 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
 
 import torch
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
-from model.durable import fsync_dir, write_synced
 from model.errors import ExitCode, ModstreamError
-from model.jsonsafe import json_safe
+from model.label_names import LabelNameError, check_label_names
 from model.network import Classifier, ModelConfig
 from model.paths import CHECKPOINT_DIR_ENV as CHECKPOINT_DIR_ENV
 from model.paths import META_FILE as META_FILE
@@ -108,67 +96,6 @@ class LoadedCheckpoint:
     tokenizer: str = TOKENIZER_VERSION  # what it was trained with (model.tokenizer)
 
 
-# ----------------------------------------------------------------------------- saving
-
-
-def save_checkpoint(
-    directory: str | Path,
-    model: Classifier,
-    vocab: Vocab,
-    labels: Sequence[str],
-    thresholds: Mapping[str, float],
-    metrics: Mapping[str, Any] | None = None,
-    data_fingerprint: str = "",
-    created_at: str | None = None,
-    extra_files: Callable[[str, str], Mapping[str, bytes]] | None = None,
-) -> str:
-    """Atomically write (or replace) the checkpoint at `directory`; returns its version.
-
-    `extra_files(version, created_at)` may return more files (relative path → bytes) to
-    write beside the two checkpoint files, e.g. an evaluation report naming the version.
-    """
-    target = Path(directory)
-    labels = tuple(labels)
-    if len(labels) != model.config.num_labels:
-        raise ValueError(f"{len(labels)} labels for a model with {model.config.num_labels}")
-    if set(thresholds) != set(labels):
-        raise ValueError(f"thresholds must cover exactly the labels {labels}")
-    if len(vocab) != model.config.vocab_size:
-        raise ValueError(f"vocab has {len(vocab)} tokens, model expects {model.config.vocab_size}")
-
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    weights = save_safetensors(tensors)
-    meta: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "tokenizer": TOKENIZER_VERSION,
-        "config": model.config.to_dict(),
-        "labels": list(labels),
-        "thresholds": {label: float(thresholds[label]) for label in labels},
-        "metrics": json_safe(dict(metrics or {})),
-        "data_fingerprint": data_fingerprint,
-        "created_at": created_at or datetime.now(UTC).isoformat(timespec="seconds"),
-        "vocab": vocab.to_dict(),
-    }
-    version = compute_version(weights, meta)
-    meta_bytes = json.dumps({"version": version, **meta}, indent=1, allow_nan=False) + "\n"
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
-        write_synced(staging / WEIGHTS_FILE, weights)
-        write_synced(staging / META_FILE, meta_bytes.encode("utf-8"))
-        if extra_files is not None:
-            _write_extra(staging, extra_files(version, meta["created_at"]))
-        fsync_dir(staging)
-        _swap_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    fsync_dir(target.parent)
-    return version
-
-
 def compute_version(weights: bytes, meta: Mapping[str, Any]) -> str:
     """Hash of the exact weights bytes and the canonical JSON of `meta` minus `version`."""
     body = {k: v for k, v in meta.items() if k != "version"}
@@ -177,35 +104,6 @@ def compute_version(weights: bytes, meta: Mapping[str, Any]) -> str:
     digest.update(hashlib.sha256(weights).digest())
     digest.update(canonical.encode("utf-8"))
     return digest.hexdigest()[:VERSION_CHARS]
-
-
-def _write_extra(staging: Path, files: Mapping[str, bytes]) -> None:
-    for name, data in files.items():
-        relative = Path(name)
-        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-            raise ValueError(f"extra checkpoint file {name!r} must be a relative path inside")
-        if relative.parts[0] in (WEIGHTS_FILE, META_FILE):
-            raise ValueError(f"extra checkpoint file {name!r} would replace a checkpoint file")
-        path = staging / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o755)
-        write_synced(path, data)
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    if not target.exists() and not target.is_symlink():
-        os.rename(staging, target)
-        return
-    if not target.is_dir():
-        raise CheckpointError(f"{target} exists and is not a directory; refusing to replace")
-    aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(target, aside)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        os.rename(aside, target)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -253,10 +151,10 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
     data_fingerprint = fields.get("data_fingerprint", str)
     created_at = fields.get("created_at", str)
 
-    if not labels or not all(isinstance(x, str) and x for x in labels):
-        fields.fail("labels", "must be a non-empty list of non-empty strings")
-    if len(set(labels)) != len(labels):
-        fields.fail("labels", "must be unique")
+    try:  # any label set the naming rule allows, in any order (model.label_names)
+        check_label_names(labels, "")
+    except LabelNameError as e:
+        fields.fail("labels", f"is invalid{e}")
     if len(labels) != config.num_labels:
         fields.fail(
             "labels", f"has {len(labels)} entries but config.num_labels={config.num_labels}"

@@ -195,7 +195,12 @@ def load_insults(files: DataFiles) -> tuple[list[Example], list[Example], list[E
 
 def hash_split(text: str) -> str:
     """'train' | 'validation' | 'test', 80/10/10, stable across runs and machines."""
-    canonical = " ".join(normalize(text).split())
+    return split_of_canonical(" ".join(normalize(text).split()))
+
+
+def split_of_canonical(canonical: str) -> str:
+    """`hash_split`'s rule on an already normalised, space-collapsed text: the first 32
+    bits of its SHA-1 modulo 100 pick train (< 80), validation (< 90) or test."""
     bucket = int(hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:8], 16) % 100
     if bucket < 80:
         return "train"
@@ -226,10 +231,13 @@ def load_splits(files: DataFiles | None = None) -> DataSplits:
     )
 
 
-def label_counts(examples: Sequence[Example]) -> dict[str, tuple[int, int]]:
-    """label → (known, positive): a quick sanity summary for logs and tests."""
+def label_counts(
+    examples: Sequence[Example], labels: Sequence[str] = LABELS
+) -> dict[str, tuple[int, int]]:
+    """label → (known, positive), `labels` in the examples' target order: a quick
+    sanity summary for logs and tests (`model.label_support` is the full one)."""
     counts: dict[str, tuple[int, int]] = {}
-    for i, label in enumerate(LABELS):
+    for i, label in enumerate(labels):
         known = [ex for ex in examples if ex.mask[i] > 0]
         counts[label] = (len(known), sum(1 for ex in known if ex.targets[i] > 0))
     return counts

@@ -12,9 +12,8 @@ text that fits one window is one row holding exactly the tokens of the whole tex
 it scores as it did before windows (tested for equality). `Scores` keeps each
 window's scores and span for coverage and evidence.
 
-Batching: texts are sorted by token count and cut into buckets (at most
-`bucket_width` tokens apart, and at most `max_batch_tokens` rows x longest row), so
-memory is bounded whatever the mix of lengths. Packing makes each row's score
+Batching: rows are cut into buckets by length and a token budget (`model.buckets`),
+so memory is bounded whatever the mix of lengths. Packing makes each row's score
 independent of its bucket-mates, so batched scores equal one-by-one scores (tested to
 1e-5) and results come back in input order.
 
@@ -24,13 +23,15 @@ is ever computed. So buckets need not be of similar length, and fewer buckets me
 fewer recurrent time steps, each a pass with its own overhead: by default only
 `max_batch_tokens` splits a batch. One-by-one scoring and training build the same
 vectors from the embeddings every time (`forward_batch`), which keeps the cache honest.
+
+The text → rows encoding shared with training is `model.encoding`; the batch and
+result types are `model.scores`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
@@ -38,177 +39,36 @@ import numpy as np
 import torch
 
 from model.bounded import TOKEN_CACHE_BYTES, BoundedDict, sizeof_entry
+from model.buckets import DEFAULT_BUCKET_WIDTH, DEFAULT_MAX_BATCH_TOKENS, length_buckets
 from model.checkpoint import load_checkpoint
+from model.encoding import (
+    Encoded,
+    TokenCache,
+    encode_tokens,
+    encode_windows,
+    forward_batch,
+    row_tokens,
+    serving_windows,
+)
 from model.errors import ExitCode, ModstreamError
-from model.network import Classifier, ModelConfig
+from model.network import Classifier
 from model.reading import DEFAULT_MAX_CHARS, DEFAULT_MAX_WINDOWS
-from model.subword import ngram_ids, subword_batch, token_id
-from model.tokenizer import DEFAULT_MAX_TOKENS, TOKENIZER_VERSION, spelled_words
+from model.scores import EncodedBatch, Scores
+from model.tokenizer import DEFAULT_MAX_TOKENS, TOKENIZER_VERSION
 from model.vectors import TokenVectors, pack_rows
-from model.vocab import PAD_ID, UNK_TOKEN, Vocab
+from model.vocab import Vocab
 from model.windows import (
-    MAX_EVIDENCE_SPANS,
-    Evidence,
-    ScoredText,
     WindowError,
     WindowPlan,
     WindowPlanner,
-    WindowSettings,
     aggregate,
 )
-
-DEFAULT_BUCKET_WIDTH = DEFAULT_MAX_TOKENS  # no split by length spread (see above)
-DEFAULT_MAX_BATCH_TOKENS = 16_384
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One text as model input: token ids (never empty); for models with sub-words,
-    each token's n-gram bucket ids (else an empty tuple)."""
-
-    ids: list[int]
-    subwords: tuple[tuple[int, ...], ...]
-
-
-TOKEN_CACHE_SIZE = 200_000
-# token → (vocabulary id, sub-word buckets)
-TokenCache = dict[str, tuple[int, tuple[int, ...]]]
-
-
-def window_planner(config: ModelConfig, settings: WindowSettings | None = None) -> WindowPlanner:
-    """How a model with `config` reads texts: its window shape, and the budget of
-    `settings` (the defaults without)."""
-    budget = settings or WindowSettings()
-    return WindowPlanner(
-        WindowSettings(
-            window_tokens=config.window_tokens,
-            stride=config.window_stride,
-            max_chars=budget.max_chars,
-            max_windows=budget.max_windows,
-        )
-    )
-
-
-def encode_windows(
-    vocab: Vocab,
-    config: ModelConfig,
-    planner: WindowPlanner,
-    text: str,
-    cache: TokenCache | None = None,
-) -> list[Encoded]:
-    """The one text → input function, shared by training and serving: one row per
-    window (`model.windows`), never empty.
-
-    `cache` (see `TokenCache`) must belong to this vocab and config; it saves the
-    fallback lookups and hashing for tokens seen before (most of them).
-    """
-    return [
-        encode_tokens(vocab, config, row_tokens(window.tokens), cache)
-        for window in planner.plan(text).windows
-    ]
-
-
-def row_tokens(tokens: Sequence[str]) -> Sequence[str]:
-    """A window's tokens as a model row: never empty, so every row has length ≥ 1."""
-    return tokens or (UNK_TOKEN,)
-
-
-def encode_tokens(
-    vocab: Vocab, config: ModelConfig, tokens: Sequence[str], cache: TokenCache | None = None
-) -> Encoded:
-    if cache is None:
-        cache = {}
-    elif len(cache) > TOKEN_CACHE_SIZE:
-        cache.clear()
-    buckets, low, high = config.subword_buckets, config.subword_min_n, config.subword_max_n
-    ids: list[int] = []
-    grams: list[tuple[int, ...]] = []
-    for token in tokens:
-        known = cache.get(token)
-        if known is None:
-            subwords = ngram_ids(token, buckets, low, high) if buckets else ()
-            known = cache[token] = (token_id(vocab, token), subwords)
-        ids.append(known[0])
-        grams.append(known[1])
-    return Encoded(ids, tuple(grams) if buckets else ())
-
-
-def forward_batch(model: Classifier, rows: Sequence[Encoded], device: torch.device) -> torch.Tensor:
-    """Logits for encoded rows, padded to the longest (packing ignores the padding).
-    Training's path; serving packs cached token vectors instead (`Engine.score_encoded`)."""
-    width = max(len(row.ids) for row in rows)
-    ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
-    for i, row in enumerate(rows):
-        ids[i, : len(row.ids)] = row.ids
-    lengths = torch.tensor([len(row.ids) for row in rows], dtype=torch.long)
-    token_ids = torch.from_numpy(ids)
-    if device.type == "cuda":
-        token_ids = token_ids.pin_memory().to(device, non_blocking=True)
-    subword_ids = subword_offsets = None
-    if model.config.subword_buckets:
-        flat, offsets = subword_batch([row.subwords for row in rows], width)
-        subword_ids, subword_offsets = flat.to(device), offsets.to(device)
-    result: torch.Tensor = model(token_ids, lengths, subword_ids, subword_offsets)
-    return result
-
-
-@dataclass(frozen=True)
-class EncodedBatch:
-    """Texts encoded by one engine (`version`), ready for `Engine.score_encoded`: row i's
-    token vectors are `table[slots[starts[i] : starts[i] + lengths[i]]]`."""
-
-    lengths: np.ndarray  # int64 [rows], tokens per row (one row per window)
-    version: str
-    tokenize_seconds: float
-    slots: np.ndarray  # int64 [sum(lengths)]
-    starts: np.ndarray  # int64 [rows]
-    table: torch.Tensor  # [slots, token_dim] on the engine's device
-    plans: tuple[WindowPlan, ...]  # per text; text i's rows follow text i-1's
-    owners: np.ndarray  # int64 [rows], the text each row belongs to
 
 
 class EngineError(ModstreamError):
     exit_code = ExitCode.CHECKPOINT
 
     """The engine cannot be built as asked (e.g. CUDA requested but unavailable)."""
-
-
-@dataclass(frozen=True)
-class Scores:
-    probabilities: np.ndarray  # float32 [n, num_labels], input order: max over windows
-    tokenize_seconds: float
-    inference_seconds: float
-    real_tokens: int  # sum of row lengths
-    padded_tokens: int  # sum over buckets of bucket_size * bucket_max_len
-    num_buckets: int
-    plans: tuple[WindowPlan, ...] = ()  # per text: windows, spans, coverage
-    window_probabilities: np.ndarray | None = None  # float32 [rows, num_labels]
-    owners: np.ndarray | None = None  # int64 [rows], each row's text
-
-    @property
-    def num_windows(self) -> int:
-        return 0 if self.owners is None else len(self.owners)
-
-    def window_scores(self, text: int) -> np.ndarray:
-        """Text `text`'s windows' scores, [windows, num_labels], in text order."""
-        if self.window_probabilities is None or self.owners is None:
-            raise IndexError("these scores carry no windows")
-        first = int(np.searchsorted(self.owners, text, side="left"))
-        return self.window_probabilities[first : first + len(self.plans[text].windows)]
-
-    def text(self, text: int) -> ScoredText:
-        """Text `text`'s scores, windows and coverage."""
-        return ScoredText(self.probabilities[text], self.plans[text], self.window_scores(text))
-
-    def texts(self) -> list[ScoredText]:
-        return [self.text(i) for i in range(len(self.plans))]
-
-    def evidence(
-        self, text: int, label: int, threshold: float, limit: int = MAX_EVIDENCE_SPANS
-    ) -> list[Evidence]:
-        """The spans of text `text` that reach `threshold` for label index `label`
-        (`model.windows.evidence`)."""
-        return self.text(text).evidence(label, threshold, limit)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -276,14 +136,9 @@ class Engine:
             raise EngineError(f"thresholds {sorted(thresholds)} must cover labels {labels}")
         if max_tokens < 1 or bucket_width < 1 or max_batch_tokens < 1:
             raise EngineError("max_tokens, bucket_width and max_batch_tokens must be >= 1")
-        window = min(model.config.window_tokens, max_tokens)
         try:
-            self.windows = WindowSettings(
-                window_tokens=window,
-                stride=min(model.config.window_stride, window),
-                max_chars=max_chars,
-                max_windows=max_windows,
-                spelled_words=spelled_words(tokenizer),
+            self.windows = serving_windows(
+                model.config, max_tokens, max_chars, max_windows, tokenizer
             )
         except WindowError as e:
             raise EngineError(str(e)) from e
@@ -293,7 +148,7 @@ class Engine:
         self.thresholds = {label: float(thresholds[label]) for label in labels}
         self.version = version
         self.device = device
-        self.max_tokens = window  # tokens per row
+        self.max_tokens = self.windows.window_tokens  # tokens per row
         self.bucket_width = bucket_width
         self.max_batch_tokens = max_batch_tokens
         self._token_cache: TokenCache = BoundedDict(TOKEN_CACHE_BYTES, sizeof_entry)
@@ -393,24 +248,8 @@ class Engine:
         return time.perf_counter() - start
 
     def buckets(self, lengths: np.ndarray) -> list[np.ndarray]:
-        """Input indices grouped by similar length, shortest first."""
-        order = np.argsort(lengths, kind="stable")
-        buckets: list[np.ndarray] = []
-        start = 0
-        n = len(order)
-        while start < n:
-            shortest = int(lengths[order[start]])
-            end = start + 1
-            while end < n:
-                longest = int(lengths[order[end]])
-                if longest - shortest >= self.bucket_width:
-                    break
-                if (end - start + 1) * longest > self.max_batch_tokens:
-                    break
-                end += 1
-            buckets.append(order[start:end])
-            start = end
-        return buckets
+        """Input indices grouped by similar length, shortest first (`length_buckets`)."""
+        return length_buckets(lengths, self.bucket_width, self.max_batch_tokens)
 
     def score(self, texts: Sequence[str]) -> Scores:
         return self.score_encoded(self.encode_batch(texts))

@@ -23,7 +23,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad arguments or configuration; the message names the field
     CHECKPOINT = 3  # the checkpoint or store is missing, corrupt or incompatible
     BROKER = 4  # no usable Kafka broker
-    HELD = 10  # retrain: the promotion gate kept the current model (a success for a Job)
+    HELD = 10  # retrain: the gate kept the current model (0 with --succeed-if-held, for Jobs)
 
 
 class ModstreamError(Exception):

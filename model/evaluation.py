@@ -1,10 +1,12 @@
 """Measuring a model: thresholds, per-label metrics, and the examples measured on.
 
 Every label is measured only on the examples that know it (insult comments vs SMS
-spam), through `Engine`, so the numbers written into a checkpoint are those of the
-code that serves it. A threshold per label is chosen on validation: max F1, or the
-lowest cut reaching a configured precision (`TrainConfig.target_precision`). The
-TF-IDF baseline (`model.baseline`) is measured on the same examples the same way.
+spam, a user's rows that give the label), through `Engine`, so the numbers written
+into a checkpoint are those of the code that serves it. A threshold per label is
+chosen on validation by its policy (`model.threshold_policy`: max F1, the lowest cut
+reaching a target precision, or a fixed value; `model.label_plan` says which label
+gets which). The TF-IDF baseline (`model.baseline`) is measured on the same examples
+the same way.
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from model.baseline import BaselineUnavailableError, fit_baseline
-from model.data import SOURCE_INSULTS, SOURCE_SMS, DataSplits, Example
+from model.data import DataSplits, Example
 from model.engine import Engine
+from model.label_spec import ThresholdPolicy
 from model.metrics import best_f1_threshold, binary_metrics, precision_threshold, roc_auc
 from model.progress import Progress
-from model.report import Scored, SplitData
+from model.report_data import Scored, SplitData
+from model.threshold_policy import ChosenThreshold, choose_by_policy, thresholds_of
 from model.training_data import label_arrays, subset
 
-if TYPE_CHECKING:  # train.py imports this module
-    from model.train import TrainConfig
+if TYPE_CHECKING:  # train_config.py imports this module
+    from model.train_config import TrainConfig
 
-LABEL_SOURCES = {"insult": SOURCE_INSULTS, "spam": SOURCE_SMS}  # the corpus labelling each
 EvalSplit = Literal["validation", "test"]
 EVAL_SPLITS: tuple[EvalSplit, ...] = ("validation", "test")
 _SEED_OFFSETS: dict[str, int] = {"validation": 1, "test": 2}  # the train subset uses the seed
@@ -75,7 +78,8 @@ def choose_thresholds(
 ) -> dict[str, float]:
     """Per label: max F1, or, where `target_precision` names the label (or "*"), the
     lowest cut whose validation precision reaches it (max F1 if none does). `notes`,
-    if given, receives the rule applied per label."""
+    if given, receives the rule applied per label. (`measure` chooses by policy,
+    `model.threshold_policy.choose_by_policy`, which gives these same cuts.)"""
     known = mask > 0
     wanted = target_precision or {}
     thresholds: dict[str, float] = {}
@@ -166,26 +170,28 @@ class EvaluationSet:
 class Measured:
     """One model on the evaluation splits, with thresholds chosen on validation."""
 
-    thresholds: dict[str, float]
+    chosen: dict[str, ChosenThreshold]  # label → threshold, rule, policy, support
     scored: dict[str, Scored]  # split → probabilities and thresholds (for the report)
     metrics: dict[str, Metrics]  # split → label → metrics
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return thresholds_of(self.chosen)
 
 
 def measure(
     probabilities: Mapping[str, np.ndarray],
     evaluation: EvaluationSet,
     labels: Sequence[str],
-    rules: dict[str, float],
-    notes: dict[str, str] | None = None,
+    policies: Mapping[str, ThresholdPolicy],
 ) -> Measured:
-    """Thresholds on validation (`choose_thresholds`, `rules` from
-    `parse_target_precision`), then every split's metrics at those thresholds."""
+    """Thresholds on validation by each label's policy (`choose_by_policy`; none:
+    max F1), then every split's metrics at those thresholds."""
     val = evaluation.data["validation"]
-    thresholds = choose_thresholds(
-        probabilities["validation"], val.targets, val.mask, labels, rules, notes
-    )
+    chosen = choose_by_policy(probabilities["validation"], val.targets, val.mask, labels, policies)
+    thresholds = thresholds_of(chosen)
     return Measured(
-        thresholds=thresholds,
+        chosen=chosen,
         scored={name: Scored(p, thresholds) for name, p in probabilities.items()},
         metrics={
             name: metrics_from_scores(probabilities[name], d.targets, d.mask, labels, thresholds)
@@ -206,7 +212,7 @@ def measure_baseline(
     train_examples: Sequence[Example],
     evaluation: EvaluationSet,
     labels: Sequence[str],
-    rules: dict[str, float],
+    policies: Mapping[str, ThresholdPolicy],
     seed: int,
     progress: Progress,
 ) -> BaselineMeasured | None:
@@ -221,6 +227,6 @@ def measure_baseline(
     return BaselineMeasured(
         baseline.name,
         baseline.seconds,
-        measure(probabilities, evaluation, labels, rules),
+        measure(probabilities, evaluation, labels, policies),
         baseline.predict,
     )

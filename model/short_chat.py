@@ -50,7 +50,10 @@ def curated(split: str, labels: Sequence[str]) -> list[Example]:
 
 
 def is_short_ham(example: Example, labels: Sequence[str], excluded: set[str]) -> bool:
-    """An SMS ham message of at most `SHORT_HAM_CHARS` characters not excluded by review."""
+    """An SMS ham message of at most `SHORT_HAM_CHARS` characters not excluded by review
+    (none when the labels lack `spam`: only the spam label says a message is ham)."""
+    if "spam" not in labels:
+        return False
     spam = list(labels).index("spam")
     return (
         example.source == SOURCE_SMS

@@ -1,17 +1,8 @@
 """Checkpoint store: versioned checkpoints plus an atomically switched `current` pointer.
 
-Layout of a store root (the default one is `checkpoints/` under the repo root):
-
-    <root>/versions/<version>/   one complete checkpoint per version, never modified
-    <root>/current               symlink → versions/<version>: the serving checkpoint
-    <root>/history.json          rollback stack, order of addition, recent pointer moves
-    <root>/.lock                 flock'd by every change, so two operators can't interleave
-
-Why a symlink: switching it is one rename(2) of a fresh link over the old one, which is
-atomic, and `<root>/current` stays a path to a complete checkpoint for readers that know
-nothing of stores (`checkpoints/current` was the plain default location before).
-Readers resolve the link once (`model.checkpoint.resolve_checkpoint_dir`) and read both
-files from the version directory, which never changes, so they cannot mix versions.
+Where a store is and how it is laid out (versions, the `current` link, history.json,
+the lock) is `model.store_layout`, whose `StoreReader` reads one; `CheckpointStore`
+here makes the changes.
 
 Rollback is a stack: promoting pushes the version it replaces, rollback pops it.
 Pruning keeps the `keep` most recently added versions, plus the current version and
@@ -19,6 +10,13 @@ the one a rollback would return to, whatever their age.
 
 A plain checkpoint directory left at `<root>/current` by an older release is adopted on
 the first change: copied in as a version, then replaced by the pointer.
+
+Promoting follows `model.label_change`: a version that removes (or renames) a label
+of the current one is refused unless `allow_label_change`, and one the store's policy
+file (`model.store_policy`) cannot apply to is refused outright. Rollback needs no
+permission to remove labels (it returns to what served before, the way out of a bad
+promotion) but is refused under a policy it cannot apply to, like promote; both
+record the labels a move added and removed in history.json.
 
 This module decides what changes (versions, pointer, rollback stack, pruning); how
 each change reaches the disk safely is `model.store_files`.
@@ -28,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -37,60 +34,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import (
-    META_FILE,
-    STORE_POINTER,
-    STORE_VERSIONS_DIR,
-    CheckpointError,
-    load_checkpoint,
-)
+from model.checkpoint import STORE_POINTER, CheckpointError, load_checkpoint
 from model.durable import fsync_dir
-from model.paths import peek_version as peek_version
+from model.label_change import LabelChange, check_label_change, classify
 from model.store_errors import NoPreviousVersionError as NoPreviousVersionError
 from model.store_errors import NotAStoreError as NotAStoreError
 from model.store_errors import StoreError as StoreError
 from model.store_errors import UnknownVersionError as UnknownVersionError
 from model.store_files import (
     MAX_STACK,
-    describe,
     install,
     locked,
     now_compact,
-    read_history,
     record,
     switch_pointer,
     verify_version,
     write_history,
 )
+from model.store_layout import StoreReader, peek_labels
+from model.store_policy import PolicyConflictError, policy_conflict, read_policy
 
 DEFAULT_KEEP = 5
 INCOMING_DIR = ".incoming"
-# Matched with `fullmatch`: `$` alone would let a trailing newline through.
-_VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    version: str
-    path: Path
-    created_at: str | None
-    mean_validation_auc: float | None
-    current: bool
-    previous: bool
-    problem: str | None = None
-    legacy: bool = False  # a plain checkpoint directory at `current`, not yet a version
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "path": str(self.path),
-            "created_at": self.created_at,
-            "mean_validation_auc": self.mean_validation_auc,
-            "current": self.current,
-            "previous": self.previous,
-            "problem": self.problem,
-            "legacy": self.legacy,
-        }
 
 
 @dataclass(frozen=True)
@@ -102,6 +67,8 @@ class PointerChange:
     previous: str | None
     changed: bool
     pruned: tuple[str, ...] = ()
+    labels_added: tuple[str, ...] = ()
+    labels_removed: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,104 +77,20 @@ class PointerChange:
             "previous": self.previous,
             "changed": self.changed,
             "pruned": list(self.pruned),
+            "labels_added": list(self.labels_added),
+            "labels_removed": list(self.labels_removed),
         }
 
 
-def store_root_for(path: str | Path) -> Path:
-    """The store that a checkpoint setting designates.
+class CheckpointStore(StoreReader):
+    """A store that changes: every change runs under the store's lock, as the numbered
+    durable steps of `model.store_files`."""
 
-    A store root is itself, and so is a directory holding a plain checkpoint directory
-    at `current` (the layout of older releases, adopted on the first change); `…/current`
-    (link, legacy plain directory, or not there yet) belongs to the store at its parent;
-    a path that does not exist yet becomes a new store. Any other existing directory —
-    a plain checkpoint directory in particular — is not a store.
-    """
-    path = Path(path)
-    if is_store(path):
-        return path
-    if path.name == STORE_POINTER:
-        return path.parent
-    if not path.exists():
-        return path
-    if path.is_dir() and not any(path.iterdir()):
-        return path
-    if (path / META_FILE).exists():
-        raise NotAStoreError(
-            f"{path} is a plain checkpoint directory, not a checkpoint store (a store holds "
-            f"{STORE_VERSIONS_DIR}/ and a {STORE_POINTER} link); name the store root, or "
-            f"use a directory called '{STORE_POINTER}' inside it"
-        )
-    raise NotAStoreError(f"{path} is neither a checkpoint store nor empty")
-
-
-def is_store(root: str | Path) -> bool:
-    """Whether `root` is a store already: it holds `versions/`, a `current` link, or a
-    legacy plain checkpoint directory at `current`."""
-    root = Path(root)
-    pointer = root / STORE_POINTER
-    return (
-        (root / STORE_VERSIONS_DIR).is_dir()
-        or pointer.is_symlink()
-        or (pointer / META_FILE).is_file()
-    )
-
-
-class CheckpointStore:
     def __init__(self, root: str | Path, keep: int = DEFAULT_KEEP) -> None:
         if keep < 2:
             raise ValueError(f"keep must be at least 2 (current and previous), got {keep}")
-        self.root = Path(root)
+        super().__init__(root)
         self.keep = keep
-
-    # -- paths ---------------------------------------------------------------------
-
-    @property
-    def versions_dir(self) -> Path:
-        return self.root / STORE_VERSIONS_DIR
-
-    @property
-    def pointer(self) -> Path:
-        return self.root / STORE_POINTER
-
-    def version_dir(self, version: str) -> Path:
-        if not _VERSION_NAME.fullmatch(version):
-            raise UnknownVersionError(f"{version!r} is not a version name")
-        return self.versions_dir / version
-
-    # -- reading -------------------------------------------------------------------
-
-    def current_version(self) -> str | None:
-        if self.pointer.is_symlink():
-            return Path(os.readlink(self.pointer)).name
-        if self.pointer.is_dir():  # legacy plain directory
-            return peek_version(self.pointer)
-        return None
-
-    def current_dir(self) -> Path | None:
-        """The serving checkpoint's directory (resolved), or None when there is none."""
-        if self.pointer.is_symlink():
-            resolved = Path(os.path.realpath(self.pointer))
-            return resolved if resolved.is_dir() else None
-        if self.pointer.is_dir():
-            return self.pointer
-        return None
-
-    def previous_version(self) -> str | None:
-        """The version `rollback` would return to."""
-        current = self.current_version()
-        for version in reversed(read_history(self.root)["stack"]):
-            if version != current and self.version_dir(version).is_dir():
-                return str(version)
-        return None
-
-    def versions(self) -> list[str]:
-        """Versions present, oldest addition first."""
-        history = read_history(self.root)
-        return self._ordered(history)
-
-    def history(self) -> list[dict[str, Any]]:
-        """Recent pointer moves, oldest first."""
-        return list(read_history(self.root)["events"])
 
     # -- changing ------------------------------------------------------------------
 
@@ -242,8 +125,14 @@ class CheckpointStore:
             write_history(self.root, history)
         return version
 
-    def promote(self, version: str, verify: bool = True) -> PointerChange:
-        """Make `version` current. With `verify`, it must load cleanly first."""
+    def promote(
+        self, version: str, verify: bool = True, allow_label_change: bool = False
+    ) -> PointerChange:
+        """Make `version` current. With `verify`, it must load cleanly first.
+
+        `LabelChangeRefusedError` when it removes (or renames) a label of the current
+        version and `allow_label_change` is False; `PolicyConflictError` when the
+        store's policy file sets a threshold for a label it lacks."""
         with locked(self.root) as history:
             target = self.version_dir(version)
             if not target.is_dir():
@@ -257,17 +146,22 @@ class CheckpointStore:
             current = self.current_version()
             if current == version:
                 return PointerChange("promote", version, current, changed=False)
+            change = self._label_change(target)
+            if change is not None:
+                what = f"version {version} (against the current {current})"
+                check_label_change(change.old, change.new, allow_label_change, what)
+            self._check_policy(target, version, "promote")
             if current is not None:
                 history["stack"] = [v for v in history["stack"] if v != current][-MAX_STACK + 1 :]
                 history["stack"].append(current)
-            record(history, "promote", version, current)
+            record(history, "promote", version, current, **_label_details(change))
             # History first: a crash before the switch leaves a stack entry equal to the
             # current version, which rollback skips.
             write_history(self.root, history)
             switch_pointer(self.root, version)
             pruned = self._prune(history)
             write_history(self.root, history)
-            return PointerChange("promote", version, current, changed=True, pruned=pruned)
+            return PointerChange("promote", version, current, True, pruned, *_label_lists(change))
 
     def rollback(self, verify: bool = True) -> PointerChange:
         """Make the previously current version current again (pops the stack)."""
@@ -288,11 +182,13 @@ class CheckpointStore:
                 )
             if verify:
                 verify_version(self.version_dir(target), target)
-            record(history, "rollback", target, current)
+            change = self._label_change(self.version_dir(target))
+            self._check_policy(self.version_dir(target), target, "roll back to")
+            record(history, "rollback", target, current, **_label_details(change))
             write_history(self.root, history)
             switch_pointer(self.root, target)
             write_history(self.root, history)
-            return PointerChange("rollback", target, current, changed=True)
+            return PointerChange("rollback", target, current, True, (), *_label_lists(change))
 
     def prune(self) -> list[str]:
         with locked(self.root) as history:
@@ -302,20 +198,24 @@ class CheckpointStore:
 
     # -- internals -----------------------------------------------------------------
 
-    def _ordered(self, history: dict[str, Any]) -> list[str]:
-        present: set[str] = set()
-        if self.versions_dir.is_dir():
-            present = {
-                p.name
-                for p in self.versions_dir.iterdir()
-                if p.is_dir() and _VERSION_NAME.fullmatch(p.name)
-            }
-        known = [v for v in history["added"] if v in present]
-        # Versions copied in by hand have no recorded addition: treat them as oldest.
-        unknown = sorted(
-            present - set(known), key=lambda v: ((self.versions_dir / v).stat().st_mtime_ns, v)
-        )
-        return unknown + known
+    def _label_change(self, target: Path) -> LabelChange | None:
+        """How `target` changes the current version's labels; None when either is
+        unreadable (no current version, or a damaged one being replaced)."""
+        current_dir = self.current_dir()
+        old = peek_labels(current_dir) if current_dir is not None else None
+        new = peek_labels(target)
+        return classify(old, new) if old is not None and new is not None else None
+
+    def _check_policy(self, target: Path, version: str, action: str) -> None:
+        """Workers would refuse a version the store's policy cannot apply to: so does
+        the store, before the pointer moves."""
+        labels = peek_labels(target)
+        why = policy_conflict(read_policy(self.root), labels) if labels is not None else None
+        if why is not None:
+            raise PolicyConflictError(
+                f"refusing to {action} {version}: {why}; change the policy first "
+                "(`modstream checkpoints policy set FILE` or `policy clear`)"
+            )
 
     def _adopt_legacy(self, history: dict[str, Any]) -> None:
         """Turn a plain checkpoint directory at `current` into a version + pointer."""
@@ -363,43 +263,13 @@ class CheckpointStore:
             history["stack"] = [v for v in history["stack"] if v not in pruned]
         return tuple(pruned)
 
-    # Last in the class: defined earlier, `list` would shadow the builtin in annotations.
-    def list(self) -> list[VersionInfo]:
-        """Every version, oldest addition first, with what an operator wants to see.
 
-        A legacy plain checkpoint directory at `current` (what older releases wrote, and
-        what a fresh clone's `make demo` leaves) is listed first, as current, until the
-        first change adopts it as a version.
-        """
-        current, previous = self.current_version(), self.previous_version()
-        infos = []
-        versions = self.versions()
-        if not self.pointer.is_symlink() and self.pointer.is_dir() and current not in versions:
-            created_at, auc, problem = describe(self.pointer)
-            infos.append(
-                VersionInfo(
-                    version=current or "-",
-                    path=self.pointer,
-                    created_at=created_at,
-                    mean_validation_auc=auc,
-                    current=True,
-                    previous=False,
-                    problem=problem,
-                    legacy=True,
-                )
-            )
-        for version in versions:
-            path = self.versions_dir / version
-            created_at, auc, problem = describe(path)
-            infos.append(
-                VersionInfo(
-                    version=version,
-                    path=path,
-                    created_at=created_at,
-                    mean_validation_auc=auc,
-                    current=version == current,
-                    previous=version == previous,
-                    problem=problem,
-                )
-            )
-        return infos
+def _label_details(change: LabelChange | None) -> dict[str, list[str]]:
+    """What history.json records of a move that changed the labels (nothing otherwise)."""
+    if change is None or change.kind == "unchanged":
+        return {}
+    return {"labels_added": list(change.added), "labels_removed": list(change.removed)}
+
+
+def _label_lists(change: LabelChange | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return ((), ()) if change is None else (change.added, change.removed)

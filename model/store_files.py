@@ -22,14 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import (
-    META_FILE,
-    STORE_POINTER,
-    STORE_VERSIONS_DIR,
-    CheckpointCorruptError,
-    load_checkpoint,
-)
 from model.durable import fsync_dir, write_synced
+from model.paths import META_FILE, STORE_POINTER, STORE_VERSIONS_DIR
 from model.store_errors import StoreError
 
 HISTORY_FILE = "history.json"
@@ -78,13 +72,18 @@ def write_history(root: Path, history: dict[str, Any]) -> None:
     fsync_dir(root)
 
 
-def record(history: dict[str, Any], action: str, version: str, previous: str | None) -> None:
+def record(
+    history: dict[str, Any], action: str, version: str, previous: str | None, **details: Any
+) -> None:
+    """Appends a pointer move (or policy change) to the history's events; `details` (e.g.
+    the labels a promotion added and removed) go into the event as they are."""
     history["events"].append(
         {
             "action": action,
             "version": version,
             "previous": previous,
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **details,
         }
     )
 
@@ -126,6 +125,10 @@ def switch_pointer(root: Path, version: str) -> None:
 
 
 def verify_version(directory: Path, version: str) -> None:
+    # torch: imported here, not with the module, which a worker whose model runs in its
+    # scoring process reads the store's policy through (worker/scoring_process.py).
+    from model.checkpoint import CheckpointCorruptError, load_checkpoint
+
     loaded = load_checkpoint(directory)
     if loaded.version != version:
         raise CheckpointCorruptError(

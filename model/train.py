@@ -1,26 +1,12 @@
-"""Training: `TrainConfig` and the loop that fits a `Classifier` to it.
+"""Training: the loop that fits a `Classifier` to a `TrainConfig`.
 
 `train` fits a `Classifier` with Adam on a masked multi-label BCE: each example only
 knows some labels (insult comments vs SMS spam), and unknown labels must contribute
-neither loss nor gradient. Early stopping watches mean validation ROC AUC, scored
-through `Engine` so the number tracked is the number served. `model.build.retrain`
+neither loss nor gradient (`model.loss`). Early stopping watches mean validation ROC
+AUC, scored through `Engine` so the number tracked is the number served. `model.build.retrain`
 wraps it into the whole job (evaluate, report, save, verify).
 
-Training data choices (each a `TrainConfig` field, measured on validation; see README):
-- embeddings start from GloVe 6B 100d when `make glove` has cached it (`model.glove`);
-- hashed character n-grams per token (`model.subword`) for obfuscated spellings;
-- `ema_decay`: validation, early stopping and the saved checkpoint use an exponential
-  moving average of the weights rather than the last step's (`model.ema`);
-- `comments_spam_negative`: insult-corpus comments train the spam head as negatives
-  (`model.training_data`);
-- windows (`window_tokens`, `window_stride`, `model.windows`): every example is read
-  as serving reads it, and a label's logit for an example is the maximum over its
-  windows' logits, so the loss reaches the window that decides (a multiple-instance
-  objective; an example that fits one window trains exactly as before);
-- `context_share`: each epoch that share of the insult comments is also trained
-  placed among 1 to `context_fillers` clean training comments, so one abusive part
-  must drive a long message and clean context must not (`model.training_data`);
-- `short_benign`: short benign chat is a negative for every label (`model.short_chat`).
+See `model.train_config` for the data and model choices a run makes.
 """
 
 from __future__ import annotations
@@ -32,27 +18,27 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.data import DataSplits, Example
 from model.ema import Ema
-from model.engine import Encoded, Engine, TokenCache, forward_batch, resolve_device
+from model.encoding import TokenCache
+from model.engine import Engine, resolve_device
 from model.evaluation import (
     evaluation_examples,
     masked_log_loss,
     mean_finite,
-    parse_target_precision,
     per_label_auc,
 )
 from model.glove import GloveVectors, embedding_matrix
-from model.network import Classifier, ModelConfig, Pooling, RnnKind
+from model.loss import example_logits, masked_bce, positive_weights
+from model.network import Classifier
 from model.progress import Progress, ProgressBar, quiet
-from model.reading import DEFAULT_STRIDE, DEFAULT_WINDOW_TOKENS
 from model.tokenizer import tokenize
+from model.train_config import TrainConfig
 from model.training_data import (
     build_vocab,
     context_examples,
@@ -64,107 +50,6 @@ from model.training_data import (
     training_examples,
 )
 from model.vocab import Vocab
-
-LrSchedule = Literal["constant", "linear"]
-PosWeight = Literal["none", "sqrt", "balanced"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    seed: int = 1234
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 3e-3
-    lr_schedule: LrSchedule = "constant"  # linear: decays to 10% over `epochs`
-    embed_dim: int = 100
-    hidden_dim: int = 64
-    layers: int = 1
-    rnn: RnnKind = "lstm"
-    bidirectional: bool = True
-    dropout: float = 0.3
-    pooling: Pooling = "meanmax"
-    subword_buckets: int = 20_000  # hashed char n-gram rows; 0 = word embeddings only
-    subword_dim: int = 32
-    # >0: validate and keep an exponential moving average of the weights (this decay per
-    # step, ~200-step horizon at 0.995) instead of the raw weights; 0 = raw weights.
-    ema_decay: float = 0.995
-    glove: bool = True  # initialise embeddings from the GloVe cache when present
-    glove_dir: str | None = None  # default: $MODSTREAM_GLOVE_DIR or ~/.cache/modstream/glove
-    glove_min_freq: int = 0  # >0: also keep tokens this frequent if GloVe knows them
-    glove_vocab: int = 20_000  # add GloVe's N most frequent words to the vocabulary (<= 20000)
-    freeze_glove: bool = True  # keep GloVe-initialised rows fixed while training
-    comments_spam_negative: bool = True  # insult-corpus comments are spam negatives
-    short_benign: bool = True  # short benign chat is a negative for every label
-    window_tokens: int = DEFAULT_WINDOW_TOKENS  # tokens per window (model.windows)
-    window_stride: int = DEFAULT_STRIDE  # tokens between window starts
-    # Each epoch, this share of the insult comments is also trained placed among 1 to
-    # `context_fillers` clean training comments; 0 = off.
-    context_share: float = 0.5
-    context_fillers: int = 4
-    pos_weight: PosWeight = "sqrt"  # positive-class loss weight per label
-    # Threshold rule per label: "" = max F1 on validation; "0.95" = lowest cut reaching
-    # that precision on validation (max F1 if none does); "spam=0.98,insult=0.8" per label.
-    target_precision: str = ""
-    baseline: bool = True  # fit the TF-IDF baseline too (needs scikit-learn)
-    report: bool = True  # write report/ into the checkpoint
-    min_freq: int = 2
-    max_vocab: int = 40_000
-    patience: int = 2
-    grad_clip: float = 1.0
-    limit: int | None = None  # cap on training examples (quick runs, tests)
-    eval_limit: int | None = None  # cap on validation and test examples each
-    device: str = "auto"
-    # One thread: this small LSTM trains about as fast on 1 thread as on 2 (measured on
-    # 2 cores), and extra OpenMP threads stall badly when other processes share the CPU.
-    num_threads: int = 1
-
-    @classmethod
-    def tiny(cls, **overrides: Any) -> TrainConfig:
-        """Seconds-long config for throw-away checkpoints in tests; quality is irrelevant."""
-        base: dict[str, Any] = dict(
-            epochs=1,
-            limit=400,
-            eval_limit=200,
-            embed_dim=16,
-            hidden_dim=16,
-            max_vocab=2000,
-            subword_buckets=1000,
-            subword_dim=8,
-            device="cpu",
-            glove=False,
-            glove_vocab=0,
-            freeze_glove=False,
-            baseline=False,
-            report=False,
-            ema_decay=0.0,
-        )
-        return cls(**{**base, **overrides})
-
-    def __post_init__(self) -> None:
-        parse_target_precision(self.target_precision)
-        if not self.ema_decay < 1.0:  # 1 would never move from zero (and divide by zero)
-            raise ValueError(f"ema_decay must be below 1 (0 = off), got {self.ema_decay!r}")
-        if not 0.0 <= self.context_share <= 1.0:
-            raise ValueError(f"context_share must be in [0, 1], got {self.context_share!r}")
-        if self.context_fillers < 1:
-            raise ValueError(f"context_fillers must be >= 1, got {self.context_fillers!r}")
-
-    def model_config(self, vocab_size: int, num_labels: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=vocab_size,
-            num_labels=num_labels,
-            embed_dim=self.embed_dim,
-            hidden_dim=self.hidden_dim,
-            num_layers=self.layers,
-            rnn=self.rnn,
-            bidirectional=self.bidirectional,
-            dropout=self.dropout,
-            pooling=self.pooling,
-            subword_buckets=self.subword_buckets,
-            subword_dim=self.subword_dim,
-            window_tokens=self.window_tokens,
-            window_stride=self.window_stride,
-        )
 
 
 @dataclass
@@ -224,7 +109,7 @@ def _train(
     embeddings = _start_from_glove(model, vocab, glove, config, progress)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = _lr_scheduler(optimizer, config, len(examples))
-    pos_weight = _pos_weight(config, targets, mask, device)
+    pos_weight = positive_weights(config.pos_weight, targets, mask, device)
     ema = Ema(model, config.ema_decay)
     validate = _Validator(validation, vocab, labels, device)
     best_auc, best_epoch, best_state = -math.inf, 0, _cpu_state(model)
@@ -307,25 +192,6 @@ def _train(
     )
 
 
-def example_logits(
-    model: Classifier, examples: Sequence[Sequence[Encoded]], device: torch.device
-) -> torch.Tensor:
-    """Logits [examples, labels]: each label's maximum over an example's windows, as
-    serving takes it (the gradient reaches the deciding window). A batch of one-window
-    examples is one forward, exactly as before windows."""
-    rows = [row for windows in examples for row in windows]
-    logits = forward_batch(model, rows, device)
-    if len(rows) == len(examples):
-        return logits
-    owners = torch.repeat_interleave(
-        torch.arange(len(examples), device=logits.device),
-        torch.tensor([len(windows) for windows in examples], device=logits.device),
-    )
-    return logits.new_zeros((len(examples), logits.shape[1])).scatter_reduce(
-        0, owners[:, None].expand_as(logits), logits, "amax", include_self=False
-    )
-
-
 def _joined(
     targets: np.ndarray, mask: np.ndarray, placed: Sequence[Example]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -334,26 +200,6 @@ def _joined(
         return targets, mask
     more_targets, more_mask = label_arrays(placed)
     return np.concatenate([targets, more_targets]), np.concatenate([mask, more_mask])
-
-
-def masked_bce(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    mask: torch.Tensor,
-    pos_weight: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mean BCE-with-logits over known (mask=1) entries only.
-
-    `torch.where` rather than multiplying by the mask, so even an infinite masked logit
-    contributes exactly zero loss and zero gradient. `pos_weight` [labels] scales the
-    positive term per label (class weighting); the mean is still over known entries.
-    """
-    known = mask > 0
-    losses = F.binary_cross_entropy_with_logits(
-        logits, targets, reduction="none", pos_weight=pos_weight
-    )
-    losses = torch.where(known, losses, torch.zeros_like(losses))
-    return losses.sum() / known.sum().clamp_min(1)
 
 
 class _Validator:
@@ -416,21 +262,6 @@ def _lr_scheduler(
         if config.lr_schedule == "linear"
         else (lambda step: 1.0),
     )
-
-
-def _pos_weight(
-    config: TrainConfig, targets: np.ndarray, mask: np.ndarray, device: torch.device
-) -> torch.Tensor | None:
-    """The loss weight of each label's positives: none, √(negatives/positives) or the
-    ratio itself, counted on the known entries of the training set."""
-    if config.pos_weight == "none":
-        return None
-    known = mask > 0
-    positives = ((targets > 0.5) & known).sum(axis=0).clip(min=1)
-    negatives = ((targets <= 0.5) & known).sum(axis=0).clip(min=1)
-    ratio = negatives / positives
-    weights = np.asarray(np.sqrt(ratio) if config.pos_weight == "sqrt" else ratio, np.float32)
-    return torch.from_numpy(weights).to(device)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -9,14 +9,16 @@
   ham"). Only the training split changes: spam validation/test metrics stay SMS-only,
   and the cross-domain flag rates (spam on comments) are reported separately. With
   `short_benign`, reviewed short SMS ham and the curated chat lines of the training
-  split are negatives for every label (`model.short_chat`).
+  split are negatives for every label (`model.short_chat`), a user's labels included.
+  Both rules need the bundled `spam` label and do nothing without it (`retrain
+  --no-bundled` trains on the user's files alone).
 - `context_examples`: each epoch, a share of the insult-corpus comments again, each
   placed among clean training comments (`model.long_messages`), so the model learns
   that one abusive part makes a long message abusive and that clean context does not.
 - `build_vocab`: the training tokens, plus (optionally) GloVe's most frequent words,
   so words first seen at serving time keep their pre-trained meaning (`model.glove`).
 - `encode_examples`: each example's windows as model rows, through the same function
-  that serves (`model.engine.encode_windows`); training takes a label's maximum over
+  that serves (`model.encoding.encode_windows`); training takes a label's maximum over
   an example's windows, as serving does.
 - `length_bucketed_batches`: shuffled batches of similar-length examples.
 """
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from model.data import SOURCE_INSULTS, DataSplits, Example
-from model.engine import Encoded, TokenCache, encode_windows, window_planner
+from model.encoding import Encoded, TokenCache, encode_windows, window_planner
 from model.glove import GloveVectors, load_glove
 from model.long_messages import assemble, place
 from model.network import ModelConfig
@@ -42,8 +44,8 @@ from model.short_chat import curated, with_short_ham_negative
 from model.subword import lookup_forms
 from model.vocab import SPECIAL_TOKENS, UNK_ID, Vocab
 
-if TYPE_CHECKING:  # train.py imports this module
-    from model.train import TrainConfig
+if TYPE_CHECKING:  # train_config.py imports this module
+    from model.train_config import TrainConfig
 
 
 def length_bucketed_batches(

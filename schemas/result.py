@@ -1,8 +1,13 @@
 """The moderation result published for every valid request.
 
-`coverage` and `evidence` came later: both are optional, so a consumer that ignores
-unknown fields, or validates with an older copy of this schema that allows them, is
-unaffected. The worker and `modstream score` always fill them.
+`coverage`, `evidence` and `policy_version` came later: all are optional, so a consumer
+that ignores unknown fields, or validates with an older copy of this schema that allows
+them, is unaffected. The worker and `modstream score` always fill them.
+
+`categories` and `category_scores` are keyed by the serving model's labels, and the
+schema leaves their keys open: a model promoted with other labels changes the keys from
+one offset on in each partition, together with `model_version` (README, "Refreshing
+the model").
 """
 
 from __future__ import annotations
@@ -76,5 +81,15 @@ class ModerationResult(BaseModel):
             description="For each flagged category, the spans (at most 3, best first "
             "among those that do not overlap, listed in text order) whose score reached "
             "the category's threshold."
+        ),
+    ] = None
+    policy_version: Annotated[
+        str | None,
+        Field(
+            max_length=77,  # a policy version (64) + "+env-" + 8 hex digits
+            description="Which thresholds turned the scores into flags: `checkpoint` (the "
+            "model's own), the version of the checkpoint store's policy file, "
+            "`env-<8 hex>` (MODSTREAM_THRESHOLDS, by a digest of its value) or "
+            "`<policy version>+env-<8 hex>` (both).",
         ),
     ] = None

@@ -21,7 +21,7 @@ from kafka.structs import TopicPartition
 if TYPE_CHECKING:  # torch stays unimported for the Kafka-only users (bench/)
     from model.data import DataSplits
     from model.network import Classifier
-    from model.train import TrainConfig
+    from model.train_config import TrainConfig
     from model.vocab import Vocab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -332,7 +332,7 @@ def make_checkpoint(
     versions. Returns the version."""
     import torch
 
-    from model.checkpoint import save_checkpoint
+    from model.checkpoint_save import save_checkpoint
 
     model, vocab = tiny_model(
         ["you idiot free prize call now hello"],
@@ -433,7 +433,7 @@ def synthetic_splits(seed: int = 0) -> DataSplits:
 def synthetic_config(**overrides: Any) -> TrainConfig:
     """A `TrainConfig.tiny` that learns `synthetic_splits` well in a few seconds (all of
     it, 3 epochs), with the baseline and the report unless `overrides` say otherwise."""
-    from model.train import TrainConfig
+    from model.train_config import TrainConfig
 
     base: dict[str, Any] = dict(
         epochs=3,

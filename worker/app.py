@@ -22,7 +22,8 @@ worker/ means these):
 
 One batch, and where each step lives:
 
-0. Swap in a reloaded model if one is waiting (`EngineSlot.apply`, worker/engine_slot.py).
+0. Swap in a reloaded model or threshold policy if one is waiting (`EngineSlot.apply`,
+   worker/engine_slot.py).
 1. Poll (`Source.poll`, worker/source.py) until the batcher closes a batch
    (worker/batcher.py).
 2. Decode, tokenise, score, build one output per record (`BatchProcessor`,
@@ -52,6 +53,7 @@ import structlog
 from kafka import KafkaConsumer, KafkaProducer
 
 from model.errors import ExitCode, ModstreamError
+from model.threshold_overrides import ThresholdPolicyFile
 from worker import clients
 from worker.batcher import Batcher
 from worker.clients import WorkerFencedError
@@ -118,7 +120,10 @@ class Worker:
         engine: ServingModel,
         metrics: WorkerMetrics | None = None,
         health: HealthState | None = None,
+        policy: ThresholdPolicyFile | None = None,
     ) -> None:
+        """`policy`: the checkpoint store's threshold policy at start (`MODSTREAM_THRESHOLDS`
+        comes with `settings`); both must name only `engine`'s labels."""
         self.settings = settings
         self.metrics = metrics if metrics is not None else WorkerMetrics()
         self.health = (
@@ -144,7 +149,9 @@ class Worker:
         self._connected: Connected | None = None
         self.metrics.build_info.info({"version": package_version()})
         self.health.set(kafka_ok=False, problem="producer not connected")
-        self.engines = EngineSlot(engine, self.metrics, self.health)
+        self.engines = EngineSlot(
+            engine, self.metrics, self.health, policy, settings.threshold_overrides()
+        )
         self.collections = PauseRecorder(self.metrics.gc_pauses)
 
     @property

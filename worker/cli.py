@@ -5,8 +5,10 @@ Exit codes: 0 success; 2 bad arguments or configuration (the message names the f
 
 `retrain` (a periodic job) ends with one JSON summary line on stdout and exits
 0 when its model was promoted (or written to `--output`, or identical to the current
-one), 10 when the promotion gate kept the current model, 4 when the feedback topic
-could not be read, 3 when a checkpoint is unusable, 2 for bad arguments, 1 otherwise.
+one), 10 when the promotion gate kept the current model (0 with `--succeed-if-held`, for
+a scheduler such as a Kubernetes Job that retries any other code), 4 when the feedback
+topic could not be read, 3 when a checkpoint is unusable, 2 for bad arguments, 1
+otherwise.
 
 `checkpoints list | promote VERSION | rollback` manage the checkpoint store: 2 for an
 unknown version or a path that is not a store, 3 when the version to serve does not
@@ -33,7 +35,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import ValidationError
 
 from model.errors import ExitCode, ModstreamError
-from worker import score_command, store_commands
+from worker import checkpoint_commands, retrain_command, score_command
 from worker.command_errors import (
     CheckpointUnusableError,
     UsageError,
@@ -46,7 +48,7 @@ __all__ = ["build_parser", "exit_code_of", "load_settings", "main"]
 EXIT_CODES = """\
 exit codes: 0 ok; 1 failure; 2 bad arguments or settings (the message names the flag
 and variable); 3 checkpoint missing or invalid; 4 Kafka unreachable at start;
-10 retrain: the promotion gate kept the current model."""
+10 retrain: the promotion gate kept the current model (0 with --succeed-if-held)."""
 
 WORKER_DESCRIPTION = """\
 Consume moderation requests from Kafka, score them in batches, publish one result (or
@@ -163,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(handler=_run_worker)
 
     score_command.add_parser(sub)
-    store_commands.add_parsers(sub)
+    retrain_command.add_parser(sub)
+    checkpoint_commands.add_parser(sub)
     return parser
 
 
@@ -199,7 +202,7 @@ def _shown_default(field: Any) -> str:
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    from worker.settings import ENV_ONLY_SETTINGS
+    from worker.setting_names import ENV_ONLY_SETTINGS
 
     for name, field in _settings_fields().items():
         if name in ENV_ONLY_SETTINGS:
@@ -301,6 +304,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     from worker.metrics import WorkerMetrics
     from worker.reload import Reloader
     from worker.scoring_process import choose_scoring
+    from worker.startup import startup_policy
 
     def stopped_during(step: str) -> bool:
         if signals.requested:
@@ -325,7 +329,13 @@ def _run_worker(args: argparse.Namespace) -> int:
     try:
         if stopped_during("loading the model"):
             return ExitCode.OK
-        worker = Worker(settings, engine, metrics, health)
+        overrides = settings.threshold_overrides()
+        try:
+            policy = startup_policy(settings.checkpoint_dir, engine.labels, overrides)
+        except ModstreamError as exc:
+            log.error("thresholds_unusable", version=engine.version, error=str(exc))
+            raise
+        worker = Worker(settings, engine, metrics, health, policy=policy)
         signals.on_stop(worker.request_stop)  # at once if the signal came meanwhile
         server = _metrics_server(settings, worker)
         server.start()
@@ -338,6 +348,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             settings.reload_interval_s,
             device=settings.device,
             engine_options=settings.engine_options(),
+            overrides=overrides,
             loader=scorer,
         )
         signals.on_reload(reloader.request_check)

@@ -36,7 +36,7 @@ from kafka.errors import (
 from model.errors import ExitCode, ModstreamError
 from worker.logs import client_logs_quieted
 from worker.outputs import OutputLimits
-from worker.security import (
+from worker.refusal import (
     authorization_hint,
     explain_refusal,
     missing_right,
@@ -210,7 +210,7 @@ def fenced_message(settings: WorkerSettings, exc: BaseException) -> str:
 def refusal_hint(settings: WorkerSettings, failures: Sequence[BaseException] = ()) -> str:
     """Why no bootstrap server answered: its name does not resolve, nothing accepts TCP
     connections there, or the Kafka handshake never completes: from the failures the
-    client reported (worker/security.py), else from the settings."""
+    client reported (worker/refusal.py), else from the settings."""
     servers = settings.bootstrap_servers()
     unresolved = [server for server in servers if not resolves(server)]
     if len(unresolved) == len(servers):

@@ -35,7 +35,7 @@ def exit_code_of(exc: BaseException) -> int:
 def describe_validation_error(exc: ValidationError) -> str:
     """pydantic's settings errors as one line, naming each field's flag and variable (a
     secret has no flag: `MODSTREAM_SASL_PASSWORD, environment only`)."""
-    from worker.settings import ENV_ONLY_SETTINGS
+    from worker.setting_names import ENV_ONLY_SETTINGS
 
     parts = []
     for error in exc.errors(include_url=False):

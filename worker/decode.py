@@ -25,21 +25,15 @@ checked before any parsing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, from_json
 
-from schemas.dead_letter import DeadLetter, ErrorKind, encode_bytes
+from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.request import MAX_METADATA_ENTRIES, MAX_TEXT_CHARS, ModerationRequest
+from worker.dead_letters import dead_letter
 
-MAX_ERROR_MESSAGE_CHARS = 1_000
-# A dead letter embeds the record's key and value. A record near the broker's size limit
-# would make a dead letter over the producer's (1 MiB), which could never be published:
-# a poison pill. Past this many bytes key and value are cut to a prefix (`truncated`);
-# JSON escaping grows bytes at most 6-fold, so the dead letter stays far below 1 MiB.
-MAX_EMBEDDED_BYTES = 64 * 1024
 REQUEST_FIELDS = tuple(sorted(ModerationRequest.model_fields))
 MAX_REQUEST_FIELDS = len(REQUEST_FIELDS)
 # More colons than this, and a record may have more members than a request allows.
@@ -120,43 +114,8 @@ class Decoder:
 
     @staticmethod
     def reject(record: SourceRecord, kind: ErrorKind, message: str) -> Rejected:
-        raw_key, key_cut = _prefix(record.key, MAX_EMBEDDED_BYTES)
-        raw_value, value_cut = _prefix(record.value, MAX_EMBEDDED_BYTES)
-        key, key_encoding = encode_bytes(raw_key)
-        value, value_encoding = encode_bytes(raw_value)
-        dead_letter = DeadLetter(
-            error_kind=kind,
-            error_message=message[:MAX_ERROR_MESSAGE_CHARS],
-            key=key,
-            key_encoding=key_encoding,
-            value=value,
-            value_encoding=value_encoding,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp=record.timestamp_ms,
-            dead_lettered_at=datetime.now(UTC),
-            truncated=key_cut or value_cut,
-        )
-        return Rejected(record, dead_letter)
-
-
-def _prefix(raw: bytes | None, limit: int) -> tuple[bytes | None, bool]:
-    """At most `limit` bytes of `raw`, cut on a character boundary when it is UTF-8."""
-    if raw is None or len(raw) <= limit:
-        return raw, False
-    cut = raw[:limit]
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return cut, True
-    for back in range(4):  # a UTF-8 character is at most 4 bytes
-        try:
-            (cut[: len(cut) - back]).decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        return cut[: len(cut) - back], True
-    return cut, True
+        """`record` as a dead letter of `kind`, its key and value embedded."""
+        return Rejected(record, dead_letter(record, kind, message, record.key, record.value))
 
 
 def structure_fault(text: str) -> tuple[ErrorKind, str] | None:

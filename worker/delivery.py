@@ -6,8 +6,9 @@ One interface, `BatchDelivery`, two modes (`MODSTREAM_DELIVERY`):
 
 1. Send every output not acknowledged yet (on the first try all of them; pipelined, the
    publishing thread already sent them with `send`, unless an earlier batch's send had
-   failed and was not made again yet: then they wait for this step, so that outputs
-   of the same key leave in consumption order).
+   failed and was not made again yet, or an earlier batch was held back itself: then
+   they wait for this step, so that outputs of the same key leave in consumption
+   order).
 2. Wait until the broker acknowledged every one, at most `MODSTREAM_PUBLISH_TIMEOUT_S`.
 3. On failure (worker/sink.py says which kind):
    a. one output refused for what it is (size, content): replace it by its minimal
@@ -48,7 +49,7 @@ from worker.decode import SourceRecord
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.outputs import OutputFitter
-from worker.security import authorization_hint
+from worker.refusal import authorization_hint
 from worker.settings import WorkerSettings
 from worker.sink import (
     OutputRecord,
@@ -167,13 +168,12 @@ class AtLeastOnceDelivery:
 
     def send(self, shipment: Shipment) -> None:
         """Publishing thread: step 1 ahead of `deliver`, without waiting for acks; held
-        back (sent by `deliver`, in order) while an earlier batch has a failed send not
-        made again yet, or it could overtake that batch's outputs of the same key."""
+        back (sent by `deliver`, in order) while an earlier batch has an output not sent
+        yet (its send failed and was not made again, or it was held back itself), or it
+        could overtake that batch's outputs of the same key."""
         with self._send_lock:
             with self._ahead_lock:
-                held = self._isolating or any(
-                    earlier.has_unretried_failures() for earlier in self._sent_ahead
-                )
+                held = self._isolating or any(earlier.has_unsent() for earlier in self._sent_ahead)
                 self._sent_ahead.append(shipment)
             if held:
                 log.info("send_held", outputs=len(shipment.outputs))

@@ -74,7 +74,7 @@ def client_logs_quieted(logger_name: str = "kafka") -> Iterator[None]:
     MODSTREAM_STARTUP_TIMEOUT_S) before the worker's own one-line diagnosis
     (worker/clients.py), which says the same and why. Only the root handlers, which
     write stderr, drop them: handlers on the client's own loggers (the handshake
-    recorder of worker/security.py) still see every record. At log level debug they
+    recorder of worker/refusal.py) still see every record. At log level debug they
     come through.
     """
     handlers = list(logging.getLogger().handlers) if _configured_level > logging.DEBUG else []

@@ -2,11 +2,17 @@
 
 Metrics live in a registry owned by the worker (not the global one) so that tests and
 benchmarks can run several workers in one process without name clashes.
+
+The per-category series (`category` label) follow the serving model's labels
+(`set_categories`): a model that adds a label creates its series at 0, one that removes
+a label removes them, so dashboards templated by category show what is served.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import threading
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -38,6 +44,7 @@ GC_GENERATIONS = ("0", "1", "2")
 
 OUTCOMES = ("ok", "invalid", "error")
 RELOAD_RESULTS = ("ok", "failed")
+LABEL_CHANGES = ("added", "removed")
 STAGES = ("queue", "decode", "tokenize", "inference", "publish", "commit")
 COMMIT_RESULTS = ("ok", "failed", "deferred")
 
@@ -193,10 +200,36 @@ class WorkerMetrics:
             "line).",
             registry=r,
         )
+        self.label_changes = Counter(
+            "modstream_model_label_changes",
+            "Labels a swapped-in model added or removed against the one it replaced, one per "
+            "label (each swap also logs model_labels_changed).",
+            ["change"],
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            "modstream_policy_reloads",
+            "Threshold policy file changes by result: ok (applied between two batches), "
+            "failed (the thresholds in effect kept).",
+            ["result"],
+            registry=r,
+        )
+        self.category_threshold = Gauge(
+            "modstream_category_threshold",
+            "The threshold in effect per category: the checkpoint's, the store's policy "
+            "file's or MODSTREAM_THRESHOLDS' (logged as thresholds_changed).",
+            ["category"],
+            registry=r,
+        )
+        self._categories: frozenset[str] = frozenset()
+        self._categories_lock = threading.Lock()
         for outcome in OUTCOMES:
             self.messages.labels(outcome=outcome)
         for result in RELOAD_RESULTS:
             self.model_reloads.labels(result=result)
+            self.policy_reloads.labels(result=result)
+        for change in LABEL_CHANGES:
+            self.label_changes.labels(change=change)
         # Series that dashboards and alerts rate() exist from the first scrape on, at 0.
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
@@ -207,11 +240,46 @@ class WorkerMetrics:
         for generation in GC_GENERATIONS:
             self.gc_pauses.labels(process="worker", generation=generation)
 
+    def set_categories(self, categories: Iterable[str]) -> tuple[str, ...]:
+        """The serving model's labels, when it starts serving: creates their per-category
+        series (at 0) and removes those of labels it no longer has; returns those.
+
+        A batch the previous model scored may still be counted after the swap (on the
+        publishing thread): `count_result` skips the removed categories, so their series
+        stay removed (under one lock, so none is re-created between the two)."""
+        wanted = frozenset(categories)
+        with self._categories_lock:
+            gone = tuple(sorted(self._categories - wanted))
+            for category in gone:
+                for metric in (self.flagged, self.scores, self.category_threshold):
+                    with contextlib.suppress(KeyError):  # never created (no threshold yet)
+                        metric.remove(category)
+            for category in wanted:
+                self.flagged.labels(category=category)
+                self.scores.labels(category=category)
+            self._categories = wanted
+        return gone
+
     def init_categories(self, categories: Iterable[str]) -> None:
-        """Creates the per-category series of a model's labels (called when it starts serving)."""
-        for category in categories:
-            self.flagged.labels(category=category)
-            self.scores.labels(category=category)
+        """Creates the per-category series of a set of labels (tests, rule checks)."""
+        self.set_categories(categories)
+
+    def count_result(self, scores: Mapping[str, float], flagged: Mapping[str, bool]) -> None:
+        """One result's scores and flags, for the categories serving now."""
+        with self._categories_lock:
+            for category, score in scores.items():
+                if category not in self._categories:
+                    continue
+                self.scores.labels(category=category).observe(score)
+                if flagged.get(category):
+                    self.flagged.labels(category=category).inc()
+
+    def set_thresholds(self, thresholds: Mapping[str, float]) -> None:
+        """The thresholds in effect, per category (after `set_categories`)."""
+        with self._categories_lock:
+            for category, value in thresholds.items():
+                if category in self._categories:
+                    self.category_threshold.labels(category=category).set(value)
 
 
 def catalogue_markdown() -> str:

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import structlog
 from kafka.errors import InvalidRecordError
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from schemas.dead_letter import DeadLetter, ErrorKind
+from schemas.dead_letter import ErrorKind
+from worker.dead_letters import dead_letter
 from worker.sink import OutputRecord, classify
 
 log = structlog.get_logger("modstream.worker")
@@ -119,20 +119,7 @@ class OutputFitter:
         """Coordinates and reason only: the original stays on the source topic."""
         origin = output.origin
         assert origin is not None, "outputs built by the worker know their input record"
-        letter = DeadLetter(
-            error_kind=kind,
-            error_message=why[:1000],
-            key=None,
-            key_encoding=None,
-            value=None,
-            value_encoding=None,
-            topic=origin.topic,
-            partition=origin.partition,
-            offset=origin.offset,
-            timestamp=origin.timestamp_ms,
-            dead_lettered_at=datetime.now(UTC),
-            truncated=True,
-        )
+        letter = dead_letter(origin, kind, why, truncated=True)
         log.warning(
             "output_replaced",
             topic=origin.topic,

@@ -2,7 +2,8 @@
 
 1. Stage: decode every record (invalid ones become dead letters, nothing raises) and
    tokenise the valid texts with the engine the batch was given: that engine also
-   scores them, so a batch is scored by exactly one model version (invariant 4).
+   scores them, and the thresholds given with it flag them, so a batch is scored by
+   exactly one model version under one policy (invariant 4).
 2. Score: run the model on the whole batch; if the batch fails (encoding or inference),
    score the texts one by one so that one bad text dead-letters only itself.
 3. Prepare: one output per record, in consumption order: a Result, or a DeadLetter
@@ -25,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from model.threshold_overrides import EffectiveThresholds
 from model.windows import ScoredText
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.result import ModerationResult, Timings
@@ -48,6 +50,7 @@ class StagedBatch:
     encoded: Any  # the decoded texts as `engine` staged them; None if that raised
     engine: ServingModel  # the model that encoded them scores them (invariant 4)
     started: float
+    policy: EffectiveThresholds | None = None  # flags them; None: the checkpoint's own
 
 
 @dataclass
@@ -95,13 +98,24 @@ class BatchProcessor:
         self.dead_letter_topic = dead_letter_topic
         self.fitter = fitter
 
-    def process(self, batch: Sequence[SourceRecord], engine: ServingModel) -> PreparedBatch:
+    def process(
+        self,
+        batch: Sequence[SourceRecord],
+        engine: ServingModel,
+        policy: EffectiveThresholds | None = None,
+    ) -> PreparedBatch:
         """Steps 1-3 one after the other, on the calling thread."""
-        staged = self.stage(batch, engine)
+        staged = self.stage(batch, engine, policy)
         return self.prepare(staged, self.score(staged))
 
-    def stage(self, batch: Sequence[SourceRecord], engine: ServingModel) -> StagedBatch:
-        """Step 1: decode, then encode the valid texts with the model that will score them."""
+    def stage(
+        self,
+        batch: Sequence[SourceRecord],
+        engine: ServingModel,
+        policy: EffectiveThresholds | None = None,
+    ) -> StagedBatch:
+        """Step 1: decode, then encode the valid texts with the model that will score
+        them; `policy`: the thresholds that will flag them (None: the checkpoint's)."""
         started = time.time()
         queue_seconds = self.metrics.stage_seconds.labels(stage="queue")
         for record in batch:
@@ -119,7 +133,7 @@ class BatchProcessor:
                 encoded = engine.encode_batch([d.request.text for d in decoded])
             except Exception as exc:  # scored one by one in `score`, never lost
                 log.error("batch_encoding_failed", error=str(exc), batch_size=len(decoded))
-        return StagedBatch(list(batch), items, decoded, encoded, engine, started)
+        return StagedBatch(list(batch), items, decoded, encoded, engine, started, policy)
 
     def score(self, staged: StagedBatch) -> ScoredBatch:
         """Step 2: score with the batch's engine; one by one when the batch fails."""
@@ -194,9 +208,7 @@ class BatchProcessor:
             why = scores.failures.get(id(request_item), "") if row is None else ""
             if row is not None:
                 try:
-                    result = self._result(
-                        engine, request_item, row, started, scores.inference_s, len(decoded)
-                    )
+                    result = self._result(staged, request_item, row, scores.inference_s)
                 except InvalidScoresError as exc:
                     why = str(exc)
                     log.error(
@@ -224,30 +236,21 @@ class BatchProcessor:
         return PreparedBatch(list(batch), outputs, outcomes, started, scores.inference_s)
 
     def _result(
-        self,
-        engine: ServingModel,
-        item: Decoded,
-        row: ScoredText,
-        started: float,
-        inference_s: float,
-        batch_size: int,
+        self, staged: StagedBatch, item: Decoded, row: ScoredText, inference_s: float
     ) -> ModerationResult:
         record = item.record
         queued_ms = (
-            (started - record.timestamp_ms / 1000.0) * 1000.0 if record.timestamp_ms else 0.0
+            (staged.started - record.timestamp_ms / 1000.0) * 1000.0 if record.timestamp_ms else 0.0
         )
         timings = Timings(
             queued_ms=round(queued_ms, 3),
             inference_ms=round(inference_s * 1000.0, 3),
-            batch_size=batch_size,
+            batch_size=len(staged.decoded),
         )
-        return build_result(engine, item, row, timings)
+        return build_result(staged.engine, item, row, timings, staged.policy)
 
     def _count_scores(self, result: ModerationResult) -> None:
-        for label, score in result.category_scores.items():
-            self.metrics.scores.labels(category=label).observe(score)
-            if result.categories[label]:
-                self.metrics.flagged.labels(category=label).inc()
+        self.metrics.count_result(result.category_scores, result.categories)
 
     def _dead_letter_output(self, dead_letter: DeadLetter, record: SourceRecord) -> OutputRecord:
         """The dead letter's output (or the minimal one standing in), counted by reason."""

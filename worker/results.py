@@ -1,8 +1,10 @@
 """Scores → `ModerationResult`: the one place thresholds turn into flags.
 
 Shared by the worker and `modstream score` so both publish identical records. Each
-result says how much of the text was read (`coverage`) and, for each flagged
-category, which parts of it drove the score (`evidence`, `model.windows.evidence`).
+result says how much of the text was read (`coverage`), for each flagged category
+which parts of it drove the score (`evidence`, `model.windows.evidence`), and which
+thresholds flagged it (`policy_version`): the checkpoint's own unless the worker
+applies a policy file or `MODSTREAM_THRESHOLDS` (`model.threshold_overrides`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import math
 
 from model.errors import ModstreamError
+from model.threshold_overrides import CHECKPOINT_POLICY, EffectiveThresholds
 from model.windows import ScoredText
 from schemas.result import Coverage, ModerationResult, Span, Timings
 from worker.decode import Decoded
@@ -23,10 +26,16 @@ class InvalidScoresError(ModstreamError):
 
 
 def build_result(
-    engine: ServingModel, item: Decoded, scored: ScoredText, timings: Timings
+    engine: ServingModel,
+    item: Decoded,
+    scored: ScoredText,
+    timings: Timings,
+    policy: EffectiveThresholds | None = None,
 ) -> ModerationResult:
-    """The result for one scored request; InvalidScoresError when a score is no
-    probability (checked here, so a bad row never fails the batch's validation)."""
+    """The result for one scored request, flagged by `policy`'s thresholds (None: the
+    checkpoint's); InvalidScoresError when a score is no probability (checked here, so
+    a bad row never fails the batch's validation)."""
+    thresholds = policy.thresholds if policy is not None else engine.thresholds
     row = scored.probabilities
     bad = {
         label: float(p)
@@ -36,12 +45,12 @@ def build_result(
     if bad:
         raise InvalidScoresError(f"scores that are no probability: {bad}")
     scores = {label: round(float(p), 6) for label, p in zip(engine.labels, row, strict=True)}
-    categories = {label: scores[label] >= engine.thresholds[label] for label in engine.labels}
+    categories = {label: scores[label] >= thresholds[label] for label in engine.labels}
     evidence: dict[str, list[Span]] = {}
     for j, label in enumerate(engine.labels):
         if categories[label]:
             # The flag compares the rounded score: never ask more of the best window.
-            threshold = min(engine.thresholds[label], float(row[j]))
+            threshold = min(thresholds[label], float(row[j]))
             evidence[label] = [
                 Span(start=span.start, end=span.end, score=round(span.score, 6))
                 for span in scored.evidence(j, threshold)
@@ -65,4 +74,5 @@ def build_result(
             strategy=plan.strategy,
         ),
         evidence=evidence,
+        policy_version=policy.policy_version if policy is not None else CHECKPOINT_POLICY,
     )

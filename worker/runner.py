@@ -72,11 +72,15 @@ class BatchRunner:
             return
         while self._pipeline.full:
             self._complete_oldest(block=True)
-        self._pipeline.submit(batch, self._processor.stage(batch, self._engines.apply()))
+        serving = self._engines.apply()
+        self._pipeline.submit(
+            batch, self._processor.stage(batch, serving.engine, serving.thresholds)
+        )
 
     def process(self, batch: Sequence[SourceRecord]) -> None:
         """One batch through every step, synchronously."""
-        prepared = self._processor.process(batch, self._engines.apply())
+        serving = self._engines.apply()
+        prepared = self._processor.process(batch, serving.engine, serving.thresholds)
         acked_at = self._delivery.deliver(batch, Shipment(prepared.outputs))
         if acked_at is None:
             # Aborted and rewound: these records come back in a later poll.

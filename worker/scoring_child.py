@@ -23,11 +23,12 @@ Protocol. The score socket, on the main thread, one request at a time, in order:
 
 The control socket, on a thread of its own so that scoring goes on meanwhile:
 
-3. `("reload", path, serving_labels, serving_version)`: load a checkpoint (the first
-   one at start: no serving model); unless it is the serving version, check it as
-   worker/reload.py does (labels, canary batch), warm it up and freeze what it built
+3. `("reload", path, serving_version, policy, overrides)`: load a checkpoint (the
+   first one at start: no serving model); unless it is the serving version, check it
+   as worker/reload.py does (`validate_engine`: the labels the threshold policy and
+   `MODSTREAM_THRESHOLDS` name, the canary batch), warm it up and freeze what it built
    (worker/collector.py). Answers `("loaded", card)`, `("same_version", version)` or
-   `("load_failed", error, is_checkpoint_error)`.
+   `("load_failed", error, is_checkpoint_error, is_label_conflict)`.
 
 It ends when the score socket reaches its end: the worker closed it, or died. The kernel
 ends it too if the worker dies by any means (`PR_SET_PDEATHSIG`, Linux), so it never
@@ -57,12 +58,15 @@ import structlog
 
 from model.bounded import TOKEN_CACHE_BYTES, BoundedDict, sizeof_entry
 from model.checkpoint import CheckpointError
-from model.engine import EncodedBatch, Engine, Scores, TokenCache, encode_tokens
+from model.encoding import TokenCache, encode_tokens
+from model.engine import Engine
+from model.scores import EncodedBatch, Scores
+from model.threshold_overrides import ThresholdPolicyFile
 from model.vectors import TokenVectors
 from model.windows import STRATEGY_WHOLE, WindowPlan
 from worker.collector import freeze_long_lived
 from worker.logs import configure_logging
-from worker.reload import validate_engine
+from worker.reload import LabelConflictError, validate_engine
 from worker.remote_model import RowStats
 from worker.scoring_wire import SharedBuffer, read_rows, write_probabilities
 
@@ -294,18 +298,27 @@ class ScoringServer:
             channel.send(self._reload(*message[1:]))
 
     def _reload(
-        self, path: str, serving_labels: Sequence[str] | None, serving_version: str | None
+        self,
+        path: str,
+        serving_version: str | None,
+        policy: ThresholdPolicyFile | None,
+        overrides: dict[str, float],
     ) -> tuple[Any, ...]:
         try:
             engine = self.load(path)
             if engine.version == serving_version:
                 return ("same_version", engine.version)
-            if serving_labels is not None:
-                validate_engine(engine, tuple(serving_labels))
+            if serving_version is not None:  # the first model: the worker checks its labels
+                validate_engine(engine, policy, overrides)
             served = ServedEngine(engine)
             seconds = served.warm_up()
         except Exception as exc:  # CheckpointError, EngineError, ReloadError, torch's own
-            return ("load_failed", f"{type(exc).__name__}: {exc}", isinstance(exc, CheckpointError))
+            return (
+                "load_failed",
+                f"{type(exc).__name__}: {exc}",
+                isinstance(exc, CheckpointError),
+                isinstance(exc, LabelConflictError),
+            )
         self.shelf.put(served)
         freeze_long_lived()
         log.info("model_loaded", version=engine.version, path=path, warm_up_s=round(seconds, 3))

@@ -52,7 +52,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -64,8 +64,10 @@ import structlog
 
 import worker
 from model.errors import ModstreamError
+from model.threshold_overrides import ThresholdPolicyFile
 from worker.health import HealthState
 from worker.metrics import GC_GENERATIONS, WorkerMetrics
+from worker.reload import LabelConflictError
 from worker.remote_model import RemoteModel, RowStats
 from worker.scoring_wire import SharedBuffer, read_probabilities, write_rows
 from worker.serving import ModelUnavailableError, ServingModel
@@ -133,6 +135,12 @@ class ScoringProcessDiedError(ScoringProcessError):
 
 class RemoteLoadError(ScoringProcessError):
     """A new checkpoint did not load, or did not pass the checks, in the scoring process."""
+
+
+class RemoteLabelConflictError(LabelConflictError):
+    """The scoring process refused a new checkpoint because `MODSTREAM_THRESHOLDS` or the
+    policy name a label it lacks (a `LabelConflictError`, so that the reloader retries
+    it when the policy changes, as in process)."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +232,7 @@ class ScoringProcess:
     def start(self, checkpoint_dir: Path) -> RemoteModel:
         """Start the process and load the first model in it (warmed up)."""
         self._current()
-        answer = self._control(("reload", str(checkpoint_dir), None, None), retry=False)
+        answer = self._control(("reload", str(checkpoint_dir), None, None, {}), retry=False)
         if answer[0] != "loaded":
             raise ScoringStartError(str(answer[1]), checkpoint=bool(answer[2]))
         return RemoteModel.from_card(answer[1], checkpoint_dir, self)
@@ -312,13 +320,23 @@ class ScoringProcess:
 
     # -- reloading ---------------------------------------------------------------------
 
-    def load(self, path: Path, serving: ServingModel) -> RemoteModel | None:
-        """Load, check and warm up the checkpoint at `path` in the process, beside the
-        serving model; None when it is the serving version. Raises `RemoteLoadError`."""
-        answer = self._control(("reload", str(path), list(serving.labels), serving.version))
+    def load(
+        self,
+        path: Path,
+        serving: ServingModel,
+        policy: ThresholdPolicyFile | None,
+        overrides: Mapping[str, float],
+    ) -> RemoteModel | None:
+        """Load, check (`validate_engine` with `policy` and `overrides`) and warm up the
+        checkpoint at `path` in the process, beside the serving model (`ModelLoader`);
+        None when it is the serving version. Raises `RemoteLabelConflictError` when the
+        policy or overrides name a label it lacks, else `RemoteLoadError`."""
+        answer = self._control(("reload", str(path), serving.version, policy, dict(overrides)))
         if answer[0] == "same_version":
             return None
         if answer[0] != "loaded":
+            if answer[3]:
+                raise RemoteLabelConflictError(str(answer[1]))
             raise RemoteLoadError(str(answer[1]))
         return RemoteModel.from_card(answer[1], path, self)
 

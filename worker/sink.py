@@ -141,7 +141,7 @@ class Shipment:
 
     Made on the publishing thread (pipelined) or the processing thread, then handed to
     the processing thread with its batch: one thread at a time (the publishing thread
-    only reads `has_unretried_failures` of shipments it handed over)."""
+    only reads `has_unsent` of shipments it handed over)."""
 
     def __init__(self, outputs: Sequence[OutputRecord]) -> None:
         self.outputs = list(outputs)
@@ -159,9 +159,10 @@ class Shipment:
     def acknowledged(self) -> int:
         return sum(1 for f in self.futures if f is not None and f.is_done and f.succeeded())
 
-    def has_unretried_failures(self) -> bool:
-        """A send failed and was not made again yet."""
-        return any(f is not None and f.is_done and f.failed() for f in self.futures)
+    def has_unsent(self) -> bool:
+        """An output was never sent (held back) or its send failed and was not made
+        again yet: a later batch's outputs sent now would overtake it."""
+        return bool(self.unsent())
 
     def replace(self, index: int, output: OutputRecord) -> None:
         """Put `output` in place of a refused one; it is sent on the next try."""

@@ -25,7 +25,7 @@ from worker.commit import first_offsets
 from worker.decode import SourceRecord
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
-from worker.security import authorization_hint, input_topic_unauthorized
+from worker.refusal import authorization_hint, input_topic_unauthorized
 from worker.settings import WorkerSettings
 from worker.sink import describe
 

@@ -1,13 +1,13 @@
-"""`modstream retrain`'s training flags: one per `model.train.TrainConfig` field, with
-its default, choices, meaning and valid range, known without importing torch.
+"""`modstream retrain`'s training flags: one per `model.train_config.TrainConfig` field,
+with its default, choices, meaning and valid range, known without importing torch.
 
-Why a table beside `TrainConfig` rather than reading the dataclass: `model.train`
-imports torch, which took 2.3 s of every `modstream … --help` and argument error
-(`python -X importtime`). The table is checked against the dataclass by a unit test
-(tests/unit/test_cli_help.py): same fields, same defaults, same choices, so it cannot
-drift. The ranges are what the training code can run with; `retrain` checks them
-before it reads any data, so `--dropout 7` exits 2 at once instead of failing minutes
-into a run.
+Why a table beside `TrainConfig` rather than reading the dataclass: `model.train_config`
+imports torch (through `model.network`), which took 2.3 s of every `modstream … --help`
+and argument error (`python -X importtime`). The table is checked against the dataclass
+by a unit test (tests/unit/test_cli_help.py): same fields, same defaults, same choices,
+so it cannot drift. The ranges are what the training code can run with; `retrain`
+checks them before it reads any data, so `--dropout 7` exits 2 at once instead of
+failing minutes into a run.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per training setting; unset flags stay None (TrainConfig's default)."""
-    group = parser.add_argument_group("training (model.train.TrainConfig)")
+    group = parser.add_argument_group("training (model.train_config.TrainConfig)")
     for spec in TRAIN_FLAGS:
         kwargs: dict[str, Any] = {"dest": f"train_{spec.name}", "default": None}
         shown = "none" if spec.default is None else repr(spec.default)

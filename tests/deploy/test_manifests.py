@@ -185,6 +185,40 @@ def test_kafka_secrets_are_mounted_files_the_settings_point_at(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_retrain_cronjob_reads_kafka_as_the_workers_do(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """It reads the feedback topic: the workers' settings (ConfigMap, so the kafka-*
+    components' protocol and file paths too) and the same Secret volumes, mounted at the
+    paths those settings name."""
+    objects = rendered[overlay]
+    deployment, cronjob = worker(objects), one(objects, "CronJob")
+    assert container(cronjob)["envFrom"] == container(deployment)["envFrom"]
+    worker_volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    volumes = {v["name"]: v for v in pod_spec(cronjob)["volumes"]}
+    worker_mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+    mounts = {m["name"]: m for m in container(cronjob)["volumeMounts"]}
+    for volume in KAFKA_SECRET_MOUNTS:
+        assert volumes[volume] == worker_volumes[volume]
+        assert mounts[volume] == worker_mounts[volume]
+    for c in pod_spec(cronjob)["containers"]:
+        for e in c.get("env", []):
+            assert "secretKeyRef" not in e.get("valueFrom", {}), f"{e['name']}: a secret in env"
+    settings = settings_map(objects)
+    file_settings = {name: settings[name] for name in FILE_SETTINGS if name in settings}
+    for name, path in file_settings.items():
+        volume, key = FILE_SETTINGS[name]
+        assert path == f"{mounts[volume]['mountPath']}/{key}", name
+        items = volumes[volume]["secret"].get("items", [])
+        assert key in ([i["path"] for i in items] or [key]), f"{name}: {key} not mounted"
+    if overlay in SECURE_OVERLAYS:
+        assert settings["MODSTREAM_SECURITY_PROTOCOL"] == SECURE_OVERLAYS[overlay]
+        assert "MODSTREAM_SSL_CAFILE" in file_settings, "the broker's CA, for TLS"
+    else:
+        assert not file_settings
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_checkpoints_shared_rwx_read_only_for_workers(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
@@ -206,12 +240,16 @@ def test_checkpoints_shared_rwx_read_only_for_workers(
     assert mount["readOnly"] is True
     assert volume["persistentVolumeClaim"]["readOnly"] is True
 
+    # Both writers work in the store whose `current` the workers load: the store layout
+    # (versions/ + a `current` link) that `checkpoints promote` and rollback keep.
+    from model.store_layout import store_root_for
+
     for writer in (one(objects, "CronJob"), one(objects, "Job")):
         volume, mount = claim_mount(writer)
         assert not mount.get("readOnly") and not volume["persistentVolumeClaim"].get("readOnly")
         args = container(writer)["args"]
-        assert args[0] == "retrain"
-        assert args[args.index("--output") + 1] == checkpoint_dir
+        assert args[0] == "retrain" and "--output" not in args
+        assert args[args.index("--store") + 1] == str(store_root_for(checkpoint_dir))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -223,6 +261,7 @@ def test_a_fresh_install_serves_without_a_manual_step(
     objects = rendered[overlay]
     job = one(objects, "Job")
     assert "--if-missing" in container(job)["args"], "re-creating the Job must not retrain"
+    assert "--feedback-topic" not in container(job)["args"], "a fresh cluster may have none"
     assert job["spec"]["ttlSecondsAfterFinished"] > 0, "an immutable Job must go away"
     assert pod_spec(job)["restartPolicy"] == "Never"
     assert container(job)["image"] == container(one(objects, "CronJob"))["image"]
@@ -391,7 +430,9 @@ def test_network_policies(rendered: dict[str, list[Obj]], overlay: str) -> None:
     assert matches(retrain_policy["podSelector"]["matchLabels"], cron_labels["labels"])
     assert matches(retrain_policy["podSelector"]["matchLabels"], job_labels["labels"])
     assert sorted(retrain_policy["policyTypes"]) == ["Egress", "Ingress"]
-    assert not retrain_policy.get("ingress") and not retrain_policy.get("egress")
+    assert not retrain_policy.get("ingress"), "nothing connects to a retrain pod"
+    # It reads the feedback topic: the worker's Kafka and DNS peers, nothing more.
+    assert retrain_policy["egress"] == worker_policy["egress"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -4,6 +4,7 @@ and scrape targets hit paths and ports the worker actually serves."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import urllib.error
@@ -189,3 +190,74 @@ def test_every_container_command_is_a_modstream_command(
         spec = pod_spec(obj)
         for c in [*spec["containers"], *spec.get("initContainers", [])]:
             build_parser().parse_args(c["args"])  # SystemExit(2) on an unknown flag
+
+
+#: The README section whose loop the retrain CronJob runs.
+README_LOOP = "## Refreshing the model: retrain → promote → reload"
+#: Where the CronJob's `retrain` arguments differ from the README loop's on purpose (all
+#: said in deploy/README.md, "Retrain on Kubernetes"); the test checks each one's effect.
+DEPLOYMENT_SPECIFIC = {
+    # The store on the checkpoints volume, written out: the loop's default, the store of
+    # MODSTREAM_CHECKPOINT_DIR, is the same store in the pod.
+    "store",
+    # The loop's example broker; the pod reads MODSTREAM_KAFKA_BOOTSTRAP from the
+    # workers' ConfigMap instead.
+    "kafka_bootstrap",
+    # A Job runs a failed pod again and counts a failure: the gate's hold exits 0, not 10.
+    "succeed_if_held",
+}
+
+
+def readme_retrain_loop() -> list[str]:
+    """The `modstream retrain …` line of the README's refresh loop, as argv."""
+    import shlex
+
+    readme = (DEPLOY.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split(README_LOOP + "\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    (line,) = [ln for ln in block.splitlines() if ln.startswith("modstream retrain ")]
+    return shlex.split(line)[1:]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_retrain_cronjob_runs_the_readme_loop(
+    rendered: dict[str, list[Obj]], overlay: str, clean_modstream_env: pytest.MonkeyPatch
+) -> None:
+    """The CronJob's args, parsed by modstream's own parser, are the README loop's
+    arguments but for DEPLOYMENT_SPECIFIC; in the pod's environment (the ConfigMap) those
+    resolve to the README loop's store and to the workers' Kafka settings."""
+    from worker.checkpoint_commands import open_store
+    from worker.cli import build_parser
+    from worker.retrain_command import _kafka_settings
+
+    objects = rendered[overlay]
+    cronjob = one(objects, "CronJob")
+    (c,) = pod_spec(cronjob)["containers"]
+    readme = vars(build_parser().parse_args(readme_retrain_loop()))
+    job = vars(build_parser().parse_args(c["args"]))
+    assert job["command"] == readme["command"] == "retrain"
+    differs = {key for key in readme.keys() | job.keys() if readme.get(key) != job.get(key)}
+    assert differs <= DEPLOYMENT_SPECIFIC, f"differs from the README loop: {differs}"
+    assert job["feedback_topic"] == readme["feedback_topic"] == "moderation.feedback"
+    assert job["succeed_if_held"] is True
+
+    # The pod's environment: the workers' ConfigMap, by reference.
+    configmap = one(objects, "ConfigMap")
+    (env_from,) = c["envFrom"]
+    assert env_from == {"configMapRef": {"name": configmap["metadata"]["name"]}}
+    (worker,) = pod_spec(one(objects, "Deployment"))["containers"]
+    assert c["envFrom"] == worker["envFrom"]
+    assert not c.get("env"), "nothing beside the workers' settings"
+    for key, value in configmap["data"].items():
+        clean_modstream_env.setenv(key, value)
+    as_job, as_readme = argparse.Namespace(**job), argparse.Namespace(**readme)
+    assert open_store(as_job).root == open_store(as_readme).root
+    settings = _kafka_settings(as_job)
+    assert settings.kafka_bootstrap == configmap["data"]["MODSTREAM_KAFKA_BOOTSTRAP"]
+    assert settings.security_protocol == configmap["data"]["MODSTREAM_SECURITY_PROTOCOL"]
+
+    # The first-model Job writes its first version into the same store.
+    (first,) = pod_spec(one(objects, "Job"))["containers"]
+    first_args = build_parser().parse_args(first["args"])
+    assert first_args.command == "retrain" and first_args.if_missing
+    assert open_store(first_args).root == open_store(as_job).root

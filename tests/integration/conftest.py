@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 
 from model.build import retrain
-from model.train import TrainConfig
+from model.train_config import TrainConfig
 from tests.integration.secure import WORKER_USER, SecureBroker
 
 # OAUTHBEARER sessions on the secure broker last at most this long: clients re-authenticate.

@@ -160,7 +160,15 @@ def test_corrupt_checkpoints_never_serve_and_rollback_restores(
     store = CheckpointStore(tmp_path / "store", keep=10)
     first, second = add(store, tmp_path, 1), add(store, tmp_path, 2)
     store.promote(first)
-    worker = start_worker(kafka_bootstrap, topics, store.root, tmp_path, reload_interval_s="0.2")
+    # A threshold override for spam: a version without spam must not serve.
+    worker = start_worker(
+        kafka_bootstrap,
+        topics,
+        store.root,
+        tmp_path,
+        reload_interval_s="0.2",
+        thresholds="spam=0.5",
+    )
     reader = TopicReader(kafka_bootstrap, topics["output"])
     sent = 0
 
@@ -185,15 +193,15 @@ def test_corrupt_checkpoints_never_serve_and_rollback_restores(
         weights.write_bytes(weights.read_bytes()[:-100])
         bad_json = add(store, tmp_path, 4)
         (store.versions_dir / bad_json / META_FILE).write_text('{"version": "x", ')
-        other_labels = add(store, tmp_path, 5, labels=("insult", "spam", "threat"))
+        lacks_spam = add(store, tmp_path, 5, labels=("insult",))
 
         # The operator CLI refuses to promote files that do not load...
         refused = checkpoints_cli("promote", truncated, "--store", str(store.root))
         assert refused.returncode == 3, refused.stderr
         assert store.current_version() == second
         # ...but the worker must survive them anyway (disk damage, hand edits).
-        for n, bad in enumerate((truncated, bad_json, other_labels), start=1):
-            store.promote(bad, verify=False)
+        for n, bad in enumerate((truncated, bad_json, lacks_spam), start=1):
+            store.promote(bad, verify=False, allow_label_change=True)
             wait_for(lambda n=n: reloads(worker, "failed") == n, 120, f"failure {n} counted")
             assert versions_of_next(10) == {second}, "the old model keeps serving"
             assert worker.get("/readyz")[0] == 200
@@ -215,7 +223,7 @@ def test_corrupt_checkpoints_never_serve_and_rollback_restores(
     assert [f["serving_version"] for f in failures] == [second] * 3
     assert "weights" in failures[0]["error"]
     assert "JSON" in failures[1]["error"]
-    assert "labels" in failures[2]["error"]
+    assert "MODSTREAM_THRESHOLDS sets thresholds for spam" in failures[2]["error"]
 
 
 def test_sighup_checks_at_once_when_polling_is_off(

@@ -1,5 +1,6 @@
 """The worker with its model in a scoring process (`MODSTREAM_SCORING=process`), against
-the real broker: the results the in-process worker would publish, a scoring process
+the real broker: the results the in-process worker would publish (scores, and flags by
+the thresholds in effect), a scoring process
 killed mid-stream costing nothing, and no process left behind at SIGTERM."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from model.engine import Engine
+from model.threshold_overrides import policy_version
 from tests.helpers import (
     SteadyProducer,
     TopicReader,
@@ -66,9 +68,26 @@ def test_results_are_the_in_process_ones_and_sigterm_leaves_no_process(
         for n in range(200)
     ] + [(b"bad", b"{not json")]
     produce(kafka_bootstrap, topics["input"], messages)
+    engine = Engine.load(tiny_checkpoint, device="cpu")
+    texts = {f"m-{n}": TEXTS[n % len(TEXTS)] + f" #{n}" for n in range(200)}
+    # MODSTREAM_THRESHOLDS moves one label's threshold so that at least one flag differs
+    # from the checkpoint's: the worker, not the scoring process, applies thresholds.
+    label, own = engine.labels[0], engine.thresholds[engine.labels[0]]
+    column = sorted(
+        {round(float(s.probabilities[0]), 6) for s in engine.score(list(texts.values())).texts()}
+    )
+    below = [p for p in column if 0.0 < p < own]
+    override = below[-1] if below else min(1.0, column[-1] + 1e-6)
+    thresholds = engine.thresholds | {label: override}
     group = f"g-process-{uuid.uuid4().hex[:8]}"
     worker = start_worker(
-        kafka_bootstrap, topics, tiny_checkpoint, tmp_path, group=group, scoring="process"
+        kafka_bootstrap,
+        topics,
+        tiny_checkpoint,
+        tmp_path,
+        group=group,
+        scoring="process",
+        thresholds=f"{label}={override!r}",
     )
     child = scoring_process_of(worker.proc.pid)
     try:
@@ -82,17 +101,22 @@ def test_results_are_the_in_process_ones_and_sigterm_leaves_no_process(
     assert len(worker.events("scoring_process_started")) == 1
     assert sorted(ids_of(results)) == sorted(f"m-{n}" for n in range(200))
     assert dead[0].value["error_kind"] == "invalid_json"
-    engine = Engine.load(tiny_checkpoint, device="cpu")
-    texts = {f"m-{n}": TEXTS[n % len(TEXTS)] + f" #{n}" for n in range(200)}
     scores = engine.score([texts[r.value["id"]] for r in results])
+    flipped = 0
     for record, scored in zip(results, scores.texts(), strict=True):
         assert record.value["model_version"] == engine.version
         expected = {
-            label: round(float(p), 6)
-            for label, p in zip(engine.labels, scored.probabilities, strict=True)
+            name: round(float(p), 6)
+            for name, p in zip(engine.labels, scored.probabilities, strict=True)
         }
         assert record.value["category_scores"] == expected
+        assert record.value["categories"] == {
+            name: expected[name] >= thresholds[name] for name in engine.labels
+        }
+        assert record.value["policy_version"] == policy_version(None, {label: override})
         assert record.value["coverage"]["windows"] == len(scored.plan.windows)
+        flipped += record.value["categories"][label] != (expected[label] >= own)
+    assert flipped > 0, "the override changed no flag: the test would not notice it ignored"
 
 
 def test_a_scoring_process_killed_mid_stream_loses_and_repeats_nothing(

@@ -4,12 +4,14 @@ metrics the worker really exports."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
+from model.data import LABELS
 from tests.monitoring.promql import (
     MONITORING,
     PROMETHEUS_SERIES,
@@ -18,6 +20,7 @@ from tests.monitoring.promql import (
     read,
     variable_query_metric_names,
 )
+from worker.metrics import WorkerMetrics
 
 DASHBOARD = "grafana/dashboards/modstream.json"
 
@@ -95,6 +98,43 @@ def test_dashboard_covers_the_operator_questions() -> None:
         "modstream_model_info",  # model version
     ):
         assert needed in read_metrics, f"no panel reads {needed}"
+
+
+_CATEGORY_MATCHER = re.compile(r'\bcategory\s*(=~|!~|!=|=)\s*"([^"]*)"')
+_CATEGORY_VARIABLE = re.compile(r"\$(?:category|\{category(?::\w+)?\})")
+
+
+def per_category_metric_names() -> set[str]:
+    """The exported names (with _bucket, _total, …) of the metrics labelled by category."""
+    metrics = WorkerMetrics()
+    bases = {
+        attribute._name
+        for attribute in vars(metrics).values()
+        if "category" in getattr(attribute, "_labelnames", ())
+    }
+    return {name for name in exported_metric_names() if any(name.startswith(b) for b in bases)}
+
+
+def test_no_panel_hard_codes_a_category() -> None:
+    """Categories are whatever the serving model's labels are (a retrain on other data,
+    a taxonomy change): every per-category query selects `$category`, which lists the
+    labels the workers export, and no panel names a category of its own."""
+    per_category = per_category_metric_names()
+    assert {"modstream_flagged_total", "modstream_category_score_bucket"} <= per_category
+    for title, expr in queries():
+        for op, value in _CATEGORY_MATCHER.findall(expr):
+            assert _CATEGORY_VARIABLE.fullmatch(value), f"{title}: category{op}{value!r}"
+        if metric_names(expr) & per_category:
+            assert _CATEGORY_MATCHER.search(expr), f"{title}: {expr} is not filtered by $category"
+    (variable,) = [v for v in dashboard()["templating"]["list"] if v["name"] == "category"]
+    query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+    assert variable["type"] == "query" and not variable.get("options")
+    assert re.fullmatch(r"label_values\((modstream_\w+)\{[^}]*\},\s*category\)", query)
+    assert variable_query_metric_names(query) <= per_category
+    # Nor in a title, a legend or a description: the bundled labels appear nowhere.
+    text = read(DASHBOARD).lower()
+    for label in LABELS:
+        assert not re.search(rf"\b{label}\b", text), f"the dashboard names {label!r}"
 
 
 def test_grafana_provisioning_points_at_the_dashboard() -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import structlog
-from kafka.errors import FencedInstanceIdError
+from kafka.errors import CommitFailedError, FencedInstanceIdError
+from kafka.future import Future
 from kafka.structs import TopicPartition
 
 from tests.unit.test_delivery import CommittingConsumer, FakeProducer
@@ -319,3 +320,32 @@ def test_a_pipelined_worker_delivers_every_batch_in_order_and_commits_at_shutdow
     assert committed == sorted(committed) and committed[-1] == 7, "in order, up to the end"
     assert sample(worker, "modstream_messages_total", outcome="invalid") == 7  # "{}" values
     assert sample(worker, "modstream_in_flight_messages") == 0
+
+
+def test_a_revocation_whose_commit_is_refused_counts_a_failed_commit_not_a_deferred_one() -> None:
+    """The partitions leave with the listener: a commit refused there is never sent
+    again, so it must not be counted or logged as deferred."""
+    worker, _, consumer = make_worker(pipeline_depth=2, max_batch_wait_ms=60_000)
+    refusal = CommitFailedError("the group moved on")
+
+    def commit_async(offsets: dict[TopicPartition, Any], callback: Any = None) -> Future:
+        consumer.commits.append({tp.partition: meta.offset for tp, meta in offsets.items()})
+        if callback is not None:  # the batches' own commits: accepted
+            callback(offsets, None)
+            return Future().success(None)
+        return Future().failure(refusal)  # the listener's awaited commit: refused
+
+    consumer.commit_async = commit_async  # type: ignore[method-assign]
+
+    def revocation() -> None:
+        consumer.call_listener("on_partitions_revoked", {IN0})
+
+    logs = run_scripted(worker, consumer, [0, 1, 2], revocation)
+    failed = the_event(logs, "commit_failed")
+    assert failed["offsets"] == {"in-0": 3}
+    assert failed["error"].startswith("CommitFailedError: ")
+    assert "commit_deferred" not in [line["event"] for line in logs]
+    assert sample(worker, "modstream_commits_total", result="failed") == 1
+    assert worker.metrics.registry.get_sample_value(
+        "modstream_commits_total", {"result": "deferred"}
+    ) in (None, 0.0)

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from schemas import ErrorKind
 from schemas.dead_letter import decode_bytes
 from schemas.result import ModerationResult, Timings
+from worker.dead_letters import MAX_EMBEDDED_BYTES
 from worker.decode import (
-    MAX_EMBEDDED_BYTES,
     MAX_VALUE_BYTES,
     Decoded,
     Decoder,

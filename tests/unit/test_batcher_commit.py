@@ -198,3 +198,43 @@ def test_a_commit_refused_during_a_rebalance_is_sent_again_with_the_latest_offse
     consumer.callbacks[-1](None, RebalanceInProgressError())
     consumer.assigned = {TP0}  # partition 1 moved meanwhile
     assert committer.retry_deferred() == {}, "only partitions still owned"
+
+
+def revoking_during_poll(
+    batcher: Batcher, partitions: set[TopicPartition], script: list[list[SourceRecord]]
+) -> Any:
+    """A poll that answers `script`; its second call runs a revocation of `partitions`
+    (kafka-python runs the rebalance listener inside poll)."""
+    scripted = ScriptedPoll(script)
+
+    def poll(timeout_s: float, max_records: int) -> list[SourceRecord]:
+        if len(scripted.calls) == 1:
+            batcher.release(partitions)
+        return scripted(timeout_s, max_records)
+
+    return poll
+
+
+def within(seconds: float) -> Any:
+    """should_stop for `collect`: true once `seconds` passed (a guard, never reached)."""
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() > deadline
+
+
+def test_records_left_after_a_revocation_still_close_their_batch_on_time() -> None:
+    """The records of the partitions kept are handed over when the batch's wait ends,
+    even if no record arrives after the revocation."""
+    batcher = Batcher(max_size=100, max_wait_s=0.05, max_bytes=10**9, idle_poll_s=0.01)
+    poll = revoking_during_poll(batcher, {TP1}, [[make(0, 0), make(1, 0)]])
+    assert [(r.partition, r.offset) for r in batcher.collect(poll, within(10))] == [(0, 0)]
+
+
+def test_a_batch_emptied_by_a_revocation_leaves_the_batcher_idle() -> None:
+    batcher = Batcher(max_size=100, max_wait_s=0.05, max_bytes=10**9, idle_poll_s=0.01)
+    poll = revoking_during_poll(batcher, {TP1}, [[make(1, 0)]])
+    assert batcher.collect(poll, within(10)) == [], "an idle turn: nothing to hand over"
+    # The next record starts a batch of its own, with a full wait.
+    poll = ScriptedPoll([[make(0, 5)]])
+    started = time.monotonic()
+    assert [r.offset for r in batcher.collect(poll, within(10))] == [5]
+    assert time.monotonic() - started >= 0.05

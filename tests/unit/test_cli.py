@@ -1,5 +1,6 @@
-"""worker/cli.py (with worker/store_commands.py and worker/command_errors.py): `main` maps
-every command's errors to its exit code and one stderr line."""
+"""worker/cli.py (with worker/retrain_command.py, worker/checkpoint_commands.py and
+worker/command_errors.py): `main` maps every command's errors to its exit code and one
+stderr line."""
 
 from __future__ import annotations
 
@@ -157,6 +158,172 @@ def test_retrain_exits_3_when_the_new_checkpoint_does_not_load(
     assert err == f"modstream retrain: {summary['error']}\n", "a known failure: no traceback"
     store = CheckpointStore(root)
     assert store.list() == [] and store.current_version() is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [((), ExitCode.HELD), (("--succeed-if-held",), ExitCode.OK)],
+)
+def test_a_held_candidate_exits_10_or_0_with_succeed_if_held(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: tuple[str, ...],
+    expected: ExitCode,
+) -> None:
+    """A Kubernetes Job retries any non-zero exit, so the CronJob maps "the gate kept the
+    current model" to 0; the summary still says held, and nothing is promoted."""
+    from tests.unit.test_model_refresh import FixedTraining
+
+    monkeypatch.setattr("model.data.load_splits", synthetic_splits)
+    store = CheckpointStore(tmp_path / "store")
+    # A candidate that drops a serving label: the gate holds whatever its AUC.
+    make_checkpoint(tmp_path / "serving", 1, labels=("insult", "spam", "threat"))
+    current = store.add(tmp_path / "serving")
+    store.promote(current)
+    monkeypatch.setattr("model.refresh.retrain", FixedTraining(seed=2, auc=0.99))
+    code, out, _ = run(capsys, "retrain", "--store", str(store.root), *flags)
+    summary = json.loads(out)
+    assert code == expected and summary["exit_code"] == expected
+    assert summary["status"] == "held" and "removes threat" in summary["reason"]
+    assert store.current_version() == current
+    assert summary["version"] in store.versions(), "the candidate stays, promotable by hand"
+
+
+def test_retrain_allow_label_change_lets_the_gate_promote_a_removal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.test_model_refresh import FixedTraining
+
+    monkeypatch.setattr("model.data.load_splits", synthetic_splits)
+    store = CheckpointStore(tmp_path / "store")
+    make_checkpoint(tmp_path / "serving", 1, labels=("insult", "spam", "threat"))
+    store.promote(store.add(tmp_path / "serving"))
+    monkeypatch.setattr("model.refresh.retrain", FixedTraining(seed=2, auc=0.99))
+    argv = ("retrain", "--store", str(store.root), "--allow-label-change")
+    code, out, _ = run(capsys, *argv)
+    summary = json.loads(out)
+    assert code == ExitCode.OK and summary["status"] == "promoted", summary["reason"]
+    assert store.current_version() == summary["version"]
+    assert store.history()[-1]["labels_removed"] == ["threat"]
+
+
+# -- checkpoints: label changes and the policy ----------------------------------------
+
+
+def serving_store(tmp_path: Path, labels: tuple[str, ...] = ("insult", "spam")) -> CheckpointStore:
+    store = CheckpointStore(tmp_path / "store")
+    make_checkpoint(tmp_path / "serving", 1, labels=labels)
+    store.promote(store.add(tmp_path / "serving"))
+    return store
+
+
+def add_version(store: CheckpointStore, tmp_path: Path, seed: int, *labels: str) -> str:
+    make_checkpoint(tmp_path / f"v{seed}", seed, labels=labels)
+    return store.add(tmp_path / f"v{seed}")
+
+
+def test_promote_takes_added_labels_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = serving_store(tmp_path)
+    wider = add_version(store, tmp_path, 2, "insult", "spam", "threat")
+    code, out, _ = run(capsys, "checkpoints", "promote", wider, "--store", str(store.root))
+    assert code == ExitCode.OK and store.current_version() == wider
+    assert "labels added: threat;" in out
+    event = store.history()[-1]
+    assert (event["version"], event["labels_added"], event["labels_removed"]) == (
+        wider,
+        ["threat"],
+        [],
+    )
+
+
+@pytest.mark.parametrize("labels", [("insult",), ("insult", "scam")])  # a removal, a rename
+def test_promote_refuses_removed_labels_unless_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], labels: tuple[str, ...]
+) -> None:
+    store = serving_store(tmp_path)
+    current = store.current_version()
+    narrower = add_version(store, tmp_path, 2, *labels)
+    argv = ("checkpoints", "promote", narrower, "--store", str(store.root))
+    code, out, err = run(capsys, *argv)
+    assert code == ExitCode.USAGE and out == ""
+    assert err.startswith(f"modstream checkpoints: version {narrower} (against the current ")
+    assert "removes label(s) spam" in err and "--allow-label-change" in err
+    assert store.current_version() == current and store.history()[-1]["version"] == current
+
+    code, out, _ = run(capsys, *argv, "--allow-label-change")
+    assert code == ExitCode.OK and store.current_version() == narrower
+    assert "labels removed: spam" in out
+    assert store.history()[-1]["labels_removed"] == ["spam"]
+
+
+def test_policy_set_list_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = serving_store(tmp_path)
+    root = str(store.root)
+    policy = tmp_path / "strict.json"
+    policy.write_text(
+        json.dumps({"version": "strict-1", "description": "tighter", "thresholds": {"spam": 0.9}})
+    )
+    code, out, _ = run(capsys, "checkpoints", "list", "--store", root)
+    assert code == 0 and out.splitlines()[-1] == "policy: none (each version's own thresholds)"
+    assert "insult,spam" in out, "each version's labels are listed"
+
+    code, out, _ = run(capsys, "checkpoints", "policy", "set", str(policy), "--store", root)
+    assert code == 0 and out.startswith("policy strict-1 (was none)")
+    code, out, _ = run(capsys, "checkpoints", "list", "--store", root)
+    assert out.splitlines()[-1] == "policy: strict-1 (spam=0.9) - tighter"
+    code, out, _ = run(capsys, "checkpoints", "list", "--json", "--store", root)
+    document = json.loads(out)
+    assert document["policy"] == {
+        "version": "strict-1",
+        "description": "tighter",
+        "thresholds": {"spam": 0.9},
+    }
+    assert document["policy_problem"] is None
+    assert document["versions"][0]["labels"] == ["insult", "spam"]
+
+    code, out, _ = run(capsys, "checkpoints", "policy", "clear", "--store", root)
+    assert code == 0 and out.startswith("no policy (each version's own thresholds) (was strict-1)")
+    assert (
+        json.loads(run(capsys, "checkpoints", "list", "--json", "--store", root)[1])["policy"]
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ('{"version": "v1", "thresholds": {"spam": 1.5}}', "thresholds.spam"),
+        ('{"version": "v1", "thresholds": {"threat": 0.5}}', "sets thresholds for threat"),
+        ("not json", "not JSON"),
+    ],
+)
+def test_policy_set_refuses_a_bad_file_with_exit_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, problem: str
+) -> None:
+    store = serving_store(tmp_path)
+    policy = tmp_path / "p.json"
+    policy.write_text(body)
+    argv = ("checkpoints", "policy", "set", str(policy), "--store", str(store.root))
+    code, _, err = run(capsys, *argv)
+    assert code == ExitCode.USAGE and err.startswith("modstream checkpoints: ")
+    assert problem in err and str(policy) in err
+    assert not (store.root / "policy.json").exists()
+
+
+def test_promote_refuses_a_version_the_policy_cannot_apply_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = serving_store(tmp_path)
+    policy = tmp_path / "p.json"
+    policy.write_text('{"version": "v1", "thresholds": {"spam": 0.9}}')
+    run(capsys, "checkpoints", "policy", "set", str(policy), "--store", str(store.root))
+    narrower = add_version(store, tmp_path, 2, "insult")
+    argv = ("checkpoints", "promote", narrower, "--allow-label-change")
+    code, _, err = run(capsys, *argv, "--store", str(store.root))
+    assert code == ExitCode.USAGE and "policy v1 (policy.json) sets thresholds for spam" in err
 
 
 # -- score ---------------------------------------------------------------------------

@@ -29,6 +29,9 @@ COMMANDS = [
     ["checkpoints", "promote"],
     ["checkpoints", "rollback"],
     ["checkpoints", "wait"],
+    ["checkpoints", "policy"],
+    ["checkpoints", "policy", "set"],
+    ["checkpoints", "policy", "clear"],
 ]
 
 
@@ -170,7 +173,7 @@ def test_a_missing_sasl_password_is_named_as_environment_only() -> None:
 def test_the_training_flag_table_matches_train_config() -> None:
     """worker/train_flags.py describes TrainConfig without importing torch: it must
     have the same fields, defaults, types and choices, or the flags would lie."""
-    from model.train import TrainConfig
+    from model.train_config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -6,6 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kafka.errors import (
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    NotCoordinatorError,
+    RebalanceInProgressError,
+    TopicAuthorizationFailedError,
+    UnknownMemberIdError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from worker.commit import CommitError, Committer, as_commit_request, first_offsets, next_offsets
@@ -109,3 +118,32 @@ def test_forgetting_a_partition_with_nothing_to_flush_is_harmless() -> None:
     committer.commit_async([make(0, 1)])
     committer.forget([TP1])
     assert committer.flush() == {TP0: 2}
+
+
+@pytest.mark.parametrize(
+    ("refusal", "deferred"),
+    [
+        (RebalanceInProgressError(), True),  # the group rebalances: passes by itself
+        (NotCoordinatorError(), True),  # retriable: the coordinator moved
+        (KafkaConnectionError("connection reset"), True),  # retriable
+        (GroupAuthorizationFailedError("g"), True),  # an ACL an operator can grant again
+        (TopicAuthorizationFailedError("t"), True),
+        (CommitFailedError("the partition moved"), False),  # not ours any more
+        (UnknownMemberIdError(), False),  # evicted
+        # What kafka-python raises for a synchronous commit on its own I/O thread: no
+        # `retriable` attribute, so never taken for one that passes.
+        (RuntimeError("Cannot block on net.run() from the IO thread itself."), False),
+    ],
+)
+def test_which_refused_commits_are_sent_again_later(refusal: BaseException, deferred: bool) -> None:
+    consumer = Consumer(refuse=refusal)
+    committer = Committer(consumer)  # type: ignore[arg-type]
+    with pytest.raises(CommitError) as raised:
+        committer.commit([make(0, 4), make(1, 1)])
+    assert raised.value.deferred is deferred
+    consumer.refuse = None
+    resent = committer.retry_deferred()
+    assert resent == ({TP0: 5, TP1: 2} if deferred else {})
+    assert [offsets for offsets, _ in consumer.asynchronous] == (
+        [as_commit_request({TP0: 5, TP1: 2})] if deferred else []
+    )

@@ -9,8 +9,8 @@ import pytest
 
 from schemas import ErrorKind
 from schemas.dead_letter import decode_bytes
+from worker.dead_letters import MAX_EMBEDDED_BYTES
 from worker.decode import (
-    MAX_EMBEDDED_BYTES,
     MAX_VALUE_BYTES,
     Decoded,
     Decoder,
@@ -195,3 +195,76 @@ def test_the_message_lists_ten_errors_then_counts() -> None:
     assert isinstance(outcome, Rejected)
     message = outcome.dead_letter.error_message
     assert message.count(";") == 10 and message.endswith("and 22 more errors")
+
+
+def test_a_value_of_exactly_the_hard_cap_is_decoded_one_byte_more_is_not() -> None:
+    value = b'{"id": "a", "text": "hello"}'
+    assert isinstance(Decoder(max_value_bytes=len(value)).decode(record(value)), Decoded)
+    over = Decoder(max_value_bytes=len(value) - 1).decode(record(value))
+    assert isinstance(over, Rejected)
+    assert over.dead_letter.error_kind is ErrorKind.TEXT_TOO_LONG
+
+
+@pytest.mark.parametrize(
+    ("errors", "ending"), [(10, "k9: Input should be a valid string"), (11, "and 1 more errors")]
+)
+def test_ten_errors_are_listed_in_full_and_only_more_are_counted(errors: int, ending: str) -> None:
+    entries = ",".join(f'"k{i}":{i}' for i in range(errors))  # each of the wrong type
+    value = ('{"id":"a","text":"t","metadata":{' + entries + "}}").encode()
+    outcome = Decoder().decode(record(value))
+    assert isinstance(outcome, Rejected)
+    message = outcome.dead_letter.error_message
+    assert message.count(";") == (9 if errors == 10 else 10)
+    assert message.endswith(ending)
+
+
+MANY_COLONS = ":" * 70  # in the text: the record is checked for its shape first
+
+
+@pytest.mark.parametrize(
+    ("unknown", "named"),
+    [
+        (7, "unknown: 'u0', 'u1', 'u2', 'u3', 'u4' and 2 more"),  # five named, two counted
+        (2, "unknown: 'u0', 'u1'"),
+    ],
+)
+def test_the_shape_check_names_the_first_unknown_fields_and_counts_the_rest(
+    unknown: int, named: str
+) -> None:
+    extra = "".join(f',"u{i}":0' for i in range(unknown))
+    value = f'{{"id":"a","text":"{MANY_COLONS}","metadata":{{}}{extra}}}'.encode()
+    outcome = Decoder().decode(record(value))
+    assert isinstance(outcome, Rejected)
+    assert outcome.dead_letter.error_kind is ErrorKind.EXTRA_FIELD
+    assert outcome.dead_letter.error_message == (
+        f"the record has {3 + unknown} fields, a request at most 4 "
+        f"(created_at, id, metadata, text); {named}"
+    )
+
+
+def test_a_request_at_every_shape_limit_is_valid_whatever_its_colons() -> None:
+    """All four fields and 64 metadata entries: the most a request may have."""
+    entries = ",".join(f'"k{i}":"v"' for i in range(64))
+    value = (
+        f'{{"id":"a","text":"{MANY_COLONS}","metadata":{{{entries}}},'
+        '"created_at":"2024-01-01T00:00:00Z"}'
+    ).encode()
+    outcome = Decoder().decode(record(value))
+    assert isinstance(outcome, Decoded)
+    assert outcome.request.metadata is not None and len(outcome.request.metadata) == 64
+
+
+def test_only_a_record_with_more_colons_than_a_request_can_hold_is_shape_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """4 fields and 64 metadata entries need at most 68 colons: 68 is parsed once."""
+    import worker.decode
+
+    calls = []
+    real = worker.decode.from_json
+    monkeypatch.setattr(worker.decode, "from_json", lambda text: calls.append(1) or real(text))
+    for colons, checks in ((68 - 2, []), (68 - 2 + 1, [1])):  # id and text hold two
+        value = ('{"id": "a", "text": "' + ":" * colons + '"}').encode()
+        assert value.count(b":") in (68, 69)
+        assert isinstance(Decoder().decode(record(value)), Decoded)
+        assert calls == checks

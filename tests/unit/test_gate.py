@@ -53,11 +53,45 @@ def test_the_mean_over_labels_decides() -> None:
     assert not should_promote(table(insult=0.81, spam=0.5), table(insult=0.8, spam=0.8))[0]
 
 
-def test_different_label_sets_hold() -> None:
+def test_added_labels_are_reported_and_the_shared_ones_compared() -> None:
+    # The new label's AUC takes no part: a poor one does not hold, a fine one does not
+    # rescue a regression on the labels clients already receive.
     promote, reason = should_promote(
-        table(insult=0.99, spam=0.99, threat=0.99), table(insult=0.5, spam=0.5)
+        table(insult=0.8, spam=0.8, threat=0.51), table(insult=0.8, spam=0.8)
     )
-    assert not promote and "label sets differ" in reason
+    assert promote and "adds threat" in reason and "not gated: threat" in reason
+    assert "over the shared labels ['insult', 'spam']" in reason
+    promote, reason = should_promote(
+        table(insult=0.6, spam=0.6, threat=0.99), table(insult=0.8, spam=0.8)
+    )
+    assert not promote and "0.6000 vs current 0.8000" in reason
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [table(insult=0.99), table(harassment=0.99, spam=0.99)],  # a removal, a rename
+)
+def test_a_removed_or_renamed_label_holds_unless_allowed(
+    candidate: dict[str, dict[str, float]],
+) -> None:
+    current = table(insult=0.5, spam=0.5)
+    promote, reason = should_promote(candidate, current)
+    assert not promote and "removes" in reason and "--allow-label-change" in reason
+    promote, reason = should_promote(candidate, current, allow_label_change=True)
+    assert promote, reason
+    # Allowed, the change is still gated on what the two share.
+    promote, reason = should_promote(
+        table(insult=0.4, harassment=0.99), current, allow_label_change=True
+    )
+    assert not promote and "0.4000 vs current 0.5000 over the shared labels ['insult']" in reason
+
+
+def test_an_allowed_rename_of_every_label_needs_a_finite_candidate() -> None:
+    current = table(insult=0.9, spam=0.9)
+    promote, reason = should_promote(table(a=0.6, b=0.6), current, allow_label_change=True)
+    assert promote and "no label in common" in reason
+    promote, _ = should_promote(table(a=math.nan), current, allow_label_change=True)
+    assert not promote
 
 
 def test_non_finite_scores() -> None:

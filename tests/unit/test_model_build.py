@@ -13,7 +13,7 @@ from model.build import retrain
 from model.checkpoint import load_checkpoint
 from model.data import LABELS, DataNotFoundError, load_splits
 from model.engine import Engine
-from model.train import TrainConfig
+from model.train_config import TrainConfig
 from tests.helpers import synthetic_config, synthetic_splits
 
 

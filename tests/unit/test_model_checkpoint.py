@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import model.checkpoint as checkpoint_module
+import model.checkpoint_save as checkpoint_save_module
 from model.checkpoint import (
     META_FILE,
     RETIRED_CONFIG_FIELDS,
@@ -25,14 +25,14 @@ from model.checkpoint import (
     compute_version,
     default_checkpoint_dir,
     load_checkpoint,
-    save_checkpoint,
 )
+from model.checkpoint_save import save_checkpoint
 from model.engine import Engine
 from model.errors import ExitCode
 from model.network import Classifier, ModelConfig
 from model.tokenizer import TOKENIZER_V2, TOKENIZER_VERSION
 from model.vocab import Vocab
-from tests.helpers import tiny_model
+from tests.helpers import make_checkpoint, tiny_model
 
 LABELS = ("insult", "spam")
 TEXTS = ["you idiot", "", "free prize, call now!!!", "hello there friend " * 20, "ok"]
@@ -179,6 +179,34 @@ def test_invalid_fields_are_named(checkpoint: Path, changes: dict[str, Any], fie
         load_checkpoint(checkpoint)
 
 
+@pytest.mark.parametrize(
+    ("labels", "says"),
+    [
+        (["Insult", "spam"], "'Insult' is not a label name"),
+        (["insult", "insult"], "label 'insult' appears twice"),
+        (["insult", "text"], "'text' is reserved"),
+        (["insult", "spam=0.8"], "is not a label name"),
+        (["insult", 3], "label names are strings"),
+    ],
+)
+def test_labels_follow_the_label_name_rule(
+    checkpoint: Path, labels: list[object], says: str
+) -> None:
+    edit_meta(checkpoint, labels=labels, thresholds=dict.fromkeys(map(str, labels), 0.5))
+    with pytest.raises(CheckpointCorruptError, match="field 'labels'") as raised:
+        load_checkpoint(checkpoint)
+    assert says in str(raised.value)
+
+
+def test_any_valid_label_set_loads(tmp_path: Path) -> None:
+    """A taxonomy of its own, in its own order, loads with its thresholds."""
+    labels = ("self_harm", "harassment", "scam")
+    version = make_checkpoint(tmp_path / "own", 4, labels=labels)
+    loaded = load_checkpoint(tmp_path / "own")
+    assert (loaded.version, loaded.labels) == (version, labels)
+    assert loaded.thresholds == dict.fromkeys(labels, 0.5)
+
+
 def test_unsupported_format_version(checkpoint: Path) -> None:
     edit_meta(checkpoint, format_version=99)
     with pytest.raises(CheckpointVersionError, match="format_version 99"):
@@ -323,7 +351,7 @@ def test_a_checkpoint_of_the_previous_tokenizer_still_serves_as_it_was_trained(
     and reads texts with v2's rules; a v3 one joins them."""
     model, vocab = build()
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint_module, "TOKENIZER_VERSION", TOKENIZER_V2)
+        patch.setattr(checkpoint_save_module, "TOKENIZER_VERSION", TOKENIZER_V2)
         save(tmp_path / "v2", model, vocab)
     save(tmp_path / "v3", model, vocab)
     assert load_checkpoint(tmp_path / "v2").tokenizer == TOKENIZER_V2

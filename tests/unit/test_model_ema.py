@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.ema import Ema
-from model.train import TrainConfig
+from model.train_config import TrainConfig
 
 
 def make_model(seed: int = 0) -> torch.nn.Module:

@@ -184,7 +184,7 @@ def test_the_token_cache_stays_bounded_and_clearing_it_changes_no_score(
 ) -> None:
     """Every distinct token ever seen would otherwise stay in memory: a stream of unique
     words (ids, hashes, attacker text) must not grow it past its bound plus one batch."""
-    monkeypatch.setattr("model.engine.TOKEN_CACHE_SIZE", 50)
+    monkeypatch.setattr("model.encoding.TOKEN_CACHE_SIZE", 50)
     engine, fresh = make_engine(subword_buckets=64), make_engine(subword_buckets=64)
     per_batch = 20
 

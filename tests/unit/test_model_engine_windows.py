@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from model.data import SOURCE_INSULTS, Example
-from model.engine import EncodedBatch, Engine
+from model.engine import Engine
 from model.network import Classifier, ModelConfig
 from model.robustness import long_section
+from model.scores import EncodedBatch
 from model.tokenizer import tokenize
 from model.vocab import UNK_TOKEN, Vocab
 from model.windows import STRATEGY_SAMPLED, STRATEGY_WHOLE

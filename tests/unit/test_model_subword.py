@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from model.engine import Engine, encode_tokens
+from model.encoding import encode_tokens
+from model.engine import Engine
 from model.network import Classifier, ModelConfig
 from model.subword import (
     canonical,

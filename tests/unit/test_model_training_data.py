@@ -11,7 +11,7 @@ from model.data import LABELS, SOURCE_INSULTS, SOURCE_SMS, Example
 from model.glove import GloveVectors
 from model.long_messages import SEPARATOR
 from model.short_chat import SOURCE_SHORT_CHAT
-from model.train import TrainConfig
+from model.train_config import TrainConfig
 from model.training_data import (
     build_vocab,
     context_examples,

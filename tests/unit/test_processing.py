@@ -11,10 +11,12 @@ import structlog
 from kafka import KafkaProducer
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from model.engine import EncodedBatch, Engine, Scores
+from model.engine import Engine
+from model.scores import EncodedBatch, Scores
 from schemas.dead_letter import decode_bytes
 from tests.unit.test_model_engine import make_engine
-from worker.decode import MAX_EMBEDDED_BYTES, Decoder, SourceRecord
+from worker.dead_letters import MAX_EMBEDDED_BYTES
+from worker.decode import Decoder, SourceRecord
 from worker.metrics import WorkerMetrics
 from worker.processing import BatchProcessor, PreparedBatch
 from worker.sink import OutputRecord

@@ -12,9 +12,11 @@ import torch
 from model.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointCorruptError
 from model.engine import Engine
 from model.store import CheckpointStore
+from model.threshold_overrides import ThresholdPolicyFile
 from tests.helpers import make_checkpoint
+from worker.engine_slot import PolicyOffer
 from worker.metrics import WorkerMetrics
-from worker.reload import CANARY_TEXTS, Reloader, ReloadError, validate_engine
+from worker.reload import CANARY_TEXTS, LabelConflictError, Reloader, ReloadError, validate_engine
 from worker.serving import ServingModel
 
 
@@ -24,13 +26,20 @@ class Slot:
     def __init__(self, engine: ServingModel) -> None:
         self.engine = engine
         self.offered: list[ServingModel] = []
+        self.policies: list[ThresholdPolicyFile | None] = []
         self.changed = threading.Event()
 
     def latest_engine(self) -> ServingModel:
         return self.offered[-1] if self.offered else self.engine
 
-    def offer_engine(self, engine: ServingModel) -> None:
-        self.offered.append(engine)
+    def latest_policy(self) -> ThresholdPolicyFile | None:
+        return self.policies[-1] if self.policies else None
+
+    def offer(self, engine: ServingModel | None, policy: PolicyOffer | None = None) -> None:
+        if engine is not None:
+            self.offered.append(engine)
+        if policy is not None:
+            self.policies.append(policy.policy)
         self.changed.set()
 
 
@@ -107,13 +116,18 @@ def test_a_corrupt_version_is_counted_once_and_retried_only_after_a_change(
     assert slot.latest_engine().version == good
 
 
-def test_mismatched_labels_are_refused(store: CheckpointStore, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "labels", [("insult", "spam", "threat"), ("insult",), ("spam", "threat")]
+)  # added, removed, renamed: the promotion decided, the worker follows
+def test_a_current_version_with_other_labels_is_offered(
+    store: CheckpointStore, tmp_path: Path, labels: tuple[str, ...]
+) -> None:
     _, slot, metrics, reloader = serving(store, tmp_path)
-    other = add(store, tmp_path, 2, labels=("insult", "spam", "threat"))
-    store.promote(other)
-    assert reloader.check() == "failed"
-    assert reloader.failed_version == other
-    assert slot.offered == [] and reloads(metrics, "failed") == 1
+    other = add(store, tmp_path, 2, labels=labels)
+    store.promote(other, allow_label_change=True)
+    assert reloader.check() == "offered"
+    assert [e.labels for e in slot.offered] == [labels]
+    assert reloads(metrics, "failed") == 0
 
 
 def test_a_checkpoint_with_non_finite_weights_is_refused(
@@ -126,17 +140,21 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(
     assert slot.offered == [] and reloads(metrics, "failed") == 0
 
 
-def test_validate_engine_checks_labels_and_canary(tmp_path: Path) -> None:
+def test_validate_engine_checks_override_labels_and_canary(tmp_path: Path) -> None:
     make_checkpoint(tmp_path / "ok", 1)
     engine = Engine.load(tmp_path / "ok", device="cpu")
-    validate_engine(engine, ("spam", "insult"))  # order does not matter
-    with pytest.raises(ReloadError, match="labels"):
-        validate_engine(engine, ("insult",))
+    strict = ThresholdPolicyFile(version="p1", thresholds={"spam": 0.9})
+    validate_engine(engine, strict, {"insult": 0.8})
+    with pytest.raises(LabelConflictError, match="MODSTREAM_THRESHOLDS sets thresholds for threat"):
+        validate_engine(engine, None, {"threat": 0.8})
+    other = ThresholdPolicyFile(version="p2", thresholds={"threat": 0.9})
+    with pytest.raises(LabelConflictError, match=r"policy p2 .* sets thresholds for threat"):
+        validate_engine(engine, other)
     # A model gone non-finite in memory: the canary catches it.
     with torch.no_grad():
         engine.model.head.bias.fill_(float("nan"))
     with pytest.raises(ReloadError, match="non-finite"):
-        validate_engine(engine, ("insult", "spam"))
+        validate_engine(engine)
     assert len(CANARY_TEXTS) >= 3
 
 

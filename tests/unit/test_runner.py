@@ -52,7 +52,9 @@ class Processor:
     def __init__(self, inference_s: float, started: float) -> None:
         self.inference_s, self.started = inference_s, started
 
-    def process(self, batch: Sequence[SourceRecord], engine: Any) -> PreparedBatch:
+    def process(
+        self, batch: Sequence[SourceRecord], engine: Any, policy: Any = None
+    ) -> PreparedBatch:
         outputs = [OutputRecord("out", None, b"{}", r.timestamp_ms) for r in batch]
         outcomes = {"ok": len(batch) - 1, "invalid": 1, "error": 0}
         return PreparedBatch(list(batch), outputs, outcomes, self.started, self.inference_s)
@@ -197,3 +199,129 @@ def test_completing_without_blocking_never_waits_for_the_oldest_batch(
         assert consumer.commits[-1] == {0: 2}
     finally:
         pipelined.close()
+
+
+# -- the drain at a revocation (`complete_settled`, on kafka-python's I/O thread) -------
+
+TP = TopicPartition("moderation.requests", 0)
+
+
+class Pipelined:
+    """A worker's runner on the pipelined path, three batches in flight at most, over a
+    producer whose acknowledgements come when the test says (`SlowBroker`)."""
+
+    def __init__(self, producer: SlowBroker, scoring: threading.Event | None = None) -> None:
+        """`scoring`: when given, the model runs on a batch only once it is set."""
+        self.producer = producer
+        self.worker, self.consumer = connect(producer, pipeline_depth=3)
+        if scoring is not None:
+            score = self.worker.processor.score
+
+            def held(staged: Any) -> Any:
+                scoring.wait(10)
+                return score(staged)
+
+            self.worker.processor.score = held  # type: ignore[method-assign]
+        self.runner = self.worker.kafka.runner
+        self.runner.start_pipeline(3)
+
+    def hand_over(self, *batches: list[int]) -> None:
+        """Batches of these offsets polled and handed to the pipeline."""
+        for offsets in batches:
+            self.consumer.polls = [{TP: [Polled(offset) for offset in offsets]}]
+            self.runner.handle(self.worker.kafka.source.poll(0, len(offsets)))
+
+    def drain(self, drain_s: float) -> int | None:
+        """`complete_settled(now + drain_s)` on another thread, as the rebalance
+        listener runs it; what it returned. A drain that has not ended after 10 s fails
+        the test."""
+        answer: list[int | None] = []
+        thread = threading.Thread(
+            target=lambda: answer.append(self.runner.complete_settled(time.monotonic() + drain_s)),
+            daemon=True,
+        )
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), f"a drain of {drain_s}s still runs after 10 s"
+        (left,) = answer
+        return left
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def test_the_drain_completes_batches_acknowledged_while_it_waits() -> None:
+    """The broker answers shortly after the revocation began: both batches are
+    committed inside the listener, none is left in flight."""
+    made = Pipelined(SlowBroker())
+    try:
+        made.hand_over([0, 1], [2, 3])
+        wait_for(lambda: len(made.producer.futures) == 4, 10, "both batches sent")
+        answer = threading.Timer(0.02, made.producer.ack, args=(range(4),))
+        answer.start()
+        assert made.drain(0.9) == 0
+        answer.join()
+        assert made.consumer.commits == [{0: 2}, {0: 4}]
+        assert len(made.producer.sent) == 4, "nothing sent again"
+    finally:
+        made.close()
+
+
+def test_the_drain_leaves_batches_unanswered_at_its_deadline_in_flight() -> None:
+    """Waiting longer would hold kafka-python's I/O thread past the drain bound."""
+    made = Pipelined(SlowBroker())
+    try:
+        made.hand_over([0, 1], [2, 3])
+        wait_for(lambda: len(made.producer.futures) == 4, 10, "both batches sent")
+        assert made.drain(0.05) == 2
+        assert made.consumer.commits == []
+        assert not any(future.is_done for future in made.producer.futures), "never flushed"
+    finally:
+        made.close()
+
+
+class QuickBroker(SlowBroker):
+    """Acknowledges every send at once."""
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: Any = None) -> Any:
+        future = super().send(topic, value, key, headers)
+        future.is_done = True
+        return future
+
+
+def test_the_drain_does_not_wait_past_its_deadline_for_a_batch_still_being_scored() -> None:
+    release = threading.Event()
+    made = Pipelined(QuickBroker(), scoring=release)
+    try:
+        made.hand_over([0, 1])
+        # Scored (and acknowledged at once) well after the drain's deadline.
+        scored_late = threading.Timer(0.5, release.set)
+        scored_late.start()
+        assert made.drain(0.05) == 1
+        assert made.consumer.commits == [], "not completed inside the listener"
+        scored_late.join()
+    finally:
+        release.set()
+        made.close()
+
+
+def test_the_drain_stops_at_a_batch_with_a_failed_send_and_never_sends_again() -> None:
+    """Retrying with backoff is not for the I/O thread: the failed batch, and every
+    batch after it, stay in flight for the processing thread to complete."""
+    made = Pipelined(SlowBroker(fail_sends=True))
+    try:
+        made.hand_over([0, 1])
+        wait_for(lambda: len(made.producer.futures) == 2, 10, "the first batch sent")
+        made.producer.fail_sends = False
+        made.hand_over([2, 3])
+        wait_for(lambda: made.runner._pipeline is not None and _all_ready(made.runner), 10, "sent")
+        assert made.drain(0.5) == 2
+        assert made.consumer.commits == []
+        assert len(made.producer.sent) == 2, "no send made again inside the listener"
+    finally:
+        made.close()
+
+
+def test_a_synchronous_runner_has_nothing_in_flight_to_drain() -> None:
+    made, _ = runner(Delivery(), Processor(inference_s=0.0, started=time.time()))
+    assert made.complete_settled(time.monotonic() + 1.0) == 0

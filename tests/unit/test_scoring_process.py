@@ -18,12 +18,13 @@ import pytest
 import structlog
 
 from model.engine import Engine
+from model.threshold_overrides import ThresholdPolicyFile
 from tests.helpers import REPO_ROOT, make_checkpoint, wait_for
 from worker.decode import Decoder, SourceRecord
 from worker.health import HealthState
 from worker.metrics import WorkerMetrics
 from worker.processing import BatchProcessor
-from worker.reload import Reloader
+from worker.reload import LabelConflictError, Reloader
 from worker.remote_model import RemoteModel
 from worker.scoring_process import (
     RemoteLoadError,
@@ -186,8 +187,8 @@ def test_a_reload_loads_beside_the_serving_model_and_each_batch_uses_its_own(
     make_checkpoint(tmp_path / "other-labels", 3, labels=("toxic", "spam"))
     process, _, _ = scoring
     first = process.start(tmp_path / "a")
-    assert process.load(tmp_path / "a", first) is None, "the serving version: nothing to do"
-    second = process.load(tmp_path / "b", first)
+    assert process.load(tmp_path / "a", first, None, {}) is None, "the serving version"
+    second = process.load(tmp_path / "b", first, None, {})
     assert second is not None and second.version != first.version
     engine_a = Engine.load(tmp_path / "a", device="cpu")
     engine_b = Engine.load(tmp_path / "b", device="cpu")
@@ -196,12 +197,19 @@ def test_a_reload_loads_beside_the_serving_model_and_each_batch_uses_its_own(
     with structlog.testing.capture_logs() as logs:
         assert_same_scores(first, engine_a, TEXTS)  # dropped once b scored: loaded again
     assert any(line["event"] == "model_loaded_again" for line in logs)
-    with pytest.raises(RemoteLoadError, match="labels"):
-        process.load(tmp_path / "other-labels", second)
+    # Other labels may serve, unless the thresholds in effect name one it lacks.
+    with pytest.raises(LabelConflictError, match="MODSTREAM_THRESHOLDS sets thresholds for insult"):
+        process.load(tmp_path / "other-labels", second, None, {"insult": 0.9})
+    policy = ThresholdPolicyFile(version="p1", thresholds={"insult": 0.9})
+    with pytest.raises(LabelConflictError, match="policy p1"):
+        process.load(tmp_path / "other-labels", second, policy, {"spam": 0.9})
     (tmp_path / "broken").mkdir()
     with pytest.raises(RemoteLoadError):
-        process.load(tmp_path / "broken", second)
+        process.load(tmp_path / "broken", second, None, {})
     assert_same_scores(second, engine_b, TEXTS)  # still serving
+    third = process.load(tmp_path / "other-labels", second, None, {"spam": 0.9})
+    assert third is not None and third.labels == ("toxic", "spam")
+    assert_same_scores(third, Engine.load(tmp_path / "other-labels", device="cpu"), TEXTS)
 
 
 def test_a_first_checkpoint_that_does_not_load_is_a_checkpoint_error(

@@ -128,7 +128,7 @@ def test_at_debug_level_the_kafka_client_is_heard_while_connecting(
 def test_handlers_on_the_client_loggers_still_see_records_while_quieted(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """worker/security.py records the handshake failures kafka-python logs, to explain
+    """worker/refusal.py records the handshake failures kafka-python logs, to explain
     a refusal: quieting stderr must not starve it."""
     configure_logging("info")
     seen: list[str] = []

@@ -22,9 +22,8 @@ from model.store import (
     NoPreviousVersionError,
     NotAStoreError,
     UnknownVersionError,
-    peek_version,
-    store_root_for,
 )
+from model.store_layout import peek_version, store_root_for
 from tests.helpers import make_checkpoint
 
 
