@@ -256,8 +256,8 @@ def _retrain(args: argparse.Namespace, summary: dict[str, Any]) -> int:
     feedback = None
     kafka_common: dict[str, object] = {}
     if args.feedback_topic:
-        from worker.cli import check_security_files
         from worker.feedback import DEFAULT_FEEDBACK_GROUP, read_feedback
+        from worker.worker_command import check_security_files
 
         kafka_settings = _kafka_settings(args)
         check_security_files(kafka_settings)

@@ -54,7 +54,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -63,105 +63,25 @@ import numpy as np
 import structlog
 
 import worker
-from model.errors import ModstreamError
 from model.threshold_overrides import ThresholdPolicyFile
 from worker.health import HealthState
 from worker.metrics import GC_GENERATIONS, WorkerMetrics
-from worker.reload import LabelConflictError
 from worker.remote_model import RemoteModel, RowStats
+from worker.scoring_choice import ScoringOptions
+from worker.scoring_errors import (
+    RemoteLabelConflictError,
+    RemoteLoadError,
+    ScoringProcessDiedError,
+    ScoringProcessError,
+    ScoringRequestError,
+    ScoringStartError,
+)
 from worker.scoring_wire import SharedBuffer, read_probabilities, write_rows
 from worker.serving import ModelUnavailableError, ServingModel
-from worker.settings import WorkerSettings
 
 log = structlog.get_logger("modstream.scoring")
 
 STOP_TIMEOUT_S = 10.0
-CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
-
-
-def usable_cpus() -> float:
-    """The CPUs this process may use: its affinity, capped by a cgroup CPU quota (a
-    pod's CPU limit) where one is set."""
-    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    quota = _cgroup_quota()
-    return min(cpus, quota) if quota is not None else cpus
-
-
-def _cgroup_quota() -> float | None:
-    try:
-        limit, period = CGROUP_V2_CPU_MAX.read_text().split()[:2]
-        return None if limit == "max" else int(limit) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        limit = (CGROUP_V1_CPU / "cpu.cfs_quota_us").read_text().strip()
-        period = (CGROUP_V1_CPU / "cpu.cfs_period_us").read_text().strip()
-        return None if int(limit) <= 0 else int(limit) / int(period)
-    except (OSError, ValueError):
-        return None
-
-
-def choose_scoring(setting: str, cpus: float | None = None) -> str:
-    """`MODSTREAM_SCORING` resolved: `auto` is `process` with 2 or more usable CPUs on a
-    platform that has memory files (Linux), else `in_process`."""
-    if setting != "auto":
-        return setting
-    if not hasattr(os, "memfd_create"):
-        return "in_process"
-    return "process" if (usable_cpus() if cpus is None else cpus) >= 2 else "in_process"
-
-
-class ScoringProcessError(ModstreamError):
-    """The scoring process could not be started, or answered out of protocol."""
-
-
-class ScoringStartError(ScoringProcessError):
-    """The first model did not load in the scoring process; `checkpoint` tells whether
-    the checkpoint itself is at fault (exit code 3, as in process)."""
-
-    def __init__(self, message: str, checkpoint: bool) -> None:
-        super().__init__(message)
-        self.checkpoint = checkpoint
-
-
-class ScoringRequestError(ScoringProcessError):
-    """Scoring a batch raised in the scoring process (it stays up)."""
-
-
-class ScoringProcessDiedError(ScoringProcessError):
-    """A batch killed two scoring processes in a row."""
-
-
-class RemoteLoadError(ScoringProcessError):
-    """A new checkpoint did not load, or did not pass the checks, in the scoring process."""
-
-
-class RemoteLabelConflictError(LabelConflictError):
-    """The scoring process refused a new checkpoint because `MODSTREAM_THRESHOLDS` or the
-    policy name a label it lacks (a `LabelConflictError`, so that the reloader retries
-    it when the policy changes, as in process)."""
-
-
-@dataclass(frozen=True)
-class ScoringOptions:
-    """How the scoring process runs its engines (from `WorkerSettings`)."""
-
-    device: str = "cpu"
-    engine_options: dict[str, int] = field(default_factory=dict)
-    torch_threads: int = 1
-    switch_interval_us: int = 0
-    log_level: str = "info"
-
-    @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> ScoringOptions:
-        return cls(
-            device=settings.device,
-            engine_options=settings.engine_options(),
-            torch_threads=settings.torch_threads,
-            switch_interval_us=settings.gil_switch_interval_us,
-            log_level=settings.log_level,
-        )
 
 
 @dataclass

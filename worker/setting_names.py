@@ -1,10 +1,10 @@
 """How an operator spells a worker setting: its `MODSTREAM_*` variable, its flag, or
 "environment only" for a secret.
 
-Apart from the settings classes because the command line (worker/cli.py), its error
-messages (worker/command_errors.py), the security diagnostics (worker/security.py,
-worker/refusal.py) and the settings' own validators all name settings, and the
-command line must name them without importing pydantic-settings.
+Apart from the settings classes because the command line (worker/worker_command.py),
+its error messages (worker/command_errors.py), the security diagnostics
+(worker/security.py, worker/refusal.py) and the settings' own validators all name
+settings, and the command line must name them without importing pydantic-settings.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""worker/scoring_process.py with real scoring processes (no broker): the same scores as
-in process, in order; a killed process restarted and its batch scored again; reloads
-beside the serving model, one version per batch; never an orphan."""
+"""worker/scoring_process.py (and worker/scoring_choice.py's `auto`) with real scoring
+processes (no broker): the same scores as in process, in order; a killed process
+restarted and its batch scored again; reloads beside the serving model, one version per
+batch; never an orphan."""
 
 from __future__ import annotations
 
@@ -26,14 +27,9 @@ from worker.metrics import WorkerMetrics
 from worker.processing import BatchProcessor
 from worker.reload import LabelConflictError, Reloader
 from worker.remote_model import RemoteModel
-from worker.scoring_process import (
-    RemoteLoadError,
-    ScoringOptions,
-    ScoringProcess,
-    ScoringProcessDiedError,
-    ScoringStartError,
-    choose_scoring,
-)
+from worker.scoring_choice import ScoringOptions, choose_scoring
+from worker.scoring_errors import RemoteLoadError, ScoringProcessDiedError, ScoringStartError
+from worker.scoring_process import ScoringProcess
 
 TEXTS = [
     "you idiot",
@@ -246,7 +242,8 @@ from pathlib import Path
 from worker.health import HealthState
 from worker.logs import configure_logging
 from worker.metrics import WorkerMetrics
-from worker.scoring_process import ScoringOptions, ScoringProcess
+from worker.scoring_choice import ScoringOptions
+from worker.scoring_process import ScoringProcess
 
 configure_logging("warning")  # stderr: stdout carries the pid
 process = ScoringProcess(ScoringOptions(device="cpu"), WorkerMetrics(), HealthState())
@@ -311,6 +308,7 @@ def test_a_worker_whose_model_runs_in_its_scoring_process_never_imports_torch() 
     code = (
         "import sys\n"
         "import worker.app, worker.cli, worker.reload, worker.scoring_process\n"
+        "import worker.worker_command, worker.scoring_choice, worker.scoring_errors\n"
         "assert 'torch' not in sys.modules, [m for m in sys.modules if 'torch' in m][:5]\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)

@@ -1,6 +1,6 @@
 """What `modstream worker` says as it starts (worker/startup.py, worker/logs.py,
-worker/clients.py's refusal hint, worker/cli.py's metrics port): misspelt variables,
-the settings in effect, a taken port, and one line on why no broker answered."""
+worker/clients.py's refusal hint, worker/worker_command.py's metrics port): misspelt
+variables, the settings in effect, a taken port, and one line on why no broker answered."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 import structlog
 
 from model.errors import ExitCode
-from worker.cli import _metrics_server, load_settings
 from worker.clients import refusal_hint, resolves
 from worker.command_errors import UsageError
 from worker.logs import client_logs_quieted, configure_logging
 from worker.settings import WorkerSettings
 from worker.startup import effective_settings, unknown_variables
+from worker.worker_command import _metrics_server, load_settings
 
 
 @pytest.fixture(autouse=True)
