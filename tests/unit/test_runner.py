@@ -3,6 +3,7 @@ batch whose transaction was rewound, and when the scorer counts as idle."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -325,3 +326,26 @@ def test_the_drain_stops_at_a_batch_with_a_failed_send_and_never_sends_again() -
 def test_a_synchronous_runner_has_nothing_in_flight_to_drain() -> None:
     made, _ = runner(Delivery(), Processor(inference_s=0.0, started=time.time()))
     assert made.complete_settled(time.monotonic() + 1.0) == 0
+
+
+@pytest.mark.parametrize("depth", [0, 2], ids=["synchronous", "pipelined"])
+def test_each_batch_is_flagged_with_the_thresholds_in_effect_not_the_checkpoints(
+    depth: int,
+) -> None:
+    """An override (MODSTREAM_THRESHOLDS here; the store's policy file takes the same
+    path) flags a batch on both paths: every score of the tiny model is over 1e-6, so
+    every result is flagged insult and says which policy flagged it. Without the runner
+    handing the thresholds in effect to the processor, the checkpoint's 0.5 would flag
+    some and `policy_version` would read "checkpoint"."""
+    producer = SlowBroker()
+    worker, consumer = connect(producer, pipeline_depth=depth, thresholds="insult=0.000001")
+    runner = worker.kafka.runner
+    runner.start_pipeline(depth)
+    consumer.polls = [{TP: [Polled(0), Polled(1)]}]
+    runner.handle(worker.kafka.source.poll(0, 2))
+    wait_for(lambda: len(producer.sent) == 2, 10, "both results sent")
+    producer.flush()
+    runner.close()
+    results = [json.loads(value) for _, _, value in producer.sent]
+    assert [r["categories"]["insult"] for r in results] == [True, True]
+    assert all(r["policy_version"].startswith("env-") for r in results)
