@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import ModuleType
@@ -92,6 +92,31 @@ def prefill(bootstrap: str, topic: str, texts: Sequence[str], prefix: str = "m")
     elapsed = time.perf_counter() - start
     producer.close()
     return len(texts) / elapsed
+
+
+def send_paced(
+    producer: Any,
+    topic: str,
+    texts: Sequence[str],
+    rate: float,
+    total: int,
+    prefix: str,
+    before_each: Callable[[int], None] | None = None,
+) -> float:
+    """Sends `total` requests at `rate` a second (request n is due at start + n / rate),
+    calling `before_each(n)` first when given; flushes and returns the offered rate."""
+    start = time.perf_counter()
+    for n in range(total):
+        if before_each is not None:
+            before_each(n)
+        delay = start + n / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)  # pacing the offered load, not synchronisation
+        producer.send(
+            topic, key=str(n).encode(), value=request_value(f"{prefix}-{n}", texts[n % len(texts)])
+        )
+    producer.flush()
+    return total / (time.perf_counter() - start)
 
 
 def read_all(bootstrap: str, topic: str, timeout_s: float = 300) -> list[Any]:

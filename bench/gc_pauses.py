@@ -139,23 +139,17 @@ def one_run(
         worker.wait_ready()
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
         total = int(rate * (settle_s + seconds))
-        start = time.perf_counter()
         measured_from = time.time() + settle_s
         reload_n = int(rate * (settle_s + reload_at)) if reload_at >= 0 else -1
-        for n in range(total):
+
+        def reload_when_due(n: int) -> None:
             if n == reload_n:
                 store.promote(copy)
                 worker.proc.send_signal(signal.SIGHUP)
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)  # pacing the offered load, not synchronisation
-            producer.send(
-                names["input"],
-                key=str(n).encode(),
-                value=common.request_value(f"g-{n}", texts[n % len(texts)]),
-            )
-        producer.flush()
-        offered = total / (time.perf_counter() - start)
+
+        offered = common.send_paced(
+            producer, names["input"], texts, rate, total, "g", reload_when_due
+        )
         measured_to = time.time()
         producer.close()
         ends = common.end_offsets(bootstrap, names["input"])

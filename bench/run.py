@@ -315,19 +315,7 @@ def latency(
     # request per message would load the shared CPUs with broker request handling.
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
     total = int(rate * seconds)
-    start = time.perf_counter()
-    for n in range(total):
-        due = start + n / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)  # pacing the offered load, not synchronisation
-        producer.send(
-            names["input"],
-            key=str(n).encode(),
-            value=common.request_value(f"l-{n}", texts[n % len(texts)]),
-        )
-    producer.flush()
-    offered = total / (time.perf_counter() - start)
+    offered = common.send_paced(producer, names["input"], texts, rate, total, "l")
     producer.close()
     ends = common.end_offsets(bootstrap, names["input"])
     common.wait_until(
